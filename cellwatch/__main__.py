@@ -1,0 +1,3 @@
+from cellwatch.cli import main
+
+main()

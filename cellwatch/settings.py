@@ -1,0 +1,547 @@
+"""The one settings tree of cellwatch: typed, frozen, validated, built once.
+
+Precedence, lowest first: defaults < TOML file (``--config`` / ``CELLWATCH_CONFIG``) <
+environment variables ``CELLWATCH_<SECTION>_<FIELD>`` < command-line flags.
+
+Nothing here reads the environment or touches a file at import time: :func:`load_settings`
+receives the environment mapping and the config path from the CLI, which is the only caller
+that knows about ``os.environ``. Each section is passed down on its own to the code that
+needs it.
+
+Every bad value fails with :class:`SettingsError`, whose message names the setting, where the
+value came from, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union
+
+ENV_PREFIX = "CELLWATCH_"
+CONFIG_ENV_VAR = "CELLWATCH_CONFIG"
+REDACTED = "**********"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message says which, where and why.
+
+    ``key`` is the dotted name of the offending setting when there is exactly one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or ``config show`` output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+) -> Any:
+    """Declares one setting: its default, a one-line help and the constraints its value obeys."""
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "choices": choices,
+            "minimum": minimum,
+            "maximum": maximum,
+            "positive": positive,
+        },
+    )
+
+
+def _optional_inner(annotation: Any) -> tuple[Any, bool]:
+    """Returns (T, True) for ``T | None`` and (annotation, False) otherwise."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _type_name(annotation: Any) -> str:
+    inner, optional = _optional_inner(annotation)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             Path: "a path", Secret: "a string (secret)"}
+    if typing.get_origin(inner) is tuple:
+        name = "a list of strings (comma-separated in environment variables and flags)"
+    else:
+        name = names.get(inner, getattr(inner, "__name__", str(inner)))
+    return f"{name} or nothing" if optional else name
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(annotation: Any, raw: Any, *, from_text: bool) -> Any:
+    """Turns a raw value (TOML value, or text from the environment or a flag) into ``annotation``.
+
+    Raises ``TypeError`` with a short reason; the caller adds where the value came from.
+    """
+    inner, optional = _optional_inner(annotation)
+    if raw is None or (from_text and optional and raw == ""):
+        if optional:
+            return None
+        raise TypeError("a value is required")
+    if typing.get_origin(inner) is tuple:
+        if from_text and isinstance(raw, str):
+            items = [item.strip() for item in raw.split(",") if item.strip()]
+        elif isinstance(raw, list | tuple):
+            items = list(raw)
+        else:
+            raise TypeError("not a list")
+        if not all(isinstance(item, str) for item in items):
+            raise TypeError("every item must be a string")
+        return tuple(items)
+    if inner is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_text and isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise TypeError("not a boolean")
+    if inner is int:
+        if isinstance(raw, bool):
+            raise TypeError("not an integer")
+        if isinstance(raw, int):
+            return raw
+        if from_text and isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise TypeError("not an integer") from None
+        raise TypeError("not an integer")
+    if inner is float:
+        if isinstance(raw, bool):
+            raise TypeError("not a number")
+        if isinstance(raw, int | float):
+            value = float(raw)
+        elif from_text and isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise TypeError("not a number") from None
+        else:
+            raise TypeError("not a number")
+        if not math.isfinite(value):
+            raise TypeError("not a finite number")
+        return value
+    if inner in (str, Path, Secret):
+        if isinstance(raw, Secret):
+            raw = raw.reveal()
+        if isinstance(raw, Path):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            raise TypeError("not a string")
+        return inner(raw)
+    raise TypeError(f"unsupported setting type {inner!r}")  # a bug in a section declaration
+
+
+def _check_constraints(field: dataclasses.Field, value: Any) -> str | None:
+    """Returns why ``value`` breaks the field's declared constraints, or None."""
+    if value is None:
+        return None
+    meta = field.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        return "one of " + ", ".join(meta["choices"])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if meta.get("positive") and value <= 0:
+            return "a value greater than 0"
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            return f"a value of at least {meta['minimum']}"
+        if meta.get("maximum") is not None and value > meta["maximum"]:
+            return f"a value of at most {meta['maximum']}"
+    if isinstance(value, tuple) and not value and meta.get("positive"):
+        return "at least one item"
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Secret):
+        return REDACTED
+    return repr(value)
+
+
+class _Section:
+    """Validation shared by every section: field types and constraints, then cross-checks."""
+
+    section_name: typing.ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            key = f"{self.section_name}.{field.name}"
+            try:
+                coerced = _coerce(hints[field.name], value, from_text=False)
+            except TypeError as error:
+                raise SettingsError(
+                    f"{key}: expected {_type_name(hints[field.name])}, "
+                    f"received {_shown(value)} ({error})", key=key) from None
+            if coerced != value or type(coerced) is not type(value):
+                # Normalise e.g. lists to tuples so sections stay hashable and comparable.
+                object.__setattr__(self, field.name, coerced)
+            problem = _check_constraints(field, coerced)
+            if problem:
+                raise SettingsError(
+                    f"{key}: expected {problem}, received {_shown(coerced)}", key=key)
+        self._cross_check()
+
+    def _cross_check(self) -> None:
+        """Checks that involve several fields of the section."""
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSettings(_Section):
+    """Where the broker is, how to authenticate, and the topics cellwatch reads and writes."""
+
+    section_name: typing.ClassVar[str] = "kafka"
+
+    bootstrap_servers: tuple[str, ...] = setting(
+        ("127.0.0.1:19092",), "host:port of one or more brokers", positive=True)
+    client_id: str = setting("cellwatch", "client id sent to the broker")
+    group_id: str = setting("cellwatch", "consumer group of the workers")
+    readings_topic: str = setting("cellwatch.readings", "topic of incoming sensor readings")
+    scores_topic: str = setting("cellwatch.scores", "one score record per reading")
+    anomalies_topic: str = setting("cellwatch.anomalies", "one event per anomaly episode")
+    dead_letter_topic: str = setting("cellwatch.dead-letter", "rejected readings, with reasons")
+    changelog_topic: str = setting("cellwatch.state-changelog", "compacted per-stream state")
+    security_protocol: str = setting(
+        "PLAINTEXT", "transport security", choices=SECURITY_PROTOCOLS)
+    sasl_mechanism: str | None = setting(
+        None, "SASL mechanism when security_protocol is SASL_*", choices=SASL_MECHANISMS)
+    sasl_username: str | None = setting(None, "SASL user name")
+    sasl_password: Secret | None = setting(None, "SASL password (never printed)")
+    ssl_cafile: Path | None = setting(None, "CA bundle that signed the brokers' certificates")
+    ssl_certfile: Path | None = setting(None, "client certificate for mutual TLS")
+    ssl_keyfile: Path | None = setting(None, "client private key for mutual TLS")
+    ssl_password: Secret | None = setting(None, "password of the client private key")
+    request_timeout_ms: int = setting(30_000, "broker request timeout", positive=True)
+
+    def _cross_check(self) -> None:
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and self.sasl_mechanism is None:
+            raise SettingsError(
+                f"kafka.sasl_mechanism: expected one of {', '.join(SASL_MECHANISMS)} because "
+                f"kafka.security_protocol is {self.security_protocol}, received nothing")
+        if (uses_sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+                and (self.sasl_username is None or self.sasl_password is None)):
+            raise SettingsError(
+                f"kafka.sasl_username and kafka.sasl_password: expected both for SASL "
+                f"mechanism {self.sasl_mechanism}, received "
+                f"{'a user name' if self.sasl_username else 'no user name'} and "
+                f"{'a password' if self.sasl_password else 'no password'}")
+        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic",
+                    "changelog_topic"):
+            _check_topic_name(f"kafka.{key}", getattr(self, key))
+        topics = [self.readings_topic, self.scores_topic, self.anomalies_topic,
+                  self.dead_letter_topic, self.changelog_topic]
+        if len(set(topics)) != len(topics):
+            raise SettingsError(
+                f"kafka topics: expected five different topic names, received {topics}")
+        for server in self.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(
+                    f"kafka.bootstrap_servers: expected host:port items, received {server!r}",
+                    key="kafka.bootstrap_servers")
+
+
+_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _check_topic_name(key: str, name: str) -> None:
+    # Kafka's own rule (kafka.common.internals.Topic): legal chars, 1..249 long, not . or ..
+    if not name or len(name) > 249 or name in (".", "..") or set(name) - _TOPIC_CHARS:
+        raise SettingsError(
+            f"{key}: expected a Kafka topic name (1-249 of letters, digits, '.', '_', '-'), "
+            f"received {name!r}", key=key)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings(_Section):
+    """How the streaming worker polls, batches, rejects, evicts and checkpoints."""
+
+    section_name: typing.ClassVar[str] = "worker"
+
+    max_poll_records: int = setting(5000, "readings taken per poll, scored together",
+                                    positive=True)
+    poll_timeout_ms: int = setting(200, "longest wait for readings in one poll", minimum=0)
+    max_message_bytes: int = setting(
+        65_536, "larger readings go to the dead-letter topic", positive=True)
+    idle_stream_eviction_seconds: float = setting(
+        86_400.0, "streams silent this long lose their state", positive=True)
+    checkpoint_interval_seconds: float = setting(
+        10.0, "how often changed stream states go to the changelog", positive=True)
+    transactional: bool = setting(False, "exactly-once outputs with Kafka transactions")
+    anomaly_episode_gap: int = setting(
+        3, "readings below the threshold that close an anomaly episode", positive=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(_Section):
+    """Which model artifact the worker, replay and evaluation use."""
+
+    section_name: typing.ClassVar[str] = "model"
+
+    artifact: Path = setting(Path("artifacts/model"), "model artifact directory")
+    reload_poll_seconds: float = setting(
+        5.0, "how often the worker checks the artifact for a new version", positive=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings(_Section):
+    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+    section_name: typing.ClassVar[str] = "metrics"
+
+    host: str = setting("127.0.0.1", "address the metrics endpoint binds")
+    port: int = setting(9108, "port of the metrics endpoint (0 picks a free one)",
+                        minimum=0, maximum=65535)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings(_Section):
+    """Offline training hyperparameters; one set serves every stream."""
+
+    section_name: typing.ClassVar[str] = "training"
+
+    seed: int = setting(7, "random seed of weights, batches and synthetic data", minimum=0)
+    epochs: int = setting(20, "maximum epochs (early stopping usually ends sooner)",
+                          positive=True)
+    batch_size: int = setting(256, "sequences per gradient step", positive=True)
+    sequence_length: int = setting(64, "readings per training sequence", minimum=3)
+    validation_fraction: float = setting(
+        0.2, "latest share of each stream held out for validation", minimum=0.05, maximum=0.5)
+    learning_rate: float = setting(1e-3, "Adam learning rate", positive=True)
+    early_stopping_patience: int = setting(3, "epochs without improvement before stopping",
+                                           positive=True)
+    memory_units: int = setting(32, "size of the memory cell state", positive=True)
+    hidden_units: int = setting(32, "width of the dense stack", positive=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The whole tree; build it with :func:`load_settings`."""
+
+    kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
+    worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
+    training: TrainingSettings = dataclasses.field(default_factory=TrainingSettings)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    field.name: field.default_factory  # type: ignore[misc]
+    for field in dataclasses.fields(Settings)
+}
+
+
+def env_var_name(key: str) -> str:
+    """``kafka.bootstrap_servers`` -> ``CELLWATCH_KAFKA_BOOTSTRAP_SERVERS``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def setting_keys() -> list[str]:
+    """Every dotted key of the tree, in declaration order."""
+    return [f"{name}.{field.name}" for name, section in SECTIONS.items()
+            for field in dataclasses.fields(section)]
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    override_origins: Mapping[str, str] | None = None,
+) -> Settings:
+    """Builds the settings tree from defaults, a TOML file, the environment and flag overrides.
+
+    Args:
+        config_path: TOML file with one table per section, or None.
+        environ: the process environment (the CLI passes ``os.environ``); only
+            ``CELLWATCH_<SECTION>_<FIELD>`` names of known sections are read.
+        overrides: dotted keys (``"kafka.bootstrap_servers"``) from command-line flags.
+        override_origins: per overridden key, how to name its source in errors
+            (``"flag --bootstrap-servers"``).
+
+    Raises:
+        SettingsError: a file that cannot be read, an unknown key, or a bad value; the message
+            names the key, its source, what was expected and what was received.
+    """
+    # Per key: (raw value, where it came from, whether it is text that needs parsing).
+    raw: dict[str, tuple[Any, str, bool]] = {}
+    if config_path is not None:
+        for key, value in _read_toml(config_path).items():
+            raw[key] = (value, f"config file {config_path}", False)
+    for key, (value, source) in _from_environment(environ or {}).items():
+        raw[key] = (value, source, True)
+    for key, value in (overrides or {}).items():
+        if key not in setting_keys():
+            raise SettingsError(f"unknown setting {key!r} passed as a flag override")
+        origin = (override_origins or {}).get(key, f"override of {key}")
+        raw[key] = (value, origin, isinstance(value, str))
+
+    sections: dict[str, _Section] = {}
+    for section_name, section_type in SECTIONS.items():
+        hints = typing.get_type_hints(section_type)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(section_type):
+            key = f"{section_name}.{field.name}"
+            if key not in raw:
+                continue
+            value, source, from_text = raw[key]
+            try:
+                values[field.name] = _coerce(hints[field.name], value, from_text=from_text)
+            except TypeError as error:
+                raise SettingsError(
+                    f"{key} (from {source}): expected {_type_name(hints[field.name])}, "
+                    f"received {_shown(value)} ({error})") from None
+        try:
+            sections[section_name] = section_type(**values)
+        except SettingsError as error:
+            if error.key in raw:
+                where = f" (from {raw[error.key][1]})"
+            else:
+                sources = sorted({raw[f"{section_name}.{name}"][1] for name in values})
+                where = f" (values from {', '.join(sources)})" if sources else ""
+            raise SettingsError(f"{error}{where}", key=error.key) from None
+    return Settings(**sections)  # type: ignore[arg-type]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"config file {path}: cannot be read ({error})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {path}: not valid TOML: {error}") from None
+    flat: dict[str, Any] = {}
+    for section_name, table in document.items():
+        if section_name not in SECTIONS:
+            raise SettingsError(
+                f"config file {path}: unknown section [{section_name}]; expected one of "
+                f"{', '.join(f'[{name}]' for name in SECTIONS)}")
+        if not isinstance(table, dict):
+            raise SettingsError(
+                f"config file {path}: expected [{section_name}] to be a table, "
+                f"received {table!r}")
+        known = {field.name for field in dataclasses.fields(SECTIONS[section_name])}
+        for name, value in table.items():
+            if name not in known:
+                raise SettingsError(
+                    f"config file {path}: unknown setting {section_name}.{name}; "
+                    f"[{section_name}] knows {', '.join(sorted(known))}")
+            flat[f"{section_name}.{name}"] = value
+    return flat
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    by_env_name = {env_var_name(key): key for key in setting_keys()}
+    section_prefixes = [f"{ENV_PREFIX}{name.upper()}_" for name in SECTIONS]
+    found: dict[str, tuple[str, str]] = {}
+    for name, value in environ.items():
+        if name in by_env_name:
+            found[by_env_name[name]] = (value, f"environment variable {name}")
+            continue
+        prefix = next((p for p in section_prefixes if name.startswith(p)), None)
+        if prefix is not None:
+            # A typo in a known section would otherwise be ignored silently.
+            known = sorted(env for env in by_env_name if env.startswith(prefix))
+            raise SettingsError(
+                f"environment variable {name}: unknown setting; expected one of "
+                f"{', '.join(known)}")
+    return found
+
+
+def as_plain_dict(settings: Settings, *, redact: bool = True) -> dict[str, dict[str, Any]]:
+    """The tree as JSON/TOML-ready values; secrets are replaced by a mask unless asked."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return REDACTED if redact else value.reveal()
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    return {
+        name: {field.name: plain(getattr(getattr(settings, name), field.name))
+               for field in dataclasses.fields(SECTIONS[name])}
+        for name in SECTIONS
+    }
+
+
+def render_toml(settings: Settings) -> str:
+    """The resolved tree as TOML, secrets redacted; unset optional values are commented out."""
+    lines: list[str] = []
+    for section_name, values in as_plain_dict(settings).items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section_name}]")
+        for name, value in values.items():
+            if value is None:
+                lines.append(f"# {name} is not set")
+            else:
+                # JSON scalars and string arrays are valid TOML for every type used here.
+                lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(key, environment variable, default, help) for every setting, for docs and --help."""
+    rows = []
+    for key in setting_keys():
+        section_name, name = key.split(".")
+        field = next(f for f in dataclasses.fields(SECTIONS[section_name]) if f.name == name)
+        default = field.default
+        shown = "" if default is None else (
+            ",".join(default) if isinstance(default, tuple) else str(default))
+        rows.append((key, env_var_name(key), shown, field.metadata["help"]))
+    return rows
+

@@ -1,0 +1,194 @@
+"""The settings tree: precedence, validation messages, redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cellwatch.settings import (
+    KafkaSettings,
+    Secret,
+    Settings,
+    SettingsError,
+    WorkerSettings,
+    as_plain_dict,
+    env_var_name,
+    load_settings,
+    render_toml,
+    setting_keys,
+)
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cellwatch.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    settings = load_settings()
+    assert settings == Settings()
+    assert settings.kafka.bootstrap_servers == ("127.0.0.1:19092",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.kafka.group_id = "other"  # type: ignore[misc]
+
+
+def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+[kafka]
+group_id = "from-file"
+client_id = "from-file"
+readings_topic = "from-file"
+
+[worker]
+max_poll_records = 100
+""")
+    environ = {
+        "CELLWATCH_KAFKA_CLIENT_ID": "from-env",
+        "CELLWATCH_KAFKA_READINGS_TOPIC": "from-env",
+        "CELLWATCH_TRAINING_EPOCHS": "5",
+    }
+    settings = load_settings(config, environ, {"kafka.readings_topic": "from-flag"})
+    assert settings.kafka.group_id == "from-file"  # file beats default
+    assert settings.kafka.client_id == "from-env"  # environment beats file
+    assert settings.kafka.readings_topic == "from-flag"  # flag beats environment
+    assert settings.worker.max_poll_records == 100
+    assert settings.training.epochs == 5  # parsed from text
+    assert settings.worker.poll_timeout_ms == WorkerSettings().poll_timeout_ms  # untouched
+
+
+def test_environment_text_is_parsed_per_type() -> None:
+    settings = load_settings(environ={
+        "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2",
+        "CELLWATCH_WORKER_TRANSACTIONAL": "yes",
+        "CELLWATCH_TRAINING_LEARNING_RATE": "0.01",
+        "CELLWATCH_MODEL_ARTIFACT": "/tmp/model",
+    })
+    assert settings.kafka.bootstrap_servers == ("a:1", "b:2")
+    assert settings.worker.transactional is True
+    assert settings.training.learning_rate == pytest.approx(0.01)
+    assert settings.model.artifact == Path("/tmp/model")
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    settings = load_settings(environ={"CELLWATCH_TEST_KAFKA_BOOTSTRAP": "x", "HOME": "/root"})
+    assert settings == Settings()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected_fragments"),
+    [
+        ({"CELLWATCH_WORKER_MAX_POLL_RECORDS": "many"},
+         ["worker.max_poll_records", "CELLWATCH_WORKER_MAX_POLL_RECORDS", "an integer", "'many'"]),
+        ({"CELLWATCH_WORKER_MAX_POLL_RECORDS": "0"},
+         ["worker.max_poll_records", "greater than 0", "0"]),
+        ({"CELLWATCH_KAFKA_SECURITY_PROTOCOL": "TLS"},
+         ["kafka.security_protocol", "one of PLAINTEXT, SSL", "'TLS'"]),
+        ({"CELLWATCH_WORKER_TRANSACTIONAL": "maybe"},
+         ["worker.transactional", "true or false", "'maybe'"]),
+        ({"CELLWATCH_TRAINING_VALIDATION_FRACTION": "0.9"},
+         ["training.validation_fraction", "at most 0.5", "0.9"]),
+        ({"CELLWATCH_TRAINING_LEARNING_RATE": "nan"},
+         ["training.learning_rate", "a number", "'nan'"]),
+        ({"CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "localhost"},
+         ["kafka.bootstrap_servers", "host:port", "'localhost'"]),
+        ({"CELLWATCH_KAFKA_SCORES_TOPIC": "bad topic!"},
+         ["kafka.scores_topic", "Kafka topic name", "'bad topic!'"]),
+        ({"CELLWATCH_KAFKA_BOOTSTRAP_SERVER": "a:1"},
+         ["CELLWATCH_KAFKA_BOOTSTRAP_SERVER", "unknown setting",
+          "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS"]),
+    ],
+)
+def test_bad_values_name_key_source_expected_and_received(
+    environ: dict[str, str], expected_fragments: list[str]
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ=environ)
+    message = str(caught.value)
+    for fragment in expected_fragments:
+        assert fragment in message, message
+
+
+def test_bad_file_values_name_the_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[metrics]\nport = "http"\n')
+    with pytest.raises(SettingsError, match=r"metrics\.port \(from config file .*cellwatch\.toml"
+                                            r"\): expected an integer, received 'http'"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[kafka\n", "not valid TOML"),
+        ("[kafak]\ngroup_id = 'x'\n", "unknown section [kafak]"),
+        ("[kafka]\ngroupid = 'x'\n", "unknown setting kafka.groupid"),
+        ("kafka = 3\n", "expected [kafka] to be a table"),
+    ],
+)
+def test_bad_files_are_reported_with_their_path(tmp_path: Path, text: str, fragment: str) -> None:
+    config = write_config(tmp_path, text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert fragment in str(caught.value)
+    assert str(config) in str(caught.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="nope.toml: not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_sasl_needs_mechanism_and_credentials() -> None:
+    with pytest.raises(SettingsError, match="kafka.sasl_mechanism: expected one of"):
+        KafkaSettings(security_protocol="SASL_SSL")
+    with pytest.raises(SettingsError, match="no password"):
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u")
+    ok = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                       sasl_username="u", sasl_password=Secret("p"))
+    assert ok.sasl_password is not None and ok.sasl_password.reveal() == "p"
+
+
+def test_topics_must_differ() -> None:
+    with pytest.raises(SettingsError, match="five different topic names"):
+        KafkaSettings(scores_topic="same", anomalies_topic="same")
+
+
+def test_direct_construction_is_validated_and_normalised() -> None:
+    settings = KafkaSettings(bootstrap_servers=["a:1", "b:2"])  # type: ignore[arg-type]
+    assert settings.bootstrap_servers == ("a:1", "b:2")
+    with pytest.raises(SettingsError, match="worker.max_poll_records: expected an integer"):
+        WorkerSettings(max_poll_records="10")  # type: ignore[arg-type]
+
+
+def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+[kafka]
+security_protocol = "SASL_SSL"
+sasl_mechanism = "PLAIN"
+sasl_username = "reader"
+sasl_password = "hunter2"
+""")
+    settings = load_settings(config)
+    assert settings.kafka.sasl_password == Secret("hunter2")
+    for text in (render_toml(settings), repr(settings), str(as_plain_dict(settings))):
+        assert "hunter2" not in text
+        assert "**********" in text
+    assert as_plain_dict(settings, redact=False)["kafka"]["sasl_password"] == "hunter2"
+
+
+def test_rendered_toml_reads_back_to_the_same_settings(tmp_path: Path) -> None:
+    original = load_settings(environ={"CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "a:1,b:2",
+                                      "CELLWATCH_WORKER_TRANSACTIONAL": "true"})
+    text = render_toml(original)
+    tomllib.loads(text)  # valid TOML
+    assert load_settings(write_config(tmp_path, text)) == original
+
+
+def test_every_key_has_an_environment_variable() -> None:
+    keys = setting_keys()
+    assert "kafka.bootstrap_servers" in keys
+    assert env_var_name("kafka.bootstrap_servers") == "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS"
+    assert len({env_var_name(key) for key in keys}) == len(keys)

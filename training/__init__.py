@@ -1,0 +1,1 @@
+"""Offline training, synthetic labeled data and evaluation of cellwatch models."""
