@@ -75,5 +75,6 @@ def test_detector_does_not_load_io_libraries_transitively() -> None:
         "print(sorted(m for m in ('kafka', 'prometheus_client', 'click') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, check=True)
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"

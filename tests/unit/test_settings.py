@@ -137,12 +137,12 @@ def test_bad_files_are_reported_with_their_path(tmp_path: Path, text: str, fragm
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="nope.toml: not found"):
+    with pytest.raises(SettingsError, match=r"nope\.toml: not found"):
         load_settings(tmp_path / "nope.toml")
 
 
 def test_sasl_needs_mechanism_and_credentials() -> None:
-    with pytest.raises(SettingsError, match="kafka.sasl_mechanism: expected one of"):
+    with pytest.raises(SettingsError, match=r"kafka\.sasl_mechanism: expected one of"):
         KafkaSettings(security_protocol="SASL_SSL")
     with pytest.raises(SettingsError, match="no password"):
         KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u")
@@ -159,7 +159,7 @@ def test_topics_must_differ() -> None:
 def test_direct_construction_is_validated_and_normalised() -> None:
     settings = KafkaSettings(bootstrap_servers=["a:1", "b:2"])  # type: ignore[arg-type]
     assert settings.bootstrap_servers == ("a:1", "b:2")
-    with pytest.raises(SettingsError, match="worker.max_poll_records: expected an integer"):
+    with pytest.raises(SettingsError, match=r"worker\.max_poll_records: expected an integer"):
         WorkerSettings(max_poll_records="10")  # type: ignore[arg-type]
 
 

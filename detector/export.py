@@ -1,0 +1,129 @@
+"""The streaming step as a TensorFlow SavedModel, servable without cellwatch's Python classes.
+
+:class:`ExportedStep` is a ``tf.Module`` whose ``step`` is a ``tf.function`` with a fixed input
+signature; it evaluates :func:`detector.step.advance`, the same formulas as the NumPy step,
+with TensorFlow operations. A serving system loads it with ``tf.saved_model.load(path)`` and
+calls ``step(values, timestamps_ms, state)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from detector.features import MS_PER_DAY, MS_PER_WEEK
+from detector.step import StepParams, StreamingStep, advance
+
+_WEEK_SHIFT_MS = 3 * MS_PER_DAY
+
+
+class TensorFlowOps:
+    """The array functions of :func:`advance`, as TensorFlow operations."""
+
+    abs = staticmethod(tf.abs)
+    exp = staticmethod(tf.exp)
+    sqrt = staticmethod(tf.sqrt)
+    sin = staticmethod(tf.sin)
+    tanh = staticmethod(tf.tanh)
+    sigmoid = staticmethod(tf.sigmoid)
+    logical_and = staticmethod(tf.logical_and)
+    logical_not = staticmethod(tf.logical_not)
+
+    @staticmethod
+    def maximum(a, b):
+        return tf.maximum(a, tf.cast(b, tf.float32))
+
+    @staticmethod
+    def minimum(a, b):
+        return tf.minimum(a, tf.cast(b, tf.float32))
+
+    @staticmethod
+    def where(condition, a, b):
+        a = tf.cast(a, tf.float32)
+        b = tf.cast(b, tf.float32)
+        shape = tf.broadcast_dynamic_shape(
+            tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a)), tf.shape(b))
+        return tf.where(tf.broadcast_to(condition, shape), tf.broadcast_to(a, shape),
+                        tf.broadcast_to(b, shape))
+
+    @staticmethod
+    def matmul(a, b):
+        return tf.matmul(a, b)
+
+    @staticmethod
+    def concat(arrays, axis=-1):
+        return tf.concat(arrays, axis=axis)
+
+    @staticmethod
+    def clip(x, low, high):
+        return tf.clip_by_value(x, low, high)
+
+    @staticmethod
+    def mean(x, axis):
+        return tf.reduce_mean(x, axis=axis)
+
+    @staticmethod
+    def argmax(x, axis):
+        return tf.argmax(x, axis=axis, output_type=tf.int32)
+
+    @staticmethod
+    def softplus(x):
+        return tf.math.softplus(x)
+
+    @staticmethod
+    def elu(x):
+        return tf.nn.elu(x)
+
+    @staticmethod
+    def clock(timestamps_ms):
+        # Same arithmetic as detector.features.clock_features: integer modulo, float64 divide.
+        day = tf.cast(tf.math.floormod(timestamps_ms, MS_PER_DAY), tf.float64) / MS_PER_DAY
+        week = tf.cast(tf.math.floormod(timestamps_ms + _WEEK_SHIFT_MS, MS_PER_WEEK),
+                       tf.float64) / MS_PER_WEEK
+        return tf.cast(tf.stack([day, week], axis=-1), tf.float32)
+
+
+def _constant(array: np.ndarray | None):
+    return None if array is None else tf.constant(array, dtype=tf.float32)
+
+
+class ExportedStep(tf.Module):
+    """A tf.Module holding the step's weights and its signature-fixed ``step`` function."""
+
+    def __init__(self, step: StreamingStep) -> None:
+        super().__init__(name="cellwatch_step")
+        params = step.params
+        self._params = StepParams(**{
+            name: (_constant(value) if isinstance(value, np.ndarray) else value)
+            for name, value in vars(params).items() if name != "stack"
+        }, stack=tuple((_constant(k), _constant(b)) for k, b in params.stack))
+        self._scaler = (tf.constant(step._scaler_arrays[0]), tf.constant(step._scaler_arrays[1]),
+                        tf.constant(step._scaler_arrays[2]))
+        self._scorer = step.scorer
+        self._layout = step.layout
+        channels, size = step.layout.channels, step.layout.size
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec([None, channels], tf.float32, name="values"),
+            tf.TensorSpec([None], tf.int64, name="timestamps_ms"),
+            tf.TensorSpec([None, size], tf.float32, name="state"),
+        ])
+
+    def _step(self, values, timestamps_ms, state):
+        score, likelihood, flag, top, new_state = advance(
+            TensorFlowOps, self._params, self._scaler, self._scorer, self._layout,
+            values, timestamps_ms, state)
+        return {"score": score, "likelihood": likelihood, "flag": flag,
+                "top_channel": top, "state": new_state}
+
+
+def save_exported_step(step: StreamingStep, directory: Path) -> None:
+    """Writes the step as a SavedModel into ``directory`` (which must not exist)."""
+    module = ExportedStep(step)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.step})
+
+
+def load_exported_step(directory: Path):
+    """The SavedModel's ``step`` function; needs TensorFlow only, not cellwatch."""
+    return tf.saved_model.load(str(directory)).step

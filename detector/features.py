@@ -1,0 +1,98 @@
+"""What the model sees of a reading: robustly normalized channels and the clock's phase.
+
+Both the training pipeline and the streaming step call these functions, so a reading is
+prepared identically offline and online.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+MS_PER_DAY = 86_400_000
+MS_PER_WEEK = 7 * MS_PER_DAY
+# 1970-01-01 was a Thursday; shifting by 3 days puts Monday 00:00 at phase 0 of the week.
+_WEEK_SHIFT_MS = 3 * MS_PER_DAY
+CLOCK_FEATURES = 2
+
+# The normal distribution's interquartile range in standard deviations.
+_IQR_TO_SIGMA = 1.3489795
+
+
+def clock_features(timestamps_ms: np.ndarray) -> np.ndarray:
+    """Phase of the day and of the week, each in [0, 1), as float32 ``[..., 2]``.
+
+    Computed from integer milliseconds so float32 never has to hold an epoch timestamp.
+    """
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    day = (ts % MS_PER_DAY).astype(np.float64) / MS_PER_DAY
+    week = ((ts + _WEEK_SHIFT_MS) % MS_PER_WEEK).astype(np.float64) / MS_PER_WEEK
+    return np.stack([day, week], axis=-1).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelScaler:
+    """Per-channel robust normalization: ``(x - median) / scale``, clipped for the model.
+
+    The scale is the interquartile range in standard-deviation units, so a few extreme
+    readings in the training data do not shrink every later residual. A channel with no
+    spread (a constant sensor) falls back to its standard deviation and then to 1.
+
+    Args:
+        median: per-channel centre, raw units.
+        scale: per-channel spread, raw units, strictly positive.
+        clip: normalized model inputs are clipped to ``[-clip, clip]`` so one wild reading
+            cannot saturate the memory cell for many steps; residuals use unclipped values.
+    """
+
+    median: tuple[float, ...]
+    scale: tuple[float, ...]
+    clip: float = 20.0
+
+    def __post_init__(self) -> None:
+        if len(self.median) != len(self.scale) or not self.median:
+            raise ValueError(
+                f"`median` and `scale` must be non-empty and of equal length, received "
+                f"{len(self.median)} and {len(self.scale)}")
+        if not all(np.isfinite(self.median)):
+            raise ValueError(f"`median` must be finite, received: {self.median}")
+        if not all(np.isfinite(s) and s > 0 for s in self.scale):
+            raise ValueError(f"`scale` must be finite and > 0, received: {self.scale}")
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"`clip` must be finite and > 0, received: {self.clip}")
+
+    @classmethod
+    def fit(cls, values: np.ndarray, clip: float = 20.0) -> ChannelScaler:
+        """Fits to ``values[..., F]``; NaNs are ignored, an all-NaN channel is an error."""
+        flat = np.asarray(values, dtype=np.float64).reshape(-1, np.shape(values)[-1])
+        empty = [i for i in range(flat.shape[1]) if not np.isfinite(flat[:, i]).any()]
+        if empty:
+            raise ValueError(f"channels {empty} have no finite value to fit a scale to")
+        median = np.nanmedian(flat, axis=0)
+        q75, q25 = np.nanpercentile(flat, [75, 25], axis=0)
+        scale = (q75 - q25) / _IQR_TO_SIGMA
+        std = np.nanstd(flat, axis=0)
+        scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
+        return cls(tuple(float(m) for m in median), tuple(float(s) for s in scale), clip)
+
+    @property
+    def channels(self) -> int:
+        return len(self.median)
+
+    def normalize(self, values: np.ndarray) -> np.ndarray:
+        """Unclipped normalized values, float32."""
+        median = np.asarray(self.median, dtype=np.float32)
+        scale = np.asarray(self.scale, dtype=np.float32)
+        return ((np.asarray(values, dtype=np.float32) - median) / scale).astype(np.float32)
+
+    def model_input(self, normalized: np.ndarray) -> np.ndarray:
+        """What the model sees of normalized values: clipped to ``[-clip, clip]``."""
+        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"median": list(self.median), "scale": list(self.scale), "clip": self.clip}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ChannelScaler:
+        return cls(tuple(data["median"]), tuple(data["scale"]), float(data["clip"]))

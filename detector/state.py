@@ -1,0 +1,131 @@
+"""The per-stream state record: a fixed-size float32 vector with a versioned layout.
+
+Every stream the worker has seen owns one record. It holds everything the streaming step needs
+to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
+restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
+
+Layout version 1, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
+
+==================  =====  ==============================================================
+field               width  meaning
+==================  =====  ==============================================================
+``input_t1``        D      model input of the previous reading (t-1), zeros before it
+``input_t2``        D      model input of the reading before that (t-2)
+``memory``          M      the memory cell's state after the previous reading
+``forecast_mean``   F      forecast of this reading, normalized units
+``forecast_scale``  F      forecast standard deviation, normalized units
+``score_average``   1      short moving average of raw scores
+``score_mean``      1      long-run mean of ``score_average``
+``score_var``       1      long-run variance of ``score_average``
+``count``           1      readings seen, saturating at ``COUNT_CAP``
+==================  =====  ==============================================================
+
+Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+STATE_LAYOUT_VERSION = 1
+
+# float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
+COUNT_CAP = float(2**24)
+
+_WIRE_DTYPE = np.dtype("<f4")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Where each field of a stream's state record lives.
+
+    Args:
+        channels: channels per reading (``F``).
+        input_width: width of the model input per reading (``D``: channels plus encoded clock).
+        memory_units: size of the memory cell state (``M``).
+        version: layout version; records of another version cannot be read by this one.
+    """
+
+    channels: int
+    input_width: int
+    memory_units: int
+    version: int = STATE_LAYOUT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "input_width", "memory_units"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, received: {value!r}")
+        if self.input_width < self.channels:
+            raise ValueError(
+                f"`input_width` must be at least `channels` ({self.channels}), "
+                f"received: {self.input_width}")
+        if self.version != STATE_LAYOUT_VERSION:
+            raise ValueError(
+                f"state layout version {self.version} is not supported; this build reads "
+                f"version {STATE_LAYOUT_VERSION}")
+
+    def _widths(self) -> list[tuple[str, int]]:
+        return [
+            ("input_t1", self.input_width),
+            ("input_t2", self.input_width),
+            ("memory", self.memory_units),
+            ("forecast_mean", self.channels),
+            ("forecast_scale", self.channels),
+            ("score_average", 1),
+            ("score_mean", 1),
+            ("score_var", 1),
+            ("count", 1),
+        ]
+
+    @property
+    def fields(self) -> dict[str, slice]:
+        offsets: dict[str, slice] = {}
+        start = 0
+        for name, width in self._widths():
+            offsets[name] = slice(start, start + width)
+            start += width
+        return offsets
+
+    @property
+    def size(self) -> int:
+        """Floats per record."""
+        return sum(width for _, width in self._widths())
+
+    @property
+    def record_bytes(self) -> int:
+        return self.size * _WIRE_DTYPE.itemsize
+
+    def initial(self, streams: int) -> np.ndarray:
+        """Records of streams never seen: zero history, as the Keras model's zero padding."""
+        return np.zeros((streams, self.size), dtype=np.float32)
+
+    def to_bytes(self, records: np.ndarray) -> bytes:
+        """Records ``[n, size]`` as little-endian float32 bytes."""
+        self.check(records)
+        return np.ascontiguousarray(records, dtype=_WIRE_DTYPE).tobytes()
+
+    def from_bytes(self, data: bytes) -> np.ndarray:
+        """The inverse of :meth:`to_bytes`; a length that is not whole records is an error."""
+        if len(data) % self.record_bytes:
+            raise ValueError(
+                f"state bytes: expected a multiple of {self.record_bytes} bytes "
+                f"(layout v{self.version}, {self.size} float32), received {len(data)} bytes")
+        records = np.frombuffer(data, dtype=_WIRE_DTYPE).reshape(-1, self.size)
+        return records.astype(np.float32, copy=True)
+
+    def check(self, records: np.ndarray) -> None:
+        """Raises ValueError unless ``records`` is a float32 ``[n, size]`` array."""
+        if records.ndim != 2 or records.shape[1] != self.size or records.dtype != np.float32:
+            raise ValueError(
+                f"state records: expected float32 [n, {self.size}] (layout v{self.version}), "
+                f"received {records.dtype} {list(records.shape)}")
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, int]) -> StateLayout:
+        return cls(**data)

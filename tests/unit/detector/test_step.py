@@ -1,0 +1,178 @@
+"""The vectorized streaming step equals the Keras forecaster, and its state is portable."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from detector.model import ForecasterConfig, step_params
+from detector.scorer import ScorerConfig
+from detector.state import StateLayout
+from detector.step import StreamingStep, activation_name
+from tests.unit.detector.conftest import Recording, keras_forecasts, make_recording, scaler_for
+
+
+def run_step(step: StreamingStep, recording: Recording):
+    """Feeds every stream's readings in time order; returns per-step results and states."""
+    streams, steps, _ = recording.values.shape
+    state = step.layout.initial(streams)
+    results, states = [], []
+    for t in range(steps):
+        result, state = step(recording.values[:, t], recording.timestamps_ms[:, t], state)
+        results.append(result)
+        states.append(state)
+    return results, states
+
+
+def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerConfig):
+    """The scorer's documented rules, one stream and one reading at a time, with math.erf."""
+    streams, steps, _ = normalized.shape
+    score = np.zeros((streams, steps))
+    likelihood = np.zeros((streams, steps))
+    flag = np.zeros((streams, steps), dtype=bool)
+    for s in range(streams):
+        average = mean = var = 0.0
+        for t in range(steps):
+            count = t  # readings seen before this one
+            if count >= 1:
+                z = (normalized[s, t] - forecast_mean[s, t - 1]) / forecast_scale[s, t - 1]
+                score[s, t] = math.sqrt(float(np.mean(z * z)))
+            capped = min(score[s, t], scorer.score_cap)
+            new_average = capped if count == 1 else (
+                average + scorer.average_weight * (capped - average))
+            sigma = max(math.sqrt(var), scorer.min_sigma)
+            p = 0.5 * (1 + math.erf((new_average - mean) / sigma / math.sqrt(2)))
+            learning = count <= scorer.learning_period
+            likelihood[s, t] = 0.5 if learning else p
+            flag[s, t] = (not learning) and p >= scorer.threshold
+            if count >= 1:
+                weight = max(1.0 / count, 1.0 / scorer.history)
+                delta = new_average - mean
+                mean += weight * delta
+                var = (1 - weight) * (var + weight * delta * delta)
+                average = new_average
+    return score, likelihood, flag
+
+
+def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, step, scorer):
+    _, model = forecaster
+    mean_ref, scale_ref = keras_forecasts(model, step.scaler, recording)
+    results, states = run_step(step, recording)
+    fields = step.layout.fields
+    for t, state in enumerate(states):
+        np.testing.assert_allclose(state[:, fields["forecast_mean"]], mean_ref[:, t],
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state[:, fields["forecast_scale"]], scale_ref[:, t],
+                                   rtol=1e-5, atol=1e-5)
+
+    normalized = step.scaler.normalize(recording.values)
+    score_ref, likelihood_ref, flag_ref = reference_scores(
+        mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer)
+    score = np.stack([r.score for r in results], axis=1)
+    likelihood = np.stack([r.likelihood for r in results], axis=1)
+    np.testing.assert_allclose(score, score_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(likelihood, likelihood_ref, rtol=1e-5, atol=1e-5)
+    flags = np.stack([r.flag for r in results], axis=1)
+    # A likelihood within float error of the threshold may fall either way; nothing else may.
+    decided = np.abs(likelihood_ref - scorer.threshold) > 1e-5
+    np.testing.assert_array_equal(flags[decided], flag_ref[decided])
+    assert flag_ref.any() and (~flag_ref).any(), "the recording should exercise both outcomes"
+    tops = np.stack([r.top_channel for r in results], axis=1)
+    assert tops.dtype == np.int32 and tops.min() >= 0 and tops.max() < 3
+
+
+def test_streams_are_independent_of_batch_composition(step, recording):
+    """A stream's results do not depend on which other streams share its calls."""
+    results, _ = run_step(step, recording)
+    whole = np.stack([r.score for r in results], axis=1)
+    streams, steps, _ = recording.values.shape
+    alone = np.zeros_like(whole)
+    state = step.layout.initial(streams)
+    rng = np.random.default_rng(0)
+    for t in range(steps):
+        # Each stream's reading t arrives in a random subset, in random order.
+        order = rng.permutation(streams)
+        for chunk in np.array_split(order, rng.integers(1, streams + 1)):
+            if chunk.size == 0:
+                continue
+            result, new = step(recording.values[chunk, t], recording.timestamps_ms[chunk, t],
+                               state[chunk])
+            state[chunk] = new
+            alone[chunk, t] = result.score
+    np.testing.assert_array_equal(alone, whole)
+
+
+def test_state_round_trips_through_bytes_mid_stream(step, recording):
+    """Checkpoint after 17 readings, restore from bytes, continue: identical to no restore."""
+    results, states = run_step(step, recording)
+    blob = step.layout.to_bytes(states[16])
+    assert len(blob) == recording.values.shape[0] * step.layout.record_bytes
+    restored = step.layout.from_bytes(blob)
+    np.testing.assert_array_equal(restored, states[16])
+    for t in range(17, recording.values.shape[1]):
+        result, restored = step(recording.values[:, t], recording.timestamps_ms[:, t], restored)
+        np.testing.assert_array_equal(result.score, results[t].score)
+        np.testing.assert_array_equal(restored, states[t])
+
+
+def test_state_bytes_reject_partial_records(step):
+    with pytest.raises(ValueError, match=r"multiple of \d+ bytes"):
+        step.layout.from_bytes(b"\x00" * (step.layout.record_bytes + 3))
+
+
+def test_state_bytes_per_stream_for_four_channels_is_small():
+    config = ForecasterConfig(channels=4)
+    layout = StateLayout(channels=4, input_width=config.input_width,
+                         memory_units=config.memory_units)
+    assert layout.record_bytes <= 512
+
+
+def test_step_does_not_modify_its_input_state(step, recording):
+    state = step.layout.initial(recording.values.shape[0])
+    before = state.copy()
+    step(recording.values[:, 0], recording.timestamps_ms[:, 0], state)
+    np.testing.assert_array_equal(state, before)
+
+
+def test_step_rejects_wrong_shapes(step, recording):
+    state = step.layout.initial(5)
+    with pytest.raises(ValueError, match=r"values: expected \[batch, 3\], received \[5, 2\]"):
+        step(recording.values[:, 0, :2], recording.timestamps_ms[:, 0], state)
+    with pytest.raises(ValueError, match="state records: expected float32"):
+        step(recording.values[:, 0], recording.timestamps_ms[:, 0], state[:, :-1])
+    with pytest.raises(ValueError, match="one record per reading"):
+        step(recording.values[:, 0], recording.timestamps_ms[:, 0], state[:3])
+
+
+def test_new_streams_warm_up_before_flagging(step, recording):
+    huge = make_recording(streams=2, steps=4, seed=9)
+    huge.values[:, 2:] += 1e4  # an enormous jump inside the learning period
+    results, _ = run_step(step, huge)
+    assert all(not r.flag.any() for r in results)
+    assert all(np.all(r.likelihood == 0.5) for r in results)
+    assert results[2].score.min() > 100  # the raw score still shows the surprise
+
+
+def test_an_obvious_spike_after_warm_up_is_flagged_on_its_channel(forecaster, scorer):
+    _, model = forecaster
+    quiet = make_recording(streams=3, steps=60, seed=21)
+    step = StreamingStep(step_params(model), scaler_for(quiet), scorer)
+    quiet.values[1, 50, 2] += 200.0
+    results, _ = run_step(step, quiet)
+    assert results[50].flag[1]
+    assert results[50].top_channel[1] == 2
+    assert results[50].score[1] > 10 * np.median([r.score[1] for r in results[10:50]])
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "cellwatch>elu_sigmoid",
+                                  {"module": None, "class_name": "function",
+                                   "config": "elu_sigmoid", "registered_name": "function"}])
+def test_activation_names_resolve(name):
+    assert activation_name(name) in {"relu", "tanh", "elu_sigmoid"}
+
+
+def test_unsupported_activation_is_named():
+    with pytest.raises(ValueError, match="activation 'selu' cannot run in the streaming step"):
+        activation_name("selu")
