@@ -8,11 +8,16 @@ environment variables are the settings' own (``CELLWATCH_<SECTION>_<FIELD>``) an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,3 +149,240 @@ def config_keys() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for key, env, default, help_text in rows:
         click.echo(f"{key:<{widths[0]}}  {env:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
+
+
+class _UserError(click.ClickException):
+    """A problem with the user's input or files: exit code 1 and the message, no traceback."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turns the packages' input errors into one clear line at the command line."""
+    from detector.artifact import ArtifactError
+    from streaming.ports import OutputError
+    from training.recordings import RecordingError
+    from training.trainer import TrainingError
+
+    try:
+        yield
+    except (ArtifactError, RecordingError, TrainingError, OutputError) as error:
+        raise _UserError(str(error)) from None
+
+
+DATA_FORMATS = ["auto", "long-csv", "wide-csv", "jsonl", "nab"]
+_data_argument = click.argument(
+    "data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+_format_option = click.option(
+    "--format", "data_format", type=click.Choice(DATA_FORMATS), default="auto",
+    show_default=True, help="Recording format (auto: by extension and header).")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--streams", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--channels", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--length", type=click.IntRange(min=10), default=5000, show_default=True,
+              help="Readings per stream.")
+@click.option("--interval", "interval_s", type=click.IntRange(min=1), default=300,
+              show_default=True, help="Seconds between readings.")
+@click.option("--anomaly-rate", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Expected anomalies per 10,000 readings per stream.")
+@settings_option("training.seed", "--seed", type=int, help="Random seed.")
+@click.pass_context
+def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length: int,
+          interval_s: int, anomaly_rate: float, **_flags: Any) -> None:
+    """Write a labeled synthetic multi-stream recording."""
+    from training.synthetic import generate, write_labels
+
+    from training.recordings import write_long_csv
+
+    settings = build_settings(ctx)
+    recording, labels = generate(streams=streams, channels=channels, length=length,
+                                 interval_s=interval_s, seed=settings.training.seed,
+                                 anomaly_rate=anomaly_rate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_long_csv(recording, out_dir / "readings.csv")
+    write_labels(labels, out_dir / "labels.json")
+    kinds = Counter(label.kind for label in labels)
+    by_kind = ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items()))
+    click.echo(f"wrote {len(recording)} readings of {streams} streams x {channels} channels "
+               f"to {out_dir / 'readings.csv'}")
+    click.echo(f"wrote {len(labels)} labeled anomalies ({by_kind}) to {out_dir / 'labels.json'}")
+
+
+@main.command()
+@_data_argument
+@_format_option
+@settings_option("model.artifact", "--out", type=click.Path(path_type=Path),
+                 help="Model artifact directory to write.")
+@settings_option("training.epochs", "--epochs", type=int, help="Maximum epochs.")
+@settings_option("training.seed", "--seed", type=int, help="Random seed.")
+@settings_option("training.sequence_length", "--sequence-length", type=int,
+                 help="Readings per training sequence.")
+@settings_option("training.batch_size", "--batch-size", type=int, help="Sequences per step.")
+@click.pass_context
+def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags: Any) -> None:
+    """Train a model on recorded data and write the model artifact."""
+    from cellwatch.wiring import training_options
+    from training.recordings import read_recording
+    from training.trainer import train as train_model
+
+    settings = build_settings(ctx)
+    with user_errors():
+        recording = read_recording(list(data), data_format)
+        click.echo(recording.summary.describe())
+        result = train_model(recording, settings.model.artifact,
+                             training_options(settings.training))
+    report = result.report
+    click.echo(f"model {result.metadata.model_version} written to {settings.model.artifact}")
+    click.echo(f"epochs {report['epochs_run']} (best {report['best_epoch']}), "
+               f"validation loss {report['best_val_loss']:.4f}, "
+               f"{report['readings_per_second']:.0f} readings/s")
+    click.echo(f"report: {result.report_path}; loss curves: {result.plot_path}")
+
+
+@main.command()
+@_data_argument
+@_format_option
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="Anomaly windows: NAB's combined_windows.json or `cellwatch synth` labels.")
+@click.option("--protocol", type=click.Choice(["artifact", "nab"]), default="artifact",
+              show_default=True,
+              help="artifact: score with a trained model; nab: per file, train on its "
+                   "probationary period, then stream it (NAB's protocol).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/evaluation"), show_default=True, help="Report directory.")
+@settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
+                 help="Model artifact to evaluate (artifact protocol).")
+@click.pass_context
+def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
+             labels_path: Path | None, protocol: str, out_dir: Path, **_flags: Any) -> None:
+    """Score labeled data through the streaming step and report NAB and F1 scores."""
+    from cellwatch.wiring import training_options
+    from detector.artifact import load_artifact
+    from training.evaluation import evaluate_artifact, read_label_windows, run_nab_protocol
+    from training.recordings import read_recording
+
+    settings = build_settings(ctx)
+    with user_errors():
+        windows = read_label_windows(labels_path) if labels_path else None
+        if protocol == "nab":
+            if windows is None or len(data) != 1 or not data[0].is_dir():
+                raise click.UsageError("--protocol nab needs one NAB data directory and "
+                                       "--labels combined_windows.json")
+            options = dataclasses.replace(
+                training_options(settings.training, verbose=0),
+                sequence_length=NAB_SEQUENCE_LENGTH)
+            report = run_nab_protocol(
+                data[0], windows, out_dir, options,
+                progress=lambda done, total, key: click.echo(f"[{done}/{total}] {key}"))
+        else:
+            recording = read_recording(list(data), data_format)
+            artifact = load_artifact(settings.model.artifact)
+            nab = data_format == "nab" or (len(data) == 1 and data[0].is_dir())
+            report = evaluate_artifact(artifact, recording, out_dir, windows, nab=nab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in report.get("nab", {}).items():
+        click.echo(f"NAB {name}: {result['normalized']:.1f} (threshold "
+                   f"{result['threshold']:.4f})")
+    for kind in ("pointwise", "windowwise"):
+        if kind in report:
+            m = report[kind]
+            click.echo(f"{kind}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
+                       f"F1 {m['f1']:.3f}")
+    click.echo(f"report: {out_dir / 'evaluation.json'}; plots: {out_dir / 'index.md'}")
+
+
+# The shortest NAB file's probationary period (186 rows) must still yield validation windows.
+NAB_SEQUENCE_LENGTH = 32
+
+
+@main.command()
+@settings_option("kafka.bootstrap_servers", "--bootstrap-servers",
+                 help="Comma-separated host:port list.")
+@settings_option("kafka.group_id", "--group", help="Consumer group of the workers.")
+@settings_option("kafka.readings_topic", "--readings-topic", help="Topic to consume.")
+@settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
+                 help="Model artifact to serve.")
+@settings_option("metrics.port", "--metrics-port", type=int, help="Metrics endpoint port.")
+@click.pass_context
+def run(ctx: click.Context, **_flags: Any) -> None:
+    """Run the streaming worker: consume readings, score, publish, export metrics."""
+    from cellwatch.wiring import run_worker
+
+    settings = build_settings(ctx)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logging.getLogger("cellwatch").info("%s received: finishing the batch in hand",
+                                            signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+    with user_errors():
+        run_worker(settings, stop)
+
+
+@main.command()
+@_data_argument
+@_format_option
+@click.option("--to-kafka", "topic", help="Produce the readings into this topic.")
+@click.option("--speed", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Pace: 0 as fast as possible, 1 real time, 60 a minute of data per second.")
+@click.option("--score-to", "score_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Score in process (no broker) and write score records as JSON lines.")
+@settings_option("kafka.bootstrap_servers", "--bootstrap-servers",
+                 help="Comma-separated host:port list.")
+@settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
+                 help="Model artifact for --score-to.")
+@click.pass_context
+def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: str | None,
+           speed: float, score_path: Path | None, **_flags: Any) -> None:
+    """Replay recorded readings into Kafka, or score them in process."""
+    from cellwatch.wiring import kafka_client_options
+    from detector.artifact import load_artifact
+    from streaming.engine import ScoringEngine
+    from streaming.kafka_io import KafkaRecordSink
+    from streaming.replay import replay_to_kafka, score_in_process
+    from streaming.state_store import StateStore
+    from training.recordings import read_recording
+
+    if (topic is None) == (score_path is None):
+        raise click.UsageError("give exactly one of --to-kafka TOPIC and --score-to FILE")
+    settings = build_settings(ctx)
+    with user_errors():
+        recording = read_recording(list(data), data_format).filled()
+        readings = ((r.stream, r.timestamp_ms, r.values) for r in recording.readings())
+        with click.progressbar(length=len(recording), label="replaying",
+                               file=sys.stderr) as bar:
+            done = [0]
+
+            def progress(count: int) -> None:
+                bar.update(count - done[0])
+                done[0] = count
+
+            if topic is not None:
+                sink = KafkaRecordSink(kafka_client_options(settings.kafka))
+                try:
+                    sent = replay_to_kafka(readings, recording.channels, sink, topic, speed,
+                                           progress)
+                finally:
+                    sink.close()
+                summary = f"produced {sent} readings to {topic}"
+            else:
+                artifact = load_artifact(settings.model.artifact)
+                engine = ScoringEngine(artifact.step, StateStore(artifact.step.layout),
+                                       artifact.metadata.channels,
+                                       artifact.metadata.model_version,
+                                       settings.worker.anomaly_episode_gap)
+                anomalies_path = score_path.with_name(score_path.stem + ".anomalies.jsonl")
+                with score_path.open("wb") as scores_out, anomalies_path.open("wb") as events:
+                    stats = score_in_process(readings, engine, scores_out, events,
+                                             settings.worker.max_poll_records, progress)
+                summary = (f"scored {stats.scored} readings ({stats.rejected} rejected), "
+                           f"{stats.flagged} flagged, {stats.episodes} anomaly episodes; "
+                           f"scores: {score_path}; episodes: {anomalies_path}")
+    click.echo(summary)

@@ -8,6 +8,7 @@ calls ``step(values, timestamps_ms, state)``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ class TensorFlowOps:
             tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a)), tf.shape(b))
         return tf.where(tf.broadcast_to(condition, shape), tf.broadcast_to(a, shape),
                         tf.broadcast_to(b, shape))
+
+    @staticmethod
+    def log10(x):
+        return tf.math.log(x) * (1.0 / math.log(10.0))
 
     @staticmethod
     def matmul(a, b):
@@ -111,10 +116,10 @@ class ExportedStep(tf.Module):
         ])
 
     def _step(self, values, timestamps_ms, state):
-        score, likelihood, flag, top, new_state = advance(
+        score, likelihood, surprise, flag, top, new_state = advance(
             TensorFlowOps, self._params, self._scaler, self._scorer, self._layout,
             values, timestamps_ms, state)
-        return {"score": score, "likelihood": likelihood, "flag": flag,
+        return {"score": score, "likelihood": likelihood, "surprise": surprise, "flag": flag,
                 "top_channel": top, "state": new_state}
 
 

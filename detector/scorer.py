@@ -11,8 +11,10 @@ The anomaly likelihood follows Numenta's anomaly likelihood (Ahmad, Lavin, Purdy
 "Unsupervised real-time anomaly detection for streaming data", Neurocomputing 262, 2017):
 a short moving average of raw scores is compared with the stream's own long-run
 distribution of that average, and the likelihood is the Gaussian probability of seeing a
-value at most that high. Unlike Numenta's windowed estimate, the long-run mean and variance
-here are exponentially weighted (with a running mean until ``history`` scores exist), so each
+value at most that high. The surprise, ``-log10(1 - likelihood)``, carries the same
+information with resolution where float32 likelihoods round to 1 (3 is a likelihood of
+0.999, 5 of 0.99999); it is capped at 30. Unlike Numenta's windowed estimate, the long-run
+mean and variance here are exponentially weighted (with a running mean until ``history`` scores exist), so each
 stream's statistics fit in three floats of its state record.
 
 When it works: residuals of normal behaviour are roughly stationary per stream, so a burst of
@@ -80,16 +82,22 @@ class ScorerConfig:
         return cls(**data)
 
 
-# Abramowitz & Stegun 7.1.26: |error| < 1.5e-7 for erf, written with exp only so NumPy and
-# TensorFlow evaluate the very same formula (NumPy has no erf).
+# Abramowitz & Stegun 7.1.26, erfc(x) ~ poly(t) * exp(-x^2) for x >= 0: |error| < 1.5e-7 in
+# the likelihood; deep in the tail the relative error of the tail grows (to ~40% for x > 5)
+# but stays monotone, which is what ranking and thresholds need. Written with exp only so
+# NumPy and TensorFlow evaluate the very same formula (NumPy has no erf).
 _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
+# Tails below this count as this; -log10 of it caps the surprise.
+MIN_TAIL = 1e-30
+MAX_SURPRISE = 30.0
 
-def normal_cdf(ops, z):
-    """Standard normal CDF of ``z`` with the array functions of ``ops``."""
+
+def upper_tail(ops, z):
+    """P(Z >= z) for a standard normal Z, accurate for large z (no 1 - x cancellation)."""
     x = ops.abs(z) * (1.0 / math.sqrt(2.0))
     t = 1.0 / (1.0 + _AS_P * x)
     poly = t * (_AS_A[0] + t * (_AS_A[1] + t * (_AS_A[2] + t * (_AS_A[3] + t * _AS_A[4]))))
-    erf_abs = 1.0 - poly * ops.exp(-x * x)
-    return 0.5 * (1.0 + ops.where(z >= 0, erf_abs, -erf_abs))
+    half_erfc = 0.5 * poly * ops.exp(-x * x)
+    return ops.where(z >= 0, half_erfc, 1.0 - half_erfc)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from detector.features import ChannelScaler, clock_features
-from detector.scorer import ScorerConfig, normal_cdf
+from detector.scorer import MAX_SURPRISE, MIN_TAIL, ScorerConfig, upper_tail
 from detector.state import COUNT_CAP, StateLayout
 
 # Activations the step can evaluate outside Keras; each takes (ops, x).
@@ -60,6 +60,7 @@ class NumpyOps:
     abs = staticmethod(np.abs)
     exp = staticmethod(np.exp)
     sqrt = staticmethod(np.sqrt)
+    log10 = staticmethod(np.log10)
     sin = staticmethod(np.sin)
     tanh = staticmethod(np.tanh)
     maximum = staticmethod(np.maximum)
@@ -149,10 +150,11 @@ class StepParams:
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """Per reading: raw score, likelihood in [0, 1], flag, most surprising channel."""
+    """Per reading: raw score, likelihood in [0, 1], surprise, flag, most surprising channel."""
 
     score: np.ndarray  # float32 [B]
     likelihood: np.ndarray  # float32 [B]
+    surprise: np.ndarray  # float32 [B], -log10(1 - likelihood), in [0, 30]
     flag: np.ndarray  # bool [B]
     top_channel: np.ndarray  # int32 [B]
 
@@ -172,7 +174,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
         state: state records ``[B, S]``, one per reading's stream.
 
     Returns:
-        ``(score, likelihood, flag, top_channel, new_state)``.
+        ``(score, likelihood, surprise, flag, top_channel, new_state)``.
     """
     median, scale, clip = scaler_arrays
     f = layout.fields
@@ -202,10 +204,12 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     new_average = ops.where(first_score, capped,
                             average + scorer.average_weight * (capped - average))
     sigma = ops.maximum(ops.sqrt(var), scorer.min_sigma)
-    likelihood = normal_cdf(ops, (new_average - mean) / sigma)
+    tail = ops.maximum(upper_tail(ops, (new_average - mean) / sigma), MIN_TAIL)
     learning = count <= float(scorer.learning_period)
-    likelihood = ops.where(learning, 0.5, likelihood)
-    flag = ops.logical_and(ops.logical_not(learning), likelihood >= scorer.threshold)
+    tail = ops.where(learning, 0.5, tail)
+    likelihood = 1.0 - tail
+    surprise = ops.minimum(-ops.log10(tail), MAX_SURPRISE)
+    flag = ops.logical_and(ops.logical_not(learning), tail <= 1.0 - scorer.threshold)
 
     # Long-run statistics: a running mean until `history` scores exist, then exponential.
     weight = ops.maximum(1.0 / ops.maximum(count, 1.0), 1.0 / scorer.history)
@@ -241,7 +245,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
         model_input, previous_1, new_memory, forecast_mean, forecast_scale,
         new_average[:, None], new_mean[:, None], new_var[:, None], new_count[:, None],
     ], axis=-1)
-    return score, likelihood, flag, top_channel, new_state
+    return score, likelihood, surprise, flag, top_channel, new_state
 
 
 class StreamingStep:
@@ -296,11 +300,11 @@ class StreamingStep:
             if timestamps_ms is None:
                 raise ValueError("timestamps_ms: this model encodes the clock and needs them")
             timestamps_ms = np.asarray(timestamps_ms, dtype=np.int64)
-        score, likelihood, flag, top, new_state = advance(
+        score, likelihood, surprise, flag, top, new_state = advance(
             NumpyOps, self.params, self._scaler_arrays, self.scorer, self.layout,
             values, timestamps_ms, state)
         return (StepResult(score.astype(np.float32), likelihood.astype(np.float32),
-                           np.asarray(flag, dtype=bool), top),
+                           surprise.astype(np.float32), np.asarray(flag, dtype=bool), top),
                 new_state.astype(np.float32, copy=False))
 
 

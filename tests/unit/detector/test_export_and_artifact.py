@@ -32,6 +32,8 @@ def test_saved_model_step_equals_numpy_step(step, recording, tmp_path):
         np.testing.assert_allclose(state_tf, state_np, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out["score"].numpy(), result.score, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out["likelihood"].numpy(), result.likelihood, atol=1e-5)
+        np.testing.assert_allclose(out["surprise"].numpy(), result.surprise, atol=1e-4)
+        np.testing.assert_array_equal(out["flag"].numpy(), result.flag)
         np.testing.assert_array_equal(out["top_channel"].numpy(), result.top_channel)
 
 

@@ -31,6 +31,7 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
     streams, steps, _ = normalized.shape
     score = np.zeros((streams, steps))
     likelihood = np.zeros((streams, steps))
+    surprise = np.zeros((streams, steps))
     flag = np.zeros((streams, steps), dtype=bool)
     for s in range(streams):
         average = mean = var = 0.0
@@ -43,17 +44,18 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             new_average = capped if count == 1 else (
                 average + scorer.average_weight * (capped - average))
             sigma = max(math.sqrt(var), scorer.min_sigma)
-            p = 0.5 * (1 + math.erf((new_average - mean) / sigma / math.sqrt(2)))
+            tail = 0.5 * math.erfc((new_average - mean) / sigma / math.sqrt(2))
             learning = count <= scorer.learning_period
-            likelihood[s, t] = 0.5 if learning else p
-            flag[s, t] = (not learning) and p >= scorer.threshold
+            likelihood[s, t] = 0.5 if learning else 1.0 - tail
+            surprise[s, t] = -math.log10(0.5 if learning else max(tail, 1e-30))
+            flag[s, t] = (not learning) and 1.0 - tail >= scorer.threshold
             if count >= 1:
                 weight = max(1.0 / count, 1.0 / scorer.history)
                 delta = new_average - mean
                 mean += weight * delta
                 var = (1 - weight) * (var + weight * delta * delta)
                 average = new_average
-    return score, likelihood, flag
+    return score, likelihood, surprise, flag
 
 
 def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, step, scorer):
@@ -68,12 +70,18 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
                                    rtol=1e-5, atol=1e-5)
 
     normalized = step.scaler.normalize(recording.values)
-    score_ref, likelihood_ref, flag_ref = reference_scores(
+    score_ref, likelihood_ref, surprise_ref, flag_ref = reference_scores(
         mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer)
     score = np.stack([r.score for r in results], axis=1)
     likelihood = np.stack([r.likelihood for r in results], axis=1)
     np.testing.assert_allclose(score, score_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(likelihood, likelihood_ref, rtol=1e-5, atol=1e-5)
+    # The tail approximation is exact to 1.5e-7 absolute; deep tails differ relatively, which
+    # -log10 turns into a bounded offset (0.15 at most), and the ordering must agree.
+    surprise = np.stack([r.surprise for r in results], axis=1)
+    np.testing.assert_allclose(surprise, surprise_ref, atol=0.15)
+    ranked = surprise.ravel()[np.argsort(surprise_ref, axis=None, kind="stable")]
+    assert np.all(np.diff(ranked) >= -1e-3)
     flags = np.stack([r.flag for r in results], axis=1)
     # A likelihood within float error of the threshold may fall either way; nothing else may.
     decided = np.abs(likelihood_ref - scorer.threshold) > 1e-5

@@ -1,0 +1,109 @@
+"""From the settings tree to the objects of ``training`` and ``streaming``.
+
+The CLI commands stay thin by calling these; nothing here parses flags or prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
+from detector.artifact import ModelArtifact, load_artifact
+from streaming.http_endpoint import MetricsEndpoint
+from streaming.kafka_io import KafkaReadingSource, KafkaRecordSink, ensure_topics
+from streaming.metrics import WorkerMetrics
+from streaming.worker import ModelInfo, Worker, WorkerConfig
+from training.trainer import TrainingOptions
+
+log = logging.getLogger(__name__)
+
+
+def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python connection and security options of the ``kafka`` section."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(kafka.bootstrap_servers),
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.sasl_mechanism is not None:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username is not None:
+        options["sasl_plain_username"] = kafka.sasl_username
+    if kafka.sasl_password is not None:
+        options["sasl_plain_password"] = kafka.sasl_password.reveal()
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(kafka, key)
+        if value is not None:
+            options[key] = str(value)
+    if kafka.ssl_password is not None:
+        options["ssl_password"] = kafka.ssl_password.reveal()
+    return options
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    kafka, worker = settings.kafka, settings.worker
+    return WorkerConfig(
+        readings_topic=kafka.readings_topic,
+        scores_topic=kafka.scores_topic,
+        anomalies_topic=kafka.anomalies_topic,
+        dead_letter_topic=kafka.dead_letter_topic,
+        max_poll_records=worker.max_poll_records,
+        poll_timeout_ms=worker.poll_timeout_ms,
+        max_message_bytes=worker.max_message_bytes,
+        idle_eviction_s=worker.idle_stream_eviction_seconds,
+        episode_gap=worker.anomaly_episode_gap,
+    )
+
+
+def model_info(artifact: ModelArtifact) -> ModelInfo:
+    created = dt.datetime.fromisoformat(artifact.metadata.created_at)
+    return ModelInfo(step=artifact.step, channels=artifact.metadata.channels,
+                     version=artifact.metadata.model_version,
+                     trained_at=artifact.metadata.created_at,
+                     trained_at_s=created.timestamp())
+
+
+def training_options(training: TrainingSettings, verbose: int = 1) -> TrainingOptions:
+    return TrainingOptions(
+        seed=training.seed, epochs=training.epochs, batch_size=training.batch_size,
+        sequence_length=training.sequence_length,
+        validation_fraction=training.validation_fraction,
+        learning_rate=training.learning_rate,
+        early_stopping_patience=training.early_stopping_patience,
+        memory_units=training.memory_units, hidden_units=training.hidden_units,
+        verbose=verbose)
+
+
+def run_worker(settings: Settings, stop: threading.Event,
+               on_ready=None) -> None:
+    """Loads the model, serves metrics and runs the worker until ``stop`` is set.
+
+    ``on_ready(endpoint)`` is called once the metrics endpoint listens (tests use it).
+    """
+    artifact = load_artifact(settings.model.artifact)
+    options = kafka_client_options(settings.kafka)
+    config = worker_config(settings)
+    ensure_topics(options, config.readings_topic,
+                  [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    sink = KafkaRecordSink(options)
+    worker = Worker(config, model_info(artifact), sink, metrics)
+    endpoint = MetricsEndpoint(registry, host=settings.metrics.host, port=settings.metrics.port,
+                               liveness=worker.liveness, readiness=worker.readiness)
+    with endpoint:
+        log.info("metrics on %s/metrics; model %s; consuming %s as group %s", endpoint.url,
+                 artifact.metadata.model_version, config.readings_topic,
+                 settings.kafka.group_id)
+        if on_ready is not None:
+            on_ready(endpoint)
+        source = KafkaReadingSource(options, config.readings_topic, settings.kafka.group_id,
+                                    worker)
+        worker.run(source, stop)
+    log.info("worker stopped after committing its last batch")

@@ -1,0 +1,187 @@
+"""Per-stream state of the worker: fixed-size records in contiguous arrays.
+
+Each stream the worker has seen owns one row: the detector's state record (see
+:mod:`detector.state`) plus the bookkeeping the worker needs around it: the stream's last
+reading time and source offset (to reject out-of-order readings and skip readings already
+applied), its partition (to drop or checkpoint a partition's streams together), when it was
+last seen (to evict idle streams) and its open anomaly episode.
+
+Rows live in NumPy arrays that grow by doubling, so gathering the states of a batch of
+streams is one fancy-index and memory per stream is a few hundred bytes. Freed rows are
+reused. Rows changed since the last checkpoint are marked dirty, so the changelog writer can
+send only those.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import typing
+from collections.abc import Sequence
+
+import numpy as np
+
+from detector.state import StateLayout
+
+NO_EPISODE = -1
+
+# The bookkeeping that travels with a state record in a checkpoint, little-endian:
+# last_ts_ms, last_offset, episode_start_ms, episode_end_ms, episode_peak_ms, episode_peak_score,
+# episode_peak_likelihood, episode_readings, episode_quiet, episode_channel_mask.
+_SIDECAR = struct.Struct("<qqqqqffiiQ")
+
+
+class StateStore:
+    """All stream states of one worker.
+
+    Args:
+        layout: the detector's state layout.
+        initial_capacity: rows allocated up front; the arrays double when full.
+
+    Attributes (one element per row; only rows in use are meaningful):
+        state: float32 ``[capacity, layout.size]`` detector state records.
+        last_ts_ms: int64 time of the last reading applied.
+        last_offset: int64 source offset of that reading (-1 for none).
+        partition: int32 source partition of the stream.
+        last_seen_s: float64 wall time the stream was last seen (eviction clock).
+        episode_*: the open anomaly episode (``episode_start_ms == NO_EPISODE`` when none).
+        dirty: bool, changed since the last :meth:`take_dirty`.
+    """
+
+    _ARRAYS: typing.ClassVar[dict[str, tuple[type, object]]] = {
+        "last_ts_ms": (np.int64, -1), "last_offset": (np.int64, -1),
+        "partition": (np.int32, -1), "last_seen_s": (np.float64, 0.0),
+        "episode_start_ms": (np.int64, NO_EPISODE), "episode_end_ms": (np.int64, NO_EPISODE),
+        "episode_peak_ms": (np.int64, NO_EPISODE), "episode_peak_score": (np.float32, 0.0),
+        "episode_peak_likelihood": (np.float32, 0.0), "episode_readings": (np.int32, 0),
+        "episode_quiet": (np.int32, 0), "episode_channel_mask": (np.uint64, 0),
+        "dirty": (bool, False),
+    }
+
+    def __init__(self, layout: StateLayout, initial_capacity: int = 1024) -> None:
+        self.layout = layout
+        self._capacity = max(1, initial_capacity)
+        self.state = layout.initial(self._capacity)
+        for name, (dtype, fill) in self._ARRAYS.items():
+            setattr(self, name, np.full(self._capacity, fill, dtype=dtype))
+        self._row_of: dict[str, int] = {}
+        self._stream_of: list[str | None] = [None] * self._capacity
+        self._free: list[int] = list(range(self._capacity - 1, -1, -1))
+        self._json_key: list[bytes | None] = [None] * self._capacity
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def __contains__(self, stream: str) -> bool:
+        return stream in self._row_of
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (allocated capacity), the figure exported as a metric."""
+        arrays = sum(getattr(self, name).nbytes for name in self._ARRAYS)
+        return int(self.state.nbytes + arrays)
+
+    def row_of(self, stream: str) -> int | None:
+        return self._row_of.get(stream)
+
+    def stream_of(self, row: int) -> str:
+        stream = self._stream_of[row]
+        if stream is None:
+            raise KeyError(f"row {row} holds no stream")
+        return stream
+
+    def json_key(self, row: int) -> bytes:
+        """The stream id as a JSON string literal, cached: output records reuse it."""
+        key = self._json_key[row]
+        if key is None:
+            key = json.dumps(self.stream_of(row)).encode()
+            self._json_key[row] = key
+        return key
+
+    def row_for(self, stream: str, partition: int) -> int:
+        """The stream's row, allocating a fresh one (initial state) for a new stream."""
+        row = self._row_of.get(stream)
+        if row is not None:
+            return row
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self._row_of[stream] = row
+        self._stream_of[row] = stream
+        self.partition[row] = partition
+        return row
+
+    def _grow(self) -> None:
+        old = self._capacity
+        self._capacity = old * 2
+        self.state = np.concatenate([self.state, self.layout.initial(old)])
+        for name, (dtype, fill) in self._ARRAYS.items():
+            setattr(self, name, np.concatenate(
+                [getattr(self, name), np.full(old, fill, dtype=dtype)]))
+        self._stream_of.extend([None] * old)
+        self._json_key.extend([None] * old)
+        self._free.extend(range(self._capacity - 1, old - 1, -1))
+
+    def release(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Forgets the streams of ``rows``; their rows return to the initial state."""
+        for row in map(int, rows):
+            stream = self._stream_of[row]
+            if stream is None:
+                continue
+            del self._row_of[stream]
+            self._stream_of[row] = None
+            self._json_key[row] = None
+            self.state[row] = 0.0
+            for name, (_, fill) in self._ARRAYS.items():
+                getattr(self, name)[row] = fill
+            self._free.append(row)
+
+    def rows_in_use(self) -> np.ndarray:
+        return np.fromiter(self._row_of.values(), dtype=np.int64, count=len(self._row_of))
+
+    def idle_rows(self, now_s: float, max_idle_s: float) -> np.ndarray:
+        rows = self.rows_in_use()
+        return rows[self.last_seen_s[rows] < now_s - max_idle_s]
+
+    def rows_of_partition(self, partition: int) -> np.ndarray:
+        rows = self.rows_in_use()
+        return rows[self.partition[rows] == partition]
+
+    def take_dirty(self, partition: int | None = None) -> np.ndarray:
+        """Rows changed since the last call (of ``partition`` if given), now marked clean."""
+        rows = self.rows_in_use() if partition is None else self.rows_of_partition(partition)
+        rows = rows[self.dirty[rows]]
+        self.dirty[rows] = False
+        return rows
+
+    # Checkpoint records: the detector state followed by the sidecar bookkeeping.
+
+    @property
+    def record_bytes(self) -> int:
+        return self.layout.record_bytes + _SIDECAR.size
+
+    def encode_record(self, row: int) -> bytes:
+        return self.layout.to_bytes(self.state[row:row + 1]) + _SIDECAR.pack(
+            int(self.last_ts_ms[row]), int(self.last_offset[row]),
+            int(self.episode_start_ms[row]), int(self.episode_end_ms[row]),
+            int(self.episode_peak_ms[row]), float(self.episode_peak_score[row]),
+            float(self.episode_peak_likelihood[row]), int(self.episode_readings[row]),
+            int(self.episode_quiet[row]), int(self.episode_channel_mask[row]))
+
+    def restore_record(self, stream: str, partition: int, data: bytes, now_s: float) -> int:
+        """Loads a record written by :meth:`encode_record` as ``stream``'s state."""
+        if len(data) != self.record_bytes:
+            raise ValueError(
+                f"state record of stream {stream!r}: expected {self.record_bytes} bytes "
+                f"(layout v{self.layout.version}), received {len(data)}")
+        row = self.row_for(stream, partition)
+        split = self.layout.record_bytes
+        self.state[row] = self.layout.from_bytes(data[:split])[0]
+        (self.last_ts_ms[row], self.last_offset[row], self.episode_start_ms[row],
+         self.episode_end_ms[row], self.episode_peak_ms[row], self.episode_peak_score[row],
+         self.episode_peak_likelihood[row], self.episode_readings[row], self.episode_quiet[row],
+         self.episode_channel_mask[row]) = _SIDECAR.unpack(data[split:])
+        self.partition[row] = partition
+        self.last_seen_s[row] = now_s
+        self.dirty[row] = False
+        return row
