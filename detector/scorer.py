@@ -14,8 +14,8 @@ distribution of that average, and the likelihood is the Gaussian probability of 
 value at most that high. The surprise, ``-log10(1 - likelihood)``, carries the same
 information with resolution where float32 likelihoods round to 1 (3 is a likelihood of
 0.999, 5 of 0.99999); it is capped at 30. Unlike Numenta's windowed estimate, the long-run
-mean and variance here are exponentially weighted (with a running mean until ``history`` scores exist), so each
-stream's statistics fit in three floats of its state record.
+mean and variance here are exponentially weighted (with a running mean until ``history``
+scores exist), so each stream's statistics fit in three floats of its state record.
 
 When it works: residuals of normal behaviour are roughly stationary per stream, so a burst of
 surprise stands out against the stream's own history. When it fails: during a stream's first
