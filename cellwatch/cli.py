@@ -192,9 +192,8 @@ _format_option = click.option(
 def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length: int,
           interval_s: int, anomaly_rate: float, **_flags: Any) -> None:
     """Write a labeled synthetic multi-stream recording."""
-    from training.synthetic import generate, write_labels
-
     from training.recordings import write_long_csv
+    from training.synthetic import generate, write_labels
 
     settings = build_settings(ctx)
     recording, labels = generate(streams=streams, channels=channels, length=length,
@@ -231,8 +230,10 @@ def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags
     with user_errors():
         recording = read_recording(list(data), data_format)
         click.echo(recording.summary.describe())
+        # A progress bar on a terminal; one line per epoch in logs.
+        verbose = 1 if sys.stdout.isatty() else 2
         result = train_model(recording, settings.model.artifact,
-                             training_options(settings.training))
+                             training_options(settings.training, verbose))
     report = result.report
     click.echo(f"model {result.metadata.model_version} written to {settings.model.artifact}")
     click.echo(f"epochs {report['epochs_run']} (best {report['best_epoch']}), "
@@ -330,6 +331,8 @@ def run(ctx: click.Context, **_flags: Any) -> None:
 @_data_argument
 @_format_option
 @click.option("--to-kafka", "topic", help="Produce the readings into this topic.")
+@click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Partitions of the --to-kafka topic when it has to be created.")
 @click.option("--speed", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Pace: 0 as fast as possible, 1 real time, 60 a minute of data per second.")
 @click.option("--score-to", "score_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -340,12 +343,12 @@ def run(ctx: click.Context, **_flags: Any) -> None:
                  help="Model artifact for --score-to.")
 @click.pass_context
 def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: str | None,
-           speed: float, score_path: Path | None, **_flags: Any) -> None:
+           partitions: int, speed: float, score_path: Path | None, **_flags: Any) -> None:
     """Replay recorded readings into Kafka, or score them in process."""
     from cellwatch.wiring import kafka_client_options
     from detector.artifact import load_artifact
     from streaming.engine import ScoringEngine
-    from streaming.kafka_io import KafkaRecordSink
+    from streaming.kafka_io import KafkaRecordSink, ensure_topic
     from streaming.replay import replay_to_kafka, score_in_process
     from streaming.state_store import StateStore
     from training.recordings import read_recording
@@ -365,7 +368,9 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
                 done[0] = count
 
             if topic is not None:
-                sink = KafkaRecordSink(kafka_client_options(settings.kafka))
+                options = kafka_client_options(settings.kafka)
+                ensure_topic(options, topic, partitions)
+                sink = KafkaRecordSink(options)
                 try:
                     sent = replay_to_kafka(readings, recording.channels, sink, topic, speed,
                                            progress)

@@ -5,6 +5,7 @@ The CLI commands stay thin by calling these; nothing here parses flags or prints
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -89,8 +90,10 @@ def run_worker(settings: Settings, stop: threading.Event,
     artifact = load_artifact(settings.model.artifact)
     options = kafka_client_options(settings.kafka)
     config = worker_config(settings)
-    ensure_topics(options, config.readings_topic,
-                  [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
+    co_partitioned = ensure_topics(
+        options, config.readings_topic,
+        [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
+    config = dataclasses.replace(config, co_partitioned=co_partitioned)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     sink = KafkaRecordSink(options)

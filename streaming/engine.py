@@ -46,6 +46,9 @@ class BatchResult:
 
     scores: list[tuple[bytes, bytes]]
     episodes: list[tuple[bytes, bytes]]
+    # Source partition of each score and episode record: outputs stay co-partitioned.
+    score_partitions: list[int]
+    episode_partitions: list[int]
     rejected: list[tuple[int, Rejection]]
     skipped: int
     score: np.ndarray
@@ -136,6 +139,7 @@ class ScoringEngine:
         likelihood = np.empty(count, np.float32)
         scores_out: list[tuple[bytes, bytes]] = [(b"", b"")] * count
         episodes_out: list[tuple[bytes, bytes]] = []
+        episode_partitions: list[int] = []
         flagged = opened = 0
         step_seconds = 0.0
         step_calls = 0
@@ -163,10 +167,13 @@ class ScoringEngine:
                 score[members] = result.score
                 likelihood[members] = result.likelihood
                 flagged += int(result.flag.sum())
-                opened += self._update_episodes(round_rows, ts[members], result, episodes_out)
+                opened += self._update_episodes(round_rows, ts[members], result, episodes_out,
+                                                episode_partitions)
                 self._format_scores(members, round_rows, ts[members], result, scores_out)
         return BatchResult(
-            scores=scores_out, episodes=episodes_out, rejected=rejected, skipped=skipped,
+            scores=scores_out, episodes=episodes_out,
+            score_partitions=[readings[i].partition for i in accepted],
+            episode_partitions=episode_partitions, rejected=rejected, skipped=skipped,
             score=score, likelihood=likelihood, flagged=flagged, episodes_opened=opened,
             reading_ts_ms=np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count),
             broker_ts_ms=np.fromiter((readings[i].broker_ts_ms for i in accepted), np.int64,
@@ -188,7 +195,7 @@ class ScoringEngine:
                      f'"model_version":{version}}}')
             out[position] = (self.store.stream_of(row).encode(), value.encode())
 
-    def _update_episodes(self, rows, ts, result, out) -> int:
+    def _update_episodes(self, rows, ts, result, out, partitions) -> int:
         """Folds flags into episodes; returns how many opened. Loops only over streams that
         are flagged now or have an episode open."""
         store = self.store
@@ -218,6 +225,7 @@ class ScoringEngine:
                 store.episode_quiet[row] += 1
                 if store.episode_quiet[row] >= self.episode_gap:
                     out.append(self._episode_record(row))
+                    partitions.append(int(store.partition[row]))
                     store.episode_start_ms[row] = NO_EPISODE
                     store.episode_quiet[row] = 0
         return opened

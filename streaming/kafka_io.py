@@ -116,9 +116,10 @@ class KafkaRecordSink:
         self._pending: list[Any] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = ()) -> None:
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
         self._pending.append(self._producer.send(topic, value=value, key=key,
-                                                 headers=list(headers) or None))
+                                                 headers=list(headers) or None,
+                                                 partition=partition))
 
     def flush(self, timeout_s: float = 60.0) -> None:
         pending, self._pending = self._pending, []
@@ -146,9 +147,25 @@ def partition_count(client_options: Mapping[str, Any], topic: str) -> int | None
         consumer.close()
 
 
+def ensure_topic(client_options: Mapping[str, Any], topic: str, partitions: int) -> int:
+    """Creates ``topic`` with ``partitions`` when it is missing; returns its partition count."""
+    existing = partition_count(client_options, topic)
+    if existing is not None:
+        return existing
+    admin = KafkaAdminClient(**client_options)
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics({topic: {"num_partitions": partitions}}, wait_for_metadata=True)
+    finally:
+        admin.close()
+    return partitions
+
+
 def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
-                  topics: Sequence[str]) -> None:
+                  topics: Sequence[str]) -> bool:
     """Creates missing output topics with as many partitions as ``source_topic``.
+
+    Returns whether every output topic now has exactly that many partitions.
 
     Raises:
         OutputError: the source topic does not exist.
@@ -169,3 +186,9 @@ def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
                                     wait_for_metadata=True)
     finally:
         admin.close()
+    counts = {topic: partition_count(client_options, topic) for topic in topics}
+    mismatched = {topic: n for topic, n in counts.items() if n != partitions}
+    if mismatched:
+        log.warning("output topics %s do not have the %d partitions of %s; their records are "
+                    "partitioned by key instead", mismatched, partitions, source_topic)
+    return not mismatched

@@ -50,7 +50,8 @@ class RecordSink(Protocol):
     """Publishes output records; :meth:`flush` returns only when all are acknowledged."""
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+        """Queues one record; ``partition`` None lets the key choose it."""
 
     def flush(self) -> None:
         """Waits for every record sent so far; raises :class:`OutputError` if any failed."""
