@@ -294,10 +294,13 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
     """
     import time
 
-    from detector.artifact import load_artifact
+    import keras
+
+    from detector.model import step_params
+    from detector.step import StreamingStep
     from training.nab import probation_rows
     from training.recordings import Recording, StreamSeries, read_recording
-    from training.trainer import train
+    from training.trainer import fit
 
     started = time.monotonic()
     recording = read_recording([data_dir], "nab").filled()
@@ -308,13 +311,14 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
         probation = probation_rows(len(series))
         learning = Recording.from_series(recording.channels, [StreamSeries(
             key, series.timestamps_ms[:probation], series.values[:probation])])
-        model_dir = out_dir / "models" / _safe_name(key)
-        train(learning, model_dir, options)
-        artifact = load_artifact(model_dir)
-        scored.update(score_streams(artifact.step, {key: (series.timestamps_ms,
-                                                          series.values)}))
+        fitted = fit(learning, options)
+        step = StreamingStep(step_params(fitted.model), fitted.scaler, options.scorer)
+        scored.update(score_streams(step, {key: (series.timestamps_ms, series.values)}))
         per_file[key] = {"rows": len(series), "probation_rows": probation,
+                         "epochs": fitted.report["epochs_run"],
                          "seconds": round(time.monotonic() - file_started, 2)}
+        # Each file's model is done with; dropping Keras' graph state keeps later files fast.
+        keras.backend.clear_session()
         if progress is not None:
             progress(index + 1, len(recording.streams), key)
     labels = {key: labels_from_windows(s.timestamps_ms, windows.get(key, ()))

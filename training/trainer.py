@@ -171,15 +171,28 @@ def _calibration(model: keras.Model, windows: Windows, options: TrainingOptions,
     }
 
 
-def train(recording: Recording, artifact_path: Path,
-          options: TrainingOptions = TrainingOptions()) -> TrainingResult:
-    """Trains a forecaster on ``recording`` and writes the artifact and its report.
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A trained forecaster, its normalization and the facts of its training."""
+
+    model: keras.Model
+    forecaster: ForecasterConfig
+    scaler: ChannelScaler
+    history: dict[str, list[float]]
+    report: dict[str, Any]
+
+
+def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
+        checkpoint_dir: Path | None = None) -> Fitted:
+    """Trains a forecaster on ``recording`` in memory.
+
+    Args:
+        checkpoint_dir: where each finished epoch is backed up so an interrupted run resumes
+            there; None trains without backups.
 
     Raises:
         TrainingError: the data cannot train a model (too short, no channels, ...).
     """
-    started = time.monotonic()
-    artifact_path = Path(artifact_path)
     filled = recording.filled()
     train_part = np.concatenate([
         series.values[:split_point(series.values.shape[0], options.validation_fraction)]
@@ -202,21 +215,23 @@ def train(recording: Recording, artifact_path: Path,
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate, clipnorm=1.0),
                   loss=gaussian_nll)
 
-    checkpoint_dir = artifact_path.parent / f"{artifact_path.name}.checkpoint"
-    history_path = checkpoint_dir / "history.json"
+    history_path = None if checkpoint_dir is None else checkpoint_dir / "history.json"
     previous_history = (json.loads(history_path.read_text())
-                        if history_path.is_file() else {"loss": [], "val_loss": []})
+                        if history_path is not None and history_path.is_file()
+                        else {"loss": [], "val_loss": []})
     if previous_history["loss"]:
         log.info("resuming training from %s after epoch %d", checkpoint_dir,
                  len(previous_history["loss"]))
     recorder = _HistoryRecorder(history_path, previous_history)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup"), delete_checkpoint=False),
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
         recorder,
     ]
+    if checkpoint_dir is not None:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup"),
+                                                             delete_checkpoint=False))
     fit_started = time.monotonic()
     model.fit(_dataset(train_windows, options, shuffle=True),
               validation_data=_dataset(validation_windows, options, shuffle=False),
@@ -227,13 +242,12 @@ def train(recording: Recording, artifact_path: Path,
     if not history["loss"] or not np.isfinite(history["loss"][-1]):
         raise TrainingError("training diverged (loss is NaN); try a lower learning_rate")
 
-    readings = sum(series.values.shape[0] for series in recording.streams.values())
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     report: dict[str, Any] = {
         "data_fingerprint": fingerprint(recording),
         "channels": list(recording.channels),
         "streams": len(recording.streams),
-        "readings": readings,
+        "readings": sum(series.values.shape[0] for series in recording.streams.values()),
         "ingest": dataclasses.asdict(filled.summary),
         "train_windows": len(train_windows),
         "validation_windows": len(validation_windows),
@@ -247,15 +261,30 @@ def train(recording: Recording, artifact_path: Path,
         "seed": options.seed,
         "fit_seconds": round(fit_seconds, 2),
     }
-    metadata = save_artifact(artifact_path, model, recording.channels, forecaster, scaler,
-                             options.scorer, training=_training_summary(report))
+    return Fitted(model, forecaster, scaler, history, report)
+
+
+def train(recording: Recording, artifact_path: Path,
+          options: TrainingOptions = TrainingOptions()) -> TrainingResult:
+    """Trains a forecaster on ``recording`` and writes the artifact and its report.
+
+    Raises:
+        TrainingError: the data cannot train a model (too short, no channels, ...).
+    """
+    started = time.monotonic()
+    artifact_path = Path(artifact_path)
+    checkpoint_dir = artifact_path.parent / f"{artifact_path.name}.checkpoint"
+    fitted = fit(recording, options, checkpoint_dir)
+    report = fitted.report
+    metadata = save_artifact(artifact_path, fitted.model, recording.channels, fitted.forecaster,
+                             fitted.scaler, options.scorer, training=_training_summary(report))
     report["model_version"] = metadata.model_version
     report["total_seconds"] = round(time.monotonic() - started, 2)
-    report["readings_per_second"] = round(readings / report["total_seconds"], 1)
+    report["readings_per_second"] = round(report["readings"] / report["total_seconds"], 1)
     report_path = artifact_path.parent / f"{artifact_path.name}.{REPORT_FILE}"
     plot_path = artifact_path.parent / f"{artifact_path.name}.{LOSS_PLOT_FILE}"
     report_path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    plot_loss_curves(history, best_epoch, plot_path)
+    plot_loss_curves(fitted.history, report["best_epoch"], plot_path)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return TrainingResult(metadata, report, report_path, plot_path)
 
@@ -275,7 +304,7 @@ def _json_default(value: Any) -> Any:
 class _HistoryRecorder(keras.callbacks.Callback):
     """Keeps the loss history across resumed runs, next to the backup of the weights."""
 
-    def __init__(self, path: Path, history: dict[str, list[float]]) -> None:
+    def __init__(self, path: Path | None, history: dict[str, list[float]]) -> None:
         super().__init__()
         self.path = path
         self.history = history
@@ -287,8 +316,9 @@ class _HistoryRecorder(keras.callbacks.Callback):
         del self.history["loss"][epoch:], self.history["val_loss"][epoch:]
         self.history["loss"].append(float(logs.get("loss", float("nan"))))
         self.history["val_loss"].append(float(logs.get("val_loss", float("nan"))))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.history))
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.history))
 
 
 def plot_loss_curves(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:
