@@ -184,3 +184,14 @@ def test_activation_names_resolve(name):
 def test_unsupported_activation_is_named():
     with pytest.raises(ValueError, match="activation 'selu' cannot run in the streaming step"):
         activation_name("selu")
+
+
+def test_large_batches_are_chunked_without_changing_results(step, recording, monkeypatch):
+    streams = recording.values.shape[0]
+    state = step.layout.initial(streams)
+    whole, whole_state = step(recording.values[:, 0], recording.timestamps_ms[:, 0], state)
+    monkeypatch.setattr(step, "chunk", 2)  # 5 streams -> chunks of 2, 2 and 1
+    chunked, chunked_state = step(recording.values[:, 0], recording.timestamps_ms[:, 0], state)
+    np.testing.assert_array_equal(chunked_state, whole_state)
+    for name in ("score", "likelihood", "surprise", "flag", "top_channel"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
