@@ -16,7 +16,10 @@ Formats (``read_recording(paths, format=...)``)
     ``nab``       a directory, searched recursively, of NAB ``timestamp,value`` CSV files; the
                   stream id is the path relative to the directory with forward slashes
                   (``realKnownCause/nyc_taxi.csv``, the keys of NAB's combined_windows.json),
-                  the single channel is ``value``.
+                  the single channel is ``value``. NAB's corpus has a few rows whose
+                  timestamps repeat or step back (daylight-saving artifacts); under ``nab``
+                  those rows are dropped and counted in ``summary.dropped_rows`` instead of
+                  failing. Every other format treats them as errors.
     ``auto``      a directory is ``nab``; ``.jsonl``/``.ndjson`` is ``jsonl``; a ``.csv`` whose
                   header has a ``stream`` column is ``long-csv``, any other ``.csv`` ``wide-csv``.
 
@@ -30,8 +33,9 @@ ISO 8601 / RFC 3339 text; no offset means UTC). Within a stream they must strict
 Validation
     Reading never returns partial data: every problem found is collected (reading goes on
     after the first) and a :class:`RecordingError` lists up to 20 of them, in file and line
-    order, as ``file:line: column 'x': problem (expected ..., received ...)`` and then
-    ``... and N more``. Lines count from 1, the CSV header being line 1.
+    order, as ``file:line: column 'x': problem (expected ..., received ...)`` (``key 'x'``
+    in JSON lines) and then ``... and N more``. Lines are physical lines counted from 1, the
+    CSV header being line 1.
 
 Missing values
     An empty cell, ``nan`` (any case), ``NA`` or ``null`` (JSON ``null`` too) is a missing
@@ -45,11 +49,18 @@ Gaps in time
     The models treat a stream's readings as a sequence, so gaps in time are neither
     interpolated nor filled: they are only counted. ``summary.gaps`` is the number of
     intervals longer than 3 times their stream's median interval.
+
+Replay and writing
+    :meth:`Recording.readings` yields every reading of every stream in timestamp order (ties
+    in stream order). :func:`write_long_csv` and :func:`write_jsonl` write in that order, with
+    RFC 3339 UTC timestamps to the millisecond and values to full precision; reading the
+    file back gives an equal recording.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import heapq
 import json
@@ -186,7 +197,8 @@ class IngestSummary:
 
     ``missing_values`` is the number of NaN cells as read; ``filled_values`` how many cells
     :meth:`Recording.filled` replaced since; ``gaps`` the intervals longer than 3x their
-    stream's median interval.
+    stream's median interval; ``dropped_rows`` the NAB rows whose timestamp did not advance
+    (see the module docstring; always 0 for other formats).
     """
 
     files: tuple[str, ...]
@@ -198,6 +210,7 @@ class IngestSummary:
     gaps: int
     start_ms: int
     end_ms: int
+    dropped_rows: int = 0
 
     def describe(self) -> str:
         """A few human-readable lines."""
@@ -210,7 +223,8 @@ class IngestSummary:
             f"{format_timestamp_ms(self.end_ms)}",
             f"missing values: {self.missing_values} (filled: {self.filled_values})",
             f"gaps (> {GAP_FACTOR:g}x the median interval): {self.gaps}",
-        ])
+        ] + ([f"dropped rows (NAB timestamps not advancing): {self.dropped_rows}"]
+             if self.dropped_rows else []))
 
 
 class Reading(NamedTuple):
@@ -258,7 +272,8 @@ class Recording:
 
     @classmethod
     def from_series(cls, channels: Sequence[str], series: Iterable[StreamSeries],
-                    files: Sequence[str] = (), filled_values: int = 0) -> Recording:
+                    files: Sequence[str] = (), filled_values: int = 0,
+                    dropped_rows: int = 0) -> Recording:
         """A recording of ``series`` with its summary computed."""
         streams: dict[str, StreamSeries] = {}
         for item in series:
@@ -277,6 +292,7 @@ class Recording:
             gaps=sum(s.gaps() for s in streams.values()),
             start_ms=min(int(s.timestamps_ms[0]) for s in streams.values()),
             end_ms=max(int(s.timestamps_ms[-1]) for s in streams.values()),
+            dropped_rows=dropped_rows,
         )
         return cls(tuple(channels), streams, summary)
 
@@ -308,8 +324,8 @@ class Recording:
         for key, series in self.streams.items():
             streams[key], count = series.filled()
             filled += count
-        summary = IngestSummary(**{**self.summary.__dict__,
-                                   "filled_values": self.summary.filled_values + filled})
+        summary = dataclasses.replace(self.summary,
+                                      filled_values=self.summary.filled_values + filled)
         return Recording(self.channels, streams, summary)
 
     def readings(self) -> Iterator[Reading]:
@@ -416,6 +432,7 @@ class _FileData:
     field_word: str  # "column" or "key", for messages
     timestamp_key: str
     nested: bool = False  # JSON channels inside "values"
+    drops_disorder: bool = False  # nab: drop rows whose timestamp does not advance
     parts: dict[str, list[_Part]] = field(default_factory=dict)
 
 
@@ -459,9 +476,65 @@ def _parse_timestamps(source: _Source, raw: Sequence[object], lines: Sequence[in
     return out, ok
 
 
+# RFC 3339 shapes parsed vectorized: YYYY-MM-DD[T ]HH:MM:SS[.sss][Z]. Anything else (and any
+# invalid date) goes through parse_timestamp_ms one text at a time.
+_FAST_TIMESTAMP_LENGTHS = (19, 20, 23, 24)
+_DAYS_BEFORE_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _fast_timestamps(texts: Sequence[str]) -> np.ndarray | None:
+    """Epoch ms of same-shaped RFC 3339 texts without offsets (or with Z), else None."""
+    array = np.array(texts, dtype=np.str_)
+    length = array.dtype.itemsize // 4
+    if length not in _FAST_TIMESTAMP_LENGTHS or len(array) == 0:
+        return None
+    codes = array.view(np.uint32).reshape(len(array), length)
+    punctuation = {4: "-", 7: "-", 13: ":", 16: ":"}
+    if length >= 23:
+        punctuation[19] = "."
+    if length in (20, 24):
+        punctuation[length - 1] = "Z"
+    for position, char in punctuation.items():
+        if np.any(codes[:, position] != ord(char)):
+            return None
+    if np.any((codes[:, 10] != ord("T")) & (codes[:, 10] != ord(" "))):
+        return None
+    # Digits of YYYYMMDD HHMMSS [sss], as small integers.
+    digits = codes[:, [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22][
+        :17 if length >= 23 else 14]].astype(np.int64) - ord("0")
+    if np.any((digits < 0) | (digits > 9)):
+        return None
+
+    def number(start: int, width: int) -> np.ndarray:
+        return digits[:, start:start + width] @ (10 ** np.arange(width - 1, -1, -1))
+
+    year, month, day = number(0, 4), number(4, 2), number(6, 2)
+    hour, minute, second = number(8, 2), number(10, 2), number(12, 2)
+    millis = number(14, 3) if length >= 23 else 0
+    if np.any((month < 1) | (month > 12) | (hour > 23) | (minute > 59) | (second > 59)
+              | (year < 1970) | (day < 1)):
+        return None
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    days_in_month = _DAYS_BEFORE_MONTH[month] + ((month == 2) & leap)
+    if np.any(day > days_in_month):
+        return None
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    shifted = year - (month <= 2)
+    era = shifted // 400
+    year_of_era = shifted - era * 400
+    day_of_year = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146_097 + day_of_era - 719_468
+    return (((days * 24 + hour) * 60 + minute) * 60 + second) * 1000 + millis
+
+
 def _parse_timestamp_texts(source: _Source, texts: Sequence[str], lines: Sequence[int],
                            where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Like _parse_timestamps for CSV text: each distinct text is parsed once."""
+    """Like _parse_timestamps for CSV text: vectorized for plain RFC 3339 text, otherwise
+    each distinct text is parsed once."""
+    fast = _fast_timestamps(texts)
+    if fast is not None:
+        return fast, np.ones(len(texts), dtype=bool)
     cache = source.timestamp_cache
     parsed: dict[str, int] = {}
     failures: dict[str, str] = {}
@@ -485,6 +558,19 @@ def _parse_timestamp_texts(source: _Source, texts: Sequence[str], lines: Sequenc
             source.problem(lines[index], where,
                            f"unparsable timestamp ({failures[texts[index]]})")
     return out, ok
+
+
+def _report_undecodable(source: _Source) -> None:
+    """Report the exact line of the first byte that is not UTF-8."""
+    raw = source.path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        source.problem(raw.count(b"\n", 0, exc.start) + 1, None,
+                       f"not UTF-8 text (expected UTF-8, received byte "
+                       f"{raw[exc.start:exc.start + 1]!r} at byte offset {exc.start})")
+    else:  # pragma: no cover - the caller saw a decoding error
+        source.problem(None, None, "not UTF-8 text")
 
 
 def _parse_cell(text: str) -> float | None:
@@ -559,36 +645,37 @@ class _CsvLayout:
     channel_columns: tuple[int, ...]
 
 
-def _csv_layout(source: _Source, header: list[str], kind: str) -> _CsvLayout | None:
-    """The columns of a CSV header, or None after reporting what is wrong with it."""
+def _csv_layout(source: _Source, header: list[str], kind: str,
+                line: int) -> _CsvLayout | None:
+    """The columns of a CSV header (on ``line``), or None after reporting what is wrong."""
     names = [name.strip() for name in header]
     received = f"received {_show(','.join(header), 120)}"
     expected = f"expected a header with {_CSV_EXPECTED[kind]}"
     before = source.problems.total
     for position, name in enumerate(names, 1):
         if not name:
-            source.problem(1, None, f"column {position} has no name ({expected}, {received})")
+            source.problem(line, None, f"column {position} has no name ({expected}, {received})")
     for name in dict.fromkeys(n for n in names if n and names.count(n) > 1):
         columns = [str(i) for i, n in enumerate(names, 1) if n == name]
-        source.problem(1, f"column {name!r}",
+        source.problem(line, f"column {name!r}",
                        f"appears more than once, as columns {', '.join(columns)} "
                        f"({expected}, {received})")
     required = ("stream", "timestamp") if kind == "long-csv" else ("timestamp",)
     missing = [name for name in required if name not in names]
     if missing:
         plural = "s" if len(missing) > 1 else ""
-        source.problem(1, None, f"missing column{plural} {', '.join(map(repr, missing))} "
+        source.problem(line, None, f"missing column{plural} {', '.join(map(repr, missing))} "
                                 f"({expected}, {received})")
     special = {"timestamp", "label"} | ({"stream"} if kind == "long-csv" else set())
     channels = [name for name in names if name and name not in special]
     for name in channels:
         if name in RESERVED_NAMES:
-            source.problem(1, f"column {name!r}", f"reserved name, cannot be a channel "
+            source.problem(line, f"column {name!r}", f"reserved name, cannot be a channel "
                                                   f"({expected}, {received})")
     if not channels:
-        source.problem(1, None, f"no channel columns ({expected}, {received})")
+        source.problem(line, None, f"no channel columns ({expected}, {received})")
     if kind == "nab" and channels and channels != ["value"]:
-        source.problem(1, None, f"not a NAB data file ({expected}, {received})")
+        source.problem(line, None, f"not a NAB data file ({expected}, {received})")
     if source.problems.total > before:
         return None
     return _CsvLayout(
@@ -651,6 +738,7 @@ def _read_csv(source: _Source, kind: str, stream_id: str | None) -> _FileData | 
     """Read a CSV file; ``kind`` is long-csv, wide-csv, nab, or csv (decide from the header)."""
     data: _FileData | None = None
     line = 1
+    problems_before = source.problems.total
     try:
         with open(source.path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -663,11 +751,11 @@ def _read_csv(source: _Source, kind: str, stream_id: str | None) -> _FileData | 
                 return None
             if kind == "csv":
                 kind = "long-csv" if "stream" in (h.strip() for h in header) else "wide-csv"
-            layout = _csv_layout(source, header, kind)
+            layout = _csv_layout(source, header, kind, reader.line_num)
             if layout is None:
                 return None
             data = _FileData(source, layout.channels, layout.label is not None, "column",
-                             "timestamp")
+                             "timestamp", drops_disorder=kind == "nab")
             rows: list[list[str]] = []
             lines: list[int] = []
             width = layout.width
@@ -686,15 +774,16 @@ def _read_csv(source: _Source, kind: str, stream_id: str | None) -> _FileData | 
                     rows, lines = [], []
             if rows:
                 _csv_block(source, layout, rows, lines, stream_id, data.parts)
-    except UnicodeDecodeError as exc:
-        source.problem(line + 1 if data else 1, None,
-                       f"not UTF-8 text (expected UTF-8 CSV, received byte "
-                       f"{exc.object[exc.start:exc.start + 1]!r})")
+    except UnicodeDecodeError:
+        _report_undecodable(source)
+        return None
+    except OSError as exc:
+        source.problem(None, None, f"cannot read the file ({exc.strerror or exc})")
         return None
     except csv.Error as exc:
         source.problem(line + 1, None, f"unreadable CSV ({exc})")
         return None
-    if not data.parts and source.problems.total == 0:
+    if not data.parts and source.problems.total == problems_before:
         source.problem(None, None, "no readings (expected rows after the header, "
                                    "received none)")
     return data
@@ -714,6 +803,9 @@ class _JsonSchema:
     channels: tuple[str, ...]
     has_labels: bool
     channel_set: frozenset[str]
+    # Key sets of well-formed objects, checked first for speed: {timestamp key: keys}.
+    nested_keys: dict[str, frozenset[str]]
+    flat_keys: dict[str, frozenset[str]]
 
 
 def _json_schema(source: _Source, record: dict, line: int) -> _JsonSchema | None:
@@ -731,7 +823,62 @@ def _json_schema(source: _Source, record: dict, line: int) -> _JsonSchema | None
             source.problem(line, f"key 'values.{name}'",
                            f"cannot be a channel name (expected {_JSON_EXPECTED}, {received})")
             return None
-    return _JsonSchema(line, channels, "label" in record, frozenset(channels))
+    label = {"label"} if "label" in record else set()
+    return _JsonSchema(
+        line, channels, "label" in record, frozenset(channels),
+        {key: frozenset({"stream", key, "values"} | label) for key in ("ts", "timestamp")},
+        {key: frozenset({"stream", key, *channels} | label) for key in ("ts", "timestamp")})
+
+
+def _fast_json_record(schema: _JsonSchema, record: dict, line: int,
+                      buckets: dict[str, _JsonBucket]) -> bool:
+    """Add a well-formed object to its bucket without building any message; False if it
+    needs the full validation of _json_record (which then reports what is wrong)."""
+    keys = record.keys()
+    for timestamp_key in ("ts", "timestamp"):
+        if keys == schema.nested_keys[timestamp_key]:
+            channel_values = record["values"]
+            if type(channel_values) is not dict or channel_values.keys() != schema.channel_set:
+                return False
+            break
+        if keys == schema.flat_keys[timestamp_key]:
+            channel_values = record
+            break
+    else:
+        return False
+    stream = record["stream"]
+    if type(stream) is not str or not stream or stream != stream.strip():
+        return False
+    label = False
+    if schema.has_labels:
+        label = record["label"]
+        if type(label) not in (int, bool) or label not in (0, 1):
+            return False
+    row = []
+    for name in schema.channels:
+        value = channel_values[name]
+        kind = type(value)
+        if kind is float:
+            if value - value != 0.0 and value == value:  # infinite
+                return False
+        elif kind is int:
+            if abs(value) > 2**1023:
+                return False
+            value = float(value)
+        elif value is None:
+            value = math.nan
+        else:
+            return False
+        row.append(value)
+    bucket = buckets.get(stream)
+    if bucket is None:
+        bucket = buckets[stream] = _JsonBucket(len(schema.channels))
+    bucket.lines.append(line)
+    bucket.timestamps.append(record[timestamp_key])
+    bucket.timestamp_keys.append(timestamp_key)
+    bucket.values.append(row)
+    bucket.labels.append(bool(label))
+    return True
 
 
 def _json_value(value: object) -> float | None:
@@ -780,7 +927,6 @@ def _read_jsonl(source: _Source) -> _FileData | None:
     data: _FileData | None = None
     buckets: dict[str, _JsonBucket] = {}
     buffered = 0
-    number = 0
     seen_text = False
 
     def flush() -> None:
@@ -797,10 +943,15 @@ def _read_jsonl(source: _Source) -> _FileData | None:
                 seen_text = True
                 try:
                     record = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    source.problem(number, None, f"invalid JSON: {exc.msg} at column "
-                                                 f"{exc.colno} (expected one JSON object per "
-                                                 f"line, received {_show(text.strip())})")
+                except json.JSONDecodeError as first_error:
+                    error = first_error
+                    try:  # again without the line break, for the decoder's column
+                        json.loads(text.rstrip("\r\n"))
+                    except json.JSONDecodeError as exc:
+                        error = exc
+                    source.problem(number, None, f"invalid JSON: {error.msg} at column "
+                                                 f"{error.colno} (expected one JSON object "
+                                                 f"per line, received {_show(text.strip())})")
                     continue
                 if not isinstance(record, dict):
                     source.problem(number, None, f"not a JSON object (expected "
@@ -814,16 +965,19 @@ def _read_jsonl(source: _Source) -> _FileData | None:
                     data = _FileData(source, schema.channels, schema.has_labels, "key",
                                      "ts" if "ts" in record else "timestamp",
                                      isinstance(record.get("values"), dict))
-                if _json_record(source, schema, record, number, buckets):
+                if (_fast_json_record(schema, record, number, buckets)
+                        or _json_record(source, schema, record, number, buckets)):
                     buffered += 1
                     if buffered >= _FLUSH_ROWS:
                         flush()
                         buffered = 0
             if data is not None:
                 flush()
-    except UnicodeDecodeError as exc:
-        source.problem(number + 1, None, f"not UTF-8 text (expected UTF-8 JSON lines, "
-                                         f"received byte {exc.object[exc.start:exc.start + 1]!r})")
+    except UnicodeDecodeError:
+        _report_undecodable(source)
+        return None
+    except OSError as exc:
+        source.problem(None, None, f"cannot read the file ({exc.strerror or exc})")
         return None
     if not seen_text:
         source.problem(None, None, "empty file (expected one JSON object per line, "
@@ -926,51 +1080,51 @@ def _json_record(source: _Source, schema: _JsonSchema, record: dict, line: int,
 
 def _plan(paths: Sequence[Path], format: str, problems: _Problems,
           cache: dict[str, int]) -> list[tuple[_Source, str, str | None]]:
-    """The files to read: (source, kind, stream id for one-stream files)."""
+    """The files to read, in order: (source, kind, stream id for one-stream files).
+
+    ``kind`` is long-csv, wide-csv, nab, jsonl, csv (long or wide, by its header) or
+    unreadable (a problem was reported).
+    """
     jobs: list[tuple[_Source, str, str | None]] = []
 
-    def source(path: Path) -> _Source:
-        return _Source(path, len(jobs), problems, cache)
+    def add(path: Path, kind: str, stream_id: str | None = None,
+            problem: str | None = None) -> None:
+        source = _Source(path, len(jobs), problems, cache)
+        if problem:
+            source.problem(None, None, problem)
+        jobs.append((source, kind, stream_id))
 
     for path in paths:
         if not path.exists():
-            source(path).problem(None, None, "no such file or directory")
-            jobs.append((source(path), "missing", None))
-            continue
-        kind = format
-        if path.is_dir():
-            if kind not in ("auto", "nab"):
-                source(path).problem(None, None, f"is a directory (expected a {kind} file; "
-                                                 f"directories are read as nab)")
-                jobs.append((source(path), "missing", None))
+            add(path, "unreadable", problem="no such file or directory")
+        elif path.is_dir():
+            if format not in ("auto", "nab"):
+                add(path, "unreadable", problem=f"is a directory (expected a {format} file; "
+                                                f"a directory is read as nab)")
                 continue
             found = sorted(
                 (file.relative_to(path).as_posix(), file) for file in path.rglob("*.csv")
                 if file.is_file()
                 and not any(part.startswith(".") for part in file.relative_to(path).parts))
             if not found:
-                source(path).problem(None, None, "no .csv files in this directory (expected "
-                                                 "NAB data: timestamp,value CSV files)")
-                jobs.append((source(path), "missing", None))
+                add(path, "unreadable", problem="no .csv files in this directory (expected "
+                                                "NAB data: timestamp,value CSV files)")
             for relative, file in found:
-                jobs.append((source(file), "nab", relative))
-            continue
-        suffix = path.suffix.lower()
-        if kind == "auto":
-            kind = ("jsonl" if suffix in _JSONL_SUFFIXES else "csv" if suffix == ".csv"
-                    else "unknown")
-        if kind == "unknown":
-            source(path).problem(None, None, f"cannot tell the format from the name (expected "
-                                             f"a directory, .csv, .jsonl or .ndjson, received "
-                                             f"{path.name!r}; name a format explicitly)")
-            jobs.append((source(path), "missing", None))
-        elif kind == "nab":
-            source(path).problem(None, None, "nab expects a directory of NAB data files, "
-                                             "received a file (read one timestamp,value file "
-                                             "as wide-csv)")
-            jobs.append((source(path), "missing", None))
+                add(file, "nab", relative)
+        elif format == "nab":
+            add(path, "unreadable", problem="nab expects a directory of NAB data files, "
+                                            "received a file (read one timestamp,value file "
+                                            "as wide-csv)")
+        elif format != "auto":
+            add(path, format, path.stem)
+        elif path.suffix.lower() in _JSONL_SUFFIXES:
+            add(path, "jsonl")
+        elif path.suffix.lower() == ".csv":
+            add(path, "csv", path.stem)
         else:
-            jobs.append((source(path), kind, path.stem))
+            add(path, "unreadable", problem=f"cannot tell the format from the name (expected "
+                                            f"a directory, .csv, .jsonl or .ndjson, received "
+                                            f"{path.name!r}; name a format explicitly)")
     return jobs
 
 
@@ -994,7 +1148,7 @@ def read_recording(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[s
     files: list[_FileData] = []
     with _gc_paused():
         for source, kind, stream_id in jobs:
-            if kind == "missing":
+            if kind == "unreadable":
                 continue
             data = _read_jsonl(source) if kind == "jsonl" else _read_csv(source, kind, stream_id)
             if data is not None:
@@ -1002,6 +1156,7 @@ def read_recording(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[s
     cache.clear()
     if not files:
         problems.raise_if_any()
+        raise RecordingError(["no readings found"])
     first = files[0]
     channels = first.channels
     usable: list[_FileData] = []
@@ -1017,18 +1172,20 @@ def read_recording(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[s
                                             f", received {'one' if data.has_labels else 'none'})")
         else:
             usable.append(data)
-    checked = _merge_streams(usable, channels)
+    checked, dropped = _merge_streams(usable, channels)
     problems.raise_if_any()
     series = [StreamSeries(stream, timestamps, values, labels)
               for stream, timestamps, values, labels in checked]
     return Recording.from_series(channels, series,
                                  files=[source.name for source, kind, _ in jobs
-                                        if kind != "missing"])
+                                        if kind != "unreadable"], dropped_rows=dropped)
 
 
 def _merge_streams(files: list[_FileData], channels: tuple[str, ...]
-                   ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Each stream's parts from every file joined, checked for order and empty channels."""
+                   ) -> tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], int]:
+    """Each stream's parts from every file joined, checked for order and empty channels;
+    also the number of (NAB) rows dropped for not advancing in time."""
+    dropped = 0
     pieces: dict[str, list[tuple[_FileData, _Part]]] = {}
     for data in files:
         for stream, parts in data.parts.items():
@@ -1047,6 +1204,14 @@ def _merge_streams(files: list[_FileData], channels: tuple[str, ...]
         bad = np.any([part.bad_channels[orders[id(data)]] for data, part in items], axis=0)
         labels = (None if items[0][1].labels is None
                   else np.concatenate([part.labels for _, part in items]))
+        if all(data.drops_disorder for data in owners):
+            latest = np.maximum.accumulate(timestamps)
+            keep = np.concatenate([[True], timestamps[1:] > latest[:-1]])
+            if not keep.all():
+                dropped += int(np.count_nonzero(~keep))
+                owner, lines, timestamps, values = (
+                    owner[keep], lines[keep], timestamps[keep], values[keep])
+                labels = None if labels is None else labels[keep]
 
         for i in np.flatnonzero(np.diff(timestamps) <= 0).tolist():
             before, data = owners[owner[i]], owners[owner[i + 1]]
@@ -1071,7 +1236,7 @@ def _merge_streams(files: list[_FileData], channels: tuple[str, ...]
                                 f"among its {len(lines)} readings, received only missing "
                                 f"values)")
         merged.append((stream, timestamps, values, labels))
-    return merged
+    return merged, dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -1089,56 +1254,80 @@ def _merged_order(recording: Recording) -> tuple[list[StreamSeries], np.ndarray,
     return series, stream_index[order], row_index[order]
 
 
-def _number_text(value: float) -> str:
-    return "" if value != value else repr(value)
+_WRITE_CHUNK = 100_000  # readings formatted at a time
+
+
+def _replay_chunks(recording: Recording) -> Iterator[tuple[list[str], list[str], np.ndarray,
+                                                           np.ndarray | None]]:
+    """Readings in replay order, a chunk at a time, as columns: stream ids, RFC 3339 times,
+    values [n, channels] and labels (or None)."""
+    series, stream_index, row_index = _merged_order(recording)
+    starts = np.concatenate([[0], np.cumsum([len(s) for s in series])[:-1]])
+    flat = starts[stream_index] + row_index
+    names = np.array([s.stream for s in series], dtype=object)
+    timestamps = np.concatenate([s.timestamps_ms for s in series])
+    values = np.concatenate([s.values for s in series])
+    labels = (np.concatenate([s.labels for s in series]).astype(np.int8)
+              if recording.labeled else None)
+    texts: dict[int, str] = {}
+    for begin in range(0, len(flat), _WRITE_CHUNK):
+        rows = flat[begin:begin + _WRITE_CHUNK]
+        times = timestamps[rows].tolist()
+        for ms in set(times).difference(texts):
+            texts[ms] = format_timestamp_ms(ms)
+        if len(texts) > 4 * _WRITE_CHUNK:
+            texts = {ms: texts[ms] for ms in set(times)}
+        yield (names[stream_index[begin:begin + _WRITE_CHUNK]].tolist(),
+               [texts[ms] for ms in times], values[rows],
+               None if labels is None else labels[rows])
+
+
+def _value_columns(values: np.ndarray, missing: object) -> list[list[object]]:
+    """Each column as Python floats, ``missing`` where NaN."""
+    columns = []
+    for column in values.T:
+        nan = np.isnan(column)
+        if nan.any():
+            cells = column.astype(object)
+            cells[nan] = missing
+            columns.append(cells.tolist())
+        else:
+            columns.append(column.tolist())
+    return columns
 
 
 def write_long_csv(recording: Recording, path: str | os.PathLike[str],
                    labels: bool = True) -> None:
     """Write ``recording`` as long CSV in replay order: RFC 3339 UTC timestamps to the ms,
-    values to full precision, missing values as empty cells, ``label`` 0/1 when labeled and
-    ``labels`` is true."""
+    values to full (repr) precision, missing values as empty cells, and ``label`` 0/1 when
+    the recording is labeled and ``labels`` is true."""
     with_labels = labels and recording.labeled
-    series, stream_index, row_index = _merged_order(recording)
-    texts = [[[_number_text(v) for v in row] for row in s.values.tolist()] for s in series]
-    times: dict[int, str] = {}
     with open(path, "w", newline="", encoding="utf-8") as handle, _gc_paused():
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["stream", "timestamp", *recording.channels]
                         + (["label"] if with_labels else []))
-        for i, row in zip(stream_index.tolist(), row_index.tolist(), strict=True):
-            current = series[i]
-            ms = int(current.timestamps_ms[row])
-            time_text = times.get(ms)
-            if time_text is None:
-                time_text = times[ms] = format_timestamp_ms(ms)
-            line = [current.stream, time_text, *texts[i][row]]
+        for streams, times, values, flags in _replay_chunks(recording):
+            columns = _value_columns(values, None)  # the csv module writes None as ""
             if with_labels:
-                line.append("1" if current.labels[row] else "0")
-            writer.writerow(line)
+                columns.append(flags.tolist())
+            writer.writerows(zip(streams, times, *columns, strict=True))
 
 
 def write_jsonl(recording: Recording, path: str | os.PathLike[str]) -> None:
     """Write ``recording`` as JSON lines in the Kafka message shape, in replay order:
-    ``{"stream": ..., "ts": "<RFC 3339>", "values": {"<channel>": number | null}}`` plus
-    ``"label": 0 | 1`` when the recording is labeled."""
-    series, stream_index, row_index = _merged_order(recording)
-    channels = recording.channels
-    rows = [s.values.tolist() for s in series]
-    times: dict[int, str] = {}
-    with open(path, "w", encoding="utf-8") as handle:
-        for i, row in zip(stream_index.tolist(), row_index.tolist(), strict=True):
-            current = series[i]
-            ms = int(current.timestamps_ms[row])
-            time_text = times.get(ms)
-            if time_text is None:
-                time_text = times[ms] = format_timestamp_ms(ms)
-            message: dict[str, object] = {
-                "stream": current.stream,
-                "ts": time_text,
-                "values": {name: (None if v != v else v)
-                           for name, v in zip(channels, rows[i][row], strict=True)},
-            }
-            if current.labels is not None:
-                message["label"] = int(current.labels[row])
-            handle.write(json.dumps(message, allow_nan=False) + "\n")
+    ``{"stream": ..., "ts": "<RFC 3339 UTC>", "values": {"<channel>": number | null}}``, plus
+    ``"label": 0 | 1`` when the recording is labeled (numbers as json.dumps writes them)."""
+    channels = ", ".join(f"{json.dumps(name)}: %s" for name in recording.channels)
+    template = '{"stream": %s, "ts": "%s", "values": {' + channels + "}"
+    template += ', "label": %d}\n' if recording.labeled else "}\n"
+    quoted: dict[str, str] = {}
+    with open(path, "w", encoding="utf-8") as handle, _gc_paused():
+        for streams, times, values, flags in _replay_chunks(recording):
+            for stream in set(streams).difference(quoted):
+                quoted[stream] = json.dumps(stream)
+            columns = [[repr(v) if v is not None else "null" for v in column]
+                       for column in _value_columns(values, None)]
+            if flags is not None:
+                columns.append(flags.tolist())
+            handle.writelines(template % row for row in zip(
+                [quoted[s] for s in streams], times, *columns, strict=True))
