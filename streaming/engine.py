@@ -149,6 +149,7 @@ class ScoringEngine:
             values = np.stack([readings[i].values for i in accepted])
             ts = np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count)
             offsets = np.fromiter((readings[i].offset for i in accepted), np.int64, count)
+            partitions = np.fromiter((readings[i].partition for i in accepted), np.int32, count)
             last_round = int(rounds_arr.max())
             for rank in range(last_round + 1):
                 members = np.arange(count) if last_round == 0 else np.flatnonzero(
@@ -160,8 +161,13 @@ class ScoringEngine:
                 step_seconds += time.perf_counter() - started
                 step_calls += 1
                 store.last_ts_ms[round_rows] = ts[members]
-                store.last_offset[round_rows] = np.maximum(store.last_offset[round_rows],
-                                                           offsets[members])
+                # The partition of a stream's latest reading owns it (a producer that broke
+                # keying may have moved it); offsets only compare within that partition.
+                same = store.partition[round_rows] == partitions[members]
+                store.last_offset[round_rows] = np.where(
+                    same, np.maximum(store.last_offset[round_rows], offsets[members]),
+                    offsets[members])
+                store.partition[round_rows] = partitions[members]
                 store.last_seen_s[round_rows] = now_s
                 store.dirty[round_rows] = True
                 score[members] = result.score

@@ -63,9 +63,10 @@ def replay_to_kafka(readings: Iterable[RecordedReading], channels: Sequence[str]
             sink.flush()
             if progress is not None:
                 progress(sent)
-    sink.flush()
-    if progress is not None:
-        progress(sent)
+    if sent % flush_every or sent == 0:
+        sink.flush()
+        if progress is not None:
+            progress(sent)
     return sent
 
 

@@ -1,0 +1,218 @@
+"""Shared pieces of the streaming unit tests: a small model's step and in-memory ports.
+
+The step is built like ``tests/unit/detector/conftest.py`` builds one (a tiny forecaster with
+random weights), once per session; Keras is imported only when a test asks for a step, so the
+other test modules of this folder do not pay for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pytest
+
+from detector.scorer import ScorerConfig
+from detector.step import StreamingStep
+from streaming.engine import Reading
+from streaming.ports import OutputError
+from streaming.replay import reading_message
+
+CHANNELS = ("temperature", "pressure", "flow")
+MODEL_VERSION = "test-model-1"
+T0_MS = 1_706_702_400_000  # 2024-01-31T12:00:00Z
+STEP_MS = 60_000
+
+# Learns fast and flags readily, so a few dozen readings exercise flags and episodes.
+FAST_SCORER = ScorerConfig(learning_period=5, history=12, threshold=0.9, average_span=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    params: object  # detector.step.StepParams
+    scaler: object  # detector.features.ChannelScaler
+    values: np.ndarray  # [streams, steps, channels] a recording in the scaler's units
+
+    def step(self, scorer: ScorerConfig = FAST_SCORER) -> StreamingStep:
+        return StreamingStep(self.params, self.scaler, scorer)
+
+
+@pytest.fixture(scope="session")
+def model_parts() -> ModelParts:
+    # Imported here: Keras and TensorFlow take seconds to import.
+    from detector.model import step_params
+    from tests.unit.detector.conftest import make_model, make_recording, scaler_for
+
+    _, model = make_model(time_features=True)
+    recording = make_recording(streams=6, steps=60, channels=len(CHANNELS))
+    return ModelParts(step_params(model), scaler_for(recording), recording.values)
+
+
+@pytest.fixture(scope="session")
+def step(model_parts: ModelParts) -> StreamingStep:
+    return model_parts.step()
+
+
+@pytest.fixture(scope="session")
+def recorded(model_parts: ModelParts) -> np.ndarray:
+    """Raw readings ``[streams, steps, channels]`` in the scale the model was normalized to."""
+    return model_parts.values
+
+
+def minutes(*values: int) -> list[int]:
+    """Epoch ms of the given minutes after ``T0_MS``."""
+    return [T0_MS + m * STEP_MS for m in values]
+
+
+class ScriptedStep:
+    """The real step, but flags, scores and top channels as a script says (by reading time).
+
+    ``script`` maps ts_ms to (score, top channel index); listed readings are flagged with
+    likelihood 0.9995, all others are unflagged with score 0.5 and likelihood 0.5. The state
+    still advances through the real step.
+    """
+
+    def __init__(self, step: StreamingStep, script: dict[int, tuple[float, int]]) -> None:
+        self.step = step
+        self.layout = step.layout
+        self.script = script
+
+    def __call__(self, values, timestamps_ms, state):
+        result, new_state = self.step(values, timestamps_ms, state)
+        scripted = [self.script.get(int(ts)) for ts in timestamps_ms]
+        flag = np.array([entry is not None for entry in scripted])
+        score = np.array([entry[0] if entry else 0.5 for entry in scripted], np.float32)
+        top = np.array([entry[1] if entry else 0 for entry in scripted], np.int32)
+        likelihood = np.where(flag, np.float32(0.9995), np.float32(0.5)).astype(np.float32)
+        return dataclasses.replace(result, score=score, likelihood=likelihood, flag=flag,
+                                   top_channel=top), new_state
+
+
+def readings_of(values: np.ndarray, streams: Sequence[str] | None = None, *,
+                partition: int = 0, first_offset: int = 0, t0_ms: int = T0_MS
+                ) -> list[Reading]:
+    """Readings of ``values[stream, step, channel]`` merged in time order, with offsets."""
+    count, steps, _ = values.shape
+    names = list(streams) if streams is not None else [f"stream-{s}" for s in range(count)]
+    out = []
+    for t in range(steps):
+        for s in range(count):
+            out.append(Reading(names[s], t0_ms + t * STEP_MS, values[s, t].astype(np.float32),
+                               partition, first_offset + len(out)))
+    return out
+
+
+# In-memory ports ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FakeRecord:
+    """A consumed record, shaped like kafka-python's ConsumerRecord."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
+
+
+def record_of(reading: Reading, topic: str = "readings", channels: Sequence[str] = CHANNELS,
+              headers: Sequence[tuple[str, bytes]] = ()) -> FakeRecord:
+    """The record a producer would have written for ``reading`` (offset and partition kept)."""
+    return FakeRecord(topic, reading.partition, reading.offset, reading.ts_ms + 5,
+                      reading.stream.encode(),
+                      reading_message(reading.stream, reading.ts_ms, reading.values.tolist(),
+                                      channels),
+                      list(headers))
+
+
+class FakeReadingSource:
+    """Hands out the given records in order, ``max_records`` at a time; records commits.
+
+    Args:
+        records: everything the source will ever return.
+        events: optional shared log; ``("commit", offsets)`` is appended on each commit.
+        when_empty: called by a poll that finds nothing left (tests set a stop event there).
+        lags: what :meth:`lag` reports.
+
+    Set ``fail_commit`` to an exception to make commits raise it (and record nothing).
+    """
+
+    def __init__(self, records: Sequence[FakeRecord], events: list | None = None,
+                 when_empty: Callable[[], None] | None = None,
+                 lags: Mapping[int, int] | None = None) -> None:
+        self._pending = list(records)
+        self.events = events if events is not None else []
+        self.when_empty = when_empty
+        self.lags = dict(lags or {})
+        self.commits: list[dict[int, int]] = []
+        self.polls: list[tuple[int, int]] = []
+        self.fail_commit: Exception | None = None
+        self.closed = False
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[FakeRecord]:
+        assert not self.closed, "poll after close"
+        self.polls.append((timeout_ms, max_records))
+        batch, self._pending = self._pending[:max_records], self._pending[max_records:]
+        if not batch and self.when_empty is not None:
+            self.when_empty()
+        return batch
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        if self.fail_commit is not None:
+            raise self.fail_commit
+        self.commits.append(dict(next_offsets))
+        self.events.append(("commit", dict(next_offsets)))
+
+    def lag(self) -> dict[int, int]:
+        return dict(self.lags)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SentRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    partition: int | None = None  # None: the key chooses
+
+
+class FakeRecordSink:
+    """Stores sent records; :meth:`flush` acknowledges them or, if told to, fails.
+
+    Args:
+        events: optional shared log; ``("flush", records sent so far)`` is appended on each
+            successful flush.
+    """
+
+    def __init__(self, events: list | None = None) -> None:
+        self.sent: list[SentRecord] = []
+        self.acknowledged = 0  # records covered by the last successful flush
+        self.flushes = 0
+        self.fail_flush: OutputError | None = None
+        self.events = events if events is not None else []
+        self.closed = False
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+        assert not self.closed, "send after close"
+        self.sent.append(SentRecord(topic, key, value, tuple(headers), partition))
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.fail_flush is not None:
+            raise self.fail_flush
+        self.acknowledged = len(self.sent)
+        self.events.append(("flush", len(self.sent)))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def on(self, topic: str) -> list[SentRecord]:
+        return [record for record in self.sent if record.topic == topic]
