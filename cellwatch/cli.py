@@ -155,6 +155,13 @@ class _UserError(click.ClickException):
     """A problem with the user's input or files: exit code 1 and the message, no traceback."""
 
 
+class _DeliveryFailure(click.ClickException):
+    """Output records were not acknowledged (exit code 3); nothing of them was committed, so
+    a restart resumes where the last acknowledged batch ended."""
+
+    exit_code = 3
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turns the packages' input errors into one clear line at the command line."""
@@ -165,7 +172,9 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ArtifactError, RecordingError, TrainingError, OutputError) as error:
+    except OutputError as error:
+        raise _DeliveryFailure(str(error)) from None
+    except (ArtifactError, RecordingError, TrainingError) as error:
         raise _UserError(str(error)) from None
 
 

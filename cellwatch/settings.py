@@ -246,7 +246,6 @@ class KafkaSettings(_Section):
     scores_topic: str = setting("cellwatch.scores", "one score record per reading")
     anomalies_topic: str = setting("cellwatch.anomalies", "one event per anomaly episode")
     dead_letter_topic: str = setting("cellwatch.dead-letter", "rejected readings, with reasons")
-    changelog_topic: str = setting("cellwatch.state-changelog", "compacted per-stream state")
     security_protocol: str = setting(
         "PLAINTEXT", "transport security", choices=SECURITY_PROTOCOLS)
     sasl_mechanism: str | None = setting(
@@ -272,14 +271,13 @@ class KafkaSettings(_Section):
                 f"mechanism {self.sasl_mechanism}, received "
                 f"{'a user name' if self.sasl_username else 'no user name'} and "
                 f"{'a password' if self.sasl_password else 'no password'}")
-        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic",
-                    "changelog_topic"):
+        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic"):
             _check_topic_name(f"kafka.{key}", getattr(self, key))
         topics = [self.readings_topic, self.scores_topic, self.anomalies_topic,
-                  self.dead_letter_topic, self.changelog_topic]
+                  self.dead_letter_topic]
         if len(set(topics)) != len(topics):
             raise SettingsError(
-                f"kafka topics: expected five different topic names, received {topics}")
+                f"kafka topics: expected four different topic names, received {topics}")
         for server in self.bootstrap_servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -301,7 +299,7 @@ def _check_topic_name(key: str, name: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings(_Section):
-    """How the streaming worker polls, batches, rejects, evicts and checkpoints."""
+    """How the streaming worker polls, batches, rejects and evicts."""
 
     section_name: typing.ClassVar[str] = "worker"
 
@@ -312,22 +310,17 @@ class WorkerSettings(_Section):
         65_536, "larger readings go to the dead-letter topic", positive=True)
     idle_stream_eviction_seconds: float = setting(
         86_400.0, "streams silent this long lose their state", positive=True)
-    checkpoint_interval_seconds: float = setting(
-        10.0, "how often changed stream states go to the changelog", positive=True)
-    transactional: bool = setting(False, "exactly-once outputs with Kafka transactions")
     anomaly_episode_gap: int = setting(
         3, "readings below the threshold that close an anomaly episode", positive=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings(_Section):
-    """Which model artifact the worker, replay and evaluation use."""
+    """Which model artifact the worker, replay and evaluation use (and training writes)."""
 
     section_name: typing.ClassVar[str] = "model"
 
     artifact: Path = setting(Path("artifacts/model"), "model artifact directory")
-    reload_poll_seconds: float = setting(
-        5.0, "how often the worker checks the artifact for a new version", positive=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,6 +351,7 @@ class TrainingSettings(_Section):
     early_stopping_patience: int = setting(3, "epochs without improvement before stopping",
                                            positive=True)
     memory_units: int = setting(32, "size of the memory cell state", positive=True)
+    time_features: bool = setting(True, "encode time of day and week with the sine layer")
     hidden_units: int = setting(32, "width of the dense stack", positive=True)
 
 

@@ -78,7 +78,7 @@ def training_options(training: TrainingSettings, verbose: int = 1) -> TrainingOp
         learning_rate=training.learning_rate,
         early_stopping_patience=training.early_stopping_patience,
         memory_units=training.memory_units, hidden_units=training.hidden_units,
-        verbose=verbose)
+        time_features=training.time_features, verbose=verbose)
 
 
 def run_worker(settings: Settings, stop: threading.Event,

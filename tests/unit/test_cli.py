@@ -79,3 +79,46 @@ def test_config_keys_lists_every_setting_once() -> None:
     assert len(keys) == len(set(keys))
     assert any(re.match(r"kafka\.sasl_password\s+CELLWATCH_KAFKA_SASL_PASSWORD", line)
                for line in lines)
+
+
+def test_train_on_bad_data_names_file_and_line_and_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("stream,timestamp,temperature\n"
+                    "a,2024-01-01T00:00:00Z,1.5\n"
+                    "a,2024-01-01T00:01:00Z,warm\n")
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(out)], env={})
+    assert result.exit_code == 1
+    assert f"{data}:3" in result.output and "'warm'" in result.output
+    assert not out.exists()
+
+
+def test_replay_needs_exactly_one_destination(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text("stream,timestamp,x\na,1000,1.0\n")
+    result = CliRunner().invoke(main, ["replay", str(data)], env={})
+    assert result.exit_code == 2
+    assert "exactly one of --to-kafka TOPIC and --score-to FILE" in result.output
+
+
+def test_replay_with_a_missing_artifact_says_which(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text("stream,timestamp,x\na,1000,1.0\n")
+    result = CliRunner().invoke(main, ["replay", str(data), "--score-to",
+                                       str(tmp_path / "s.jsonl"), "--artifact",
+                                       str(tmp_path / "nowhere")], env={})
+    assert result.exit_code == 1
+    assert "nowhere: not found" in result.output
+
+
+def test_synth_writes_a_readable_labeled_recording(tmp_path: Path) -> None:
+    from training.recordings import read_recording
+    from training.synthetic import read_labels
+
+    result = run(["synth", str(tmp_path / "d"), "--streams", "3", "--channels", "2",
+                  "--length", "400", "--anomaly-rate", "50", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    recording = read_recording([tmp_path / "d" / "readings.csv"])
+    assert len(recording) == 1200 and recording.labeled
+    labels = read_labels(tmp_path / "d" / "labels.json")
+    assert labels and {label.stream for label in labels} <= set(recording.streams)

@@ -63,12 +63,12 @@ max_poll_records = 100
 def test_environment_text_is_parsed_per_type() -> None:
     settings = load_settings(environ={
         "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2",
-        "CELLWATCH_WORKER_TRANSACTIONAL": "yes",
+        "CELLWATCH_TRAINING_TIME_FEATURES": "no",
         "CELLWATCH_TRAINING_LEARNING_RATE": "0.01",
         "CELLWATCH_MODEL_ARTIFACT": "/tmp/model",
     })
     assert settings.kafka.bootstrap_servers == ("a:1", "b:2")
-    assert settings.worker.transactional is True
+    assert settings.training.time_features is False
     assert settings.training.learning_rate == pytest.approx(0.01)
     assert settings.model.artifact == Path("/tmp/model")
 
@@ -87,8 +87,8 @@ def test_unrelated_environment_variables_are_ignored() -> None:
          ["worker.max_poll_records", "greater than 0", "0"]),
         ({"CELLWATCH_KAFKA_SECURITY_PROTOCOL": "TLS"},
          ["kafka.security_protocol", "one of PLAINTEXT, SSL", "'TLS'"]),
-        ({"CELLWATCH_WORKER_TRANSACTIONAL": "maybe"},
-         ["worker.transactional", "true or false", "'maybe'"]),
+        ({"CELLWATCH_TRAINING_TIME_FEATURES": "maybe"},
+         ["training.time_features", "true or false", "'maybe'"]),
         ({"CELLWATCH_TRAINING_VALIDATION_FRACTION": "0.9"},
          ["training.validation_fraction", "at most 0.5", "0.9"]),
         ({"CELLWATCH_TRAINING_LEARNING_RATE": "nan"},
@@ -152,7 +152,7 @@ def test_sasl_needs_mechanism_and_credentials() -> None:
 
 
 def test_topics_must_differ() -> None:
-    with pytest.raises(SettingsError, match="five different topic names"):
+    with pytest.raises(SettingsError, match="four different topic names"):
         KafkaSettings(scores_topic="same", anomalies_topic="same")
 
 
@@ -181,7 +181,7 @@ sasl_password = "hunter2"
 
 def test_rendered_toml_reads_back_to_the_same_settings(tmp_path: Path) -> None:
     original = load_settings(environ={"CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "a:1,b:2",
-                                      "CELLWATCH_WORKER_TRANSACTIONAL": "true"})
+                                      "CELLWATCH_TRAINING_TIME_FEATURES": "false"})
     text = render_toml(original)
     tomllib.loads(text)  # valid TOML
     assert load_settings(write_config(tmp_path, text)) == original
