@@ -63,6 +63,13 @@ class KafkaReadingSource:
             fetch_max_bytes=max(max_partition_fetch_bytes, 50 * 1024 * 1024),
         )
         self._positions: dict[int, int] = {}
+        # kafka-python may join the group before it has the topic's metadata, and its
+        # assignor then hands out no partitions for good (dpkp/kafka-python#2377); loading the
+        # metadata before subscribing closes that window.
+        if not self._consumer.partitions_for_topic(topic):
+            self._consumer.close(autocommit=False)
+            raise OutputError(f"the readings topic {topic!r} does not exist or has no "
+                              f"partitions")
         self._consumer.subscribe([topic], listener=_ListenerAdapter(topic, listener))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[SourceRecord]:
