@@ -112,6 +112,7 @@ class Worker:
         self.parser = ReadingParser(model.channels, config.max_message_bytes)
         self.source: ReadingSource | None = None
         self._assigned: set[int] = set()
+        self._revoked: set[int] = set()  # revoked, states kept until the next assignment
         self._joined = False
         self._heartbeat = time.monotonic()
         self._next_maintenance = 0.0
@@ -124,6 +125,11 @@ class Worker:
     # Partition listener -------------------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[int]) -> None:
+        # Partitions revoked by the rebalance but not given back now went to another member.
+        gone = sorted(self._revoked - set(partitions))
+        self._revoked.clear()
+        if gone:
+            self._drop(gone, "revoked")
         with self._lock:
             self._assigned.update(partitions)
             self._joined = True
@@ -132,11 +138,19 @@ class Worker:
         log.info("assigned partitions %s", list(partitions))
 
     def on_revoked(self, partitions: Sequence[int]) -> None:
-        # Offsets of everything processed are already committed (after each batch), so giving
-        # the partitions up only means forgetting their streams.
-        self._drop(partitions, "revoked")
+        # Offsets of everything processed are already committed (after each batch), so the
+        # states match the committed positions. An eager rebalance revokes every partition and
+        # often hands the same ones back: keep the states until the assignment says.
+        with self._lock:
+            self._revoked.update(partitions)
+            self._assigned.difference_update(partitions)
+            self.metrics.set_assigned_partitions(len(self._assigned))
+            self.metrics.record_rebalance("revoked")
+        log.info("revoked partitions %s", list(partitions))
 
     def on_lost(self, partitions: Sequence[int]) -> None:
+        # Lost means another member may already own them: never keep their states.
+        self._revoked.difference_update(partitions)
         self._drop(partitions, "lost")
 
     def _drop(self, partitions: Sequence[int], kind: str) -> None:
@@ -149,7 +163,8 @@ class Worker:
                 self._assigned.discard(partition)
                 self.metrics.forget_partition(self.config.readings_topic, partition)
             self.metrics.set_assigned_partitions(len(self._assigned))
-            self.metrics.record_rebalance(kind)
+            if kind == "lost":
+                self.metrics.record_rebalance(kind)
         log.info("%s partitions %s; dropped %d stream states", kind, list(partitions), dropped)
 
     # Probes -------------------------------------------------------------------------------

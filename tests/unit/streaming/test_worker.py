@@ -256,6 +256,10 @@ def test_giving_up_a_partition_drops_its_streams(
     worker.process([record_of(r) for r in p0 + p1])
     assert all(stream in worker.store for stream in "abc")
     getattr(worker, callback)([0])
+    if callback == "on_revoked":
+        # Kept until the assignment shows partition 0 went elsewhere.
+        assert "a" in worker.store
+        worker.on_assigned([1])
     assert "a" not in worker.store and "b" not in worker.store and "c" in worker.store
     assert metric(registry, "cellwatch_assigned_partitions") == 1
     kind = "revoked" if callback == "on_revoked" else "lost"
@@ -266,6 +270,19 @@ def test_giving_up_a_partition_drops_its_streams(
     sink.sent.clear()
     worker.process([record_of(p0[0])])
     assert [(s.key, s.value) for s in sink.on("scores")] == reference_scores(step, [p0[0]])
+
+
+def test_partitions_handed_back_by_a_rebalance_keep_their_streams(
+        worker: Worker, recorded: np.ndarray) -> None:
+    """An eager rebalance revokes everything and often returns the same partitions."""
+    attach(worker)
+    worker.on_assigned([0, 1])
+    readings = readings_of(recorded[:2, :4], ["a", "b"], partition=0)
+    worker.process([record_of(r) for r in readings])
+    before = worker.store.state[worker.store.row_of("a")].copy()
+    worker.on_revoked([0, 1])
+    worker.on_assigned([0, 1])
+    np.testing.assert_array_equal(worker.store.state[worker.store.row_of("a")], before)
 
 
 # The loop -------------------------------------------------------------------------------------
