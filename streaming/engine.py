@@ -194,12 +194,12 @@ class ScoringEngine:
                 members.tolist(), rows.tolist(), ts.tolist(), result.score.tolist(),
                 result.likelihood.tolist(), result.surprise.tolist(), result.flag.tolist(),
                 result.top_channel.tolist(), strict=True):
-            key = store.json_key(row)
-            value = (f'{{"stream":{key.decode()},"ts":{when},"score":{_number(s)},'
+            key, stream_json = store.record_key(row)
+            value = (f'{{"stream":{stream_json},"ts":{when},"score":{_number(s)},'
                      f'"likelihood":{_number(p)},"surprise":{_number(q)},'
                      f'"flag":{"true" if f else "false"},"top_channel":{channel_json[top]},'
                      f'"model_version":{version}}}')
-            out[position] = (self.store.stream_of(row).encode(), value.encode())
+            out[position] = (key, value.encode())
 
     def _update_episodes(self, rows, ts, result, out, partitions) -> int:
         """Folds flags into episodes; returns how many opened. Loops only over streams that

@@ -67,7 +67,7 @@ class StateStore:
         self._row_of: dict[str, int] = {}
         self._stream_of: list[str | None] = [None] * self._capacity
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
-        self._json_key: list[bytes | None] = [None] * self._capacity
+        self._record_keys: list[tuple[bytes, str] | None] = [None] * self._capacity
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -90,13 +90,15 @@ class StateStore:
             raise KeyError(f"row {row} holds no stream")
         return stream
 
-    def json_key(self, row: int) -> bytes:
-        """The stream id as a JSON string literal, cached: output records reuse it."""
-        key = self._json_key[row]
-        if key is None:
-            key = json.dumps(self.stream_of(row)).encode()
-            self._json_key[row] = key
-        return key
+    def record_key(self, row: int) -> tuple[bytes, str]:
+        """The stream id as a Kafka key and as a JSON string literal, cached per stream:
+        every output record of the stream reuses both."""
+        keys = self._record_keys[row]
+        if keys is None:
+            stream = self.stream_of(row)
+            keys = (stream.encode(), json.dumps(stream))
+            self._record_keys[row] = keys
+        return keys
 
     def row_for(self, stream: str, partition: int) -> int:
         """The stream's row, allocating a fresh one (initial state) for a new stream."""
@@ -119,7 +121,7 @@ class StateStore:
             setattr(self, name, np.concatenate(
                 [getattr(self, name), np.full(old, fill, dtype=dtype)]))
         self._stream_of.extend([None] * old)
-        self._json_key.extend([None] * old)
+        self._record_keys.extend([None] * old)
         self._free.extend(range(self._capacity - 1, old - 1, -1))
 
     def release(self, rows: Sequence[int] | np.ndarray) -> None:
@@ -130,7 +132,7 @@ class StateStore:
                 continue
             del self._row_of[stream]
             self._stream_of[row] = None
-            self._json_key[row] = None
+            self._record_keys[row] = None
             self.state[row] = 0.0
             for name, (_, fill) in self._ARRAYS.items():
                 getattr(self, name)[row] = fill

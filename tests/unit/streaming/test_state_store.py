@@ -69,7 +69,7 @@ def test_a_released_row_is_reused_and_starts_fresh() -> None:
     a = store.row_for("a", 3)
     store.row_for("b", 3)
     fill_row(store, a, seed=1)
-    assert store.json_key(a) == b'"a"'
+    assert store.record_key(a) == (b"a", '"a"')
     store.release([a])
     assert "a" not in store and len(store) == 1
     with pytest.raises(KeyError):
@@ -79,7 +79,7 @@ def test_a_released_row_is_reused_and_starts_fresh() -> None:
     assert c == a  # the freed row, not a new one: the arrays did not grow
     assert store.state.shape[0] == 2
     assert_fresh(store, c, partition=4)
-    assert store.json_key(c) == b'"c"'  # not the cached key of the row's previous stream
+    assert store.record_key(c) == (b"c", '"c"')  # not the previous stream's cached keys
     store.release([c, c, 1])  # releasing twice, or mixed with others, is harmless
     assert len(store) == 0
 
@@ -107,11 +107,12 @@ def test_growth_preserves_every_existing_row() -> None:
     assert store.nbytes == store.state.nbytes + sum(getattr(store, n).nbytes for n in FRESH)
 
 
-def test_json_key_is_a_json_string_literal() -> None:
+def test_record_key_is_the_utf8_key_and_a_json_string_literal() -> None:
     store = StateStore(LAYOUT)
     stream = 'pump "7" \\ ü'
     row = store.row_for(stream, 0)
-    assert json.loads(store.json_key(row)) == stream
+    key, literal = store.record_key(row)
+    assert json.loads(literal) == stream and key == stream.encode()
 
 
 def test_partition_queries() -> None:
