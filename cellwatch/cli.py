@@ -166,7 +166,7 @@ class _DeliveryFailure(click.ClickException):
 def user_errors() -> Iterator[None]:
     """Turns the packages' input errors into one clear line at the command line."""
     from detector.artifact import ArtifactError
-    from streaming.ports import OutputError
+    from streaming.ports import OutputError, TopicSetupError
     from training.recordings import RecordingError
     from training.trainer import TrainingError
 
@@ -174,7 +174,7 @@ def user_errors() -> Iterator[None]:
         yield
     except OutputError as error:
         raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, RecordingError, TrainingError) as error:
+    except (ArtifactError, RecordingError, TrainingError, TopicSetupError) as error:
         raise _UserError(str(error)) from None
 
 
@@ -324,16 +324,22 @@ def run(ctx: click.Context, **_flags: Any) -> None:
 
     settings = build_settings(ctx)
     stop = threading.Event()
+    reload_requested = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
         logging.getLogger("cellwatch").info("%s received: finishing the batch in hand",
                                             signal.Signals(signum).name)
         stop.set()
 
+    def request_reload(_signum: int, _frame: Any) -> None:
+        logging.getLogger("cellwatch").info("SIGHUP received: loading the model artifact again")
+        reload_requested.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     with user_errors():
-        run_worker(settings, stop)
+        run_worker(settings, stop, reload_requested=reload_requested)
 
 
 @main.command()

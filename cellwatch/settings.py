@@ -246,6 +246,11 @@ class KafkaSettings(_Section):
     scores_topic: str = setting("cellwatch.scores", "one score record per reading")
     anomalies_topic: str = setting("cellwatch.anomalies", "one event per anomaly episode")
     dead_letter_topic: str = setting("cellwatch.dead-letter", "rejected readings, with reasons")
+    changelog_topic: str = setting(
+        "cellwatch.state-changelog", "compacted per-stream state checkpoints")
+    transactional_id: str | None = setting(
+        None, "this worker's transactional id with worker.transactional: unique per worker, "
+        "stable across its restarts (default: <group_id>.<client_id>)")
     security_protocol: str = setting(
         "PLAINTEXT", "transport security", choices=SECURITY_PROTOCOLS)
     sasl_mechanism: str | None = setting(
@@ -271,13 +276,14 @@ class KafkaSettings(_Section):
                 f"mechanism {self.sasl_mechanism}, received "
                 f"{'a user name' if self.sasl_username else 'no user name'} and "
                 f"{'a password' if self.sasl_password else 'no password'}")
-        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic"):
+        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic",
+                    "changelog_topic"):
             _check_topic_name(f"kafka.{key}", getattr(self, key))
         topics = [self.readings_topic, self.scores_topic, self.anomalies_topic,
-                  self.dead_letter_topic]
+                  self.dead_letter_topic, self.changelog_topic]
         if len(set(topics)) != len(topics):
             raise SettingsError(
-                f"kafka topics: expected four different topic names, received {topics}")
+                f"kafka topics: expected five different topic names, received {topics}")
         for server in self.bootstrap_servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -299,7 +305,7 @@ def _check_topic_name(key: str, name: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings(_Section):
-    """How the streaming worker polls, batches, rejects and evicts."""
+    """How the streaming worker polls, batches, rejects, evicts, checkpoints and reloads."""
 
     section_name: typing.ClassVar[str] = "worker"
 
@@ -312,6 +318,25 @@ class WorkerSettings(_Section):
         86_400.0, "streams silent this long lose their state", positive=True)
     anomaly_episode_gap: int = setting(
         3, "readings below the threshold that close an anomaly episode", positive=True)
+    checkpoints: bool = setting(
+        True, "keep stream states in the changelog topic and restore them on assignment "
+        "(off: a restarted worker starts every stream's learning period again)")
+    checkpoint_interval_seconds: float = setting(
+        10.0, "how often changed stream states go to the changelog and offsets are committed",
+        positive=True)
+    transactional: bool = setting(
+        False, "commit outputs, states and offsets in Kafka transactions (exactly-once for "
+        "read_committed consumers; needs checkpoints)")
+    reload_poll_seconds: float = setting(
+        5.0, "how often the model artifact is checked for a new model (0: only on SIGHUP)",
+        minimum=0)
+
+    def _cross_check(self) -> None:
+        if self.transactional and not self.checkpoints:
+            raise SettingsError(
+                "worker.transactional: expected worker.checkpoints to be on, because a "
+                "transaction commits the checkpointed states with the offsets; received "
+                "worker.checkpoints = false", key="worker.transactional")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
-from detector.artifact import ModelArtifact, load_artifact
+from detector.artifact import METADATA_FILE, ModelArtifact, load_artifact
 from streaming.http_endpoint import MetricsEndpoint
-from streaming.kafka_io import KafkaReadingSource, KafkaRecordSink, ensure_topics
+from streaming.kafka_io import (
+    KafkaChangelogReader,
+    KafkaReadingSource,
+    KafkaRecordSink,
+    ensure_changelog,
+    ensure_topics,
+    partition_count,
+)
 from streaming.metrics import WorkerMetrics
+from streaming.model_reload import ModelWatcher
 from streaming.worker import ModelInfo, Worker, WorkerConfig
 from training.trainer import TrainingOptions
 
@@ -60,7 +68,25 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_message_bytes=worker.max_message_bytes,
         idle_eviction_s=worker.idle_stream_eviction_seconds,
         episode_gap=worker.anomaly_episode_gap,
+        changelog_topic=kafka.changelog_topic if worker.checkpoints else None,
+        checkpoint_interval_s=worker.checkpoint_interval_seconds,
     )
+
+
+def transactional_id(settings: Settings) -> str | None:
+    if not settings.worker.transactional:
+        return None
+    kafka = settings.kafka
+    return kafka.transactional_id or f"{kafka.group_id}.{kafka.client_id}"
+
+
+def artifact_signature(path) -> tuple[int, int, int] | None:
+    """Changes whenever a new artifact is swapped in (its metadata file is written last)."""
+    try:
+        stat = (path / METADATA_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def model_info(artifact: ModelArtifact) -> ModelInfo:
@@ -82,11 +108,12 @@ def training_options(training: TrainingSettings, verbose: int = 1) -> TrainingOp
         time_features=training.time_features, verbose=verbose)
 
 
-def run_worker(settings: Settings, stop: threading.Event,
-               on_ready=None) -> None:
+def run_worker(settings: Settings, stop: threading.Event, on_ready=None,
+               reload_requested: threading.Event | None = None) -> None:
     """Loads the model, serves metrics and runs the worker until ``stop`` is set.
 
-    ``on_ready(endpoint)`` is called once the metrics endpoint listens (tests use it).
+    ``on_ready(endpoint)`` is called once the metrics endpoint listens (tests use it);
+    setting ``reload_requested`` (SIGHUP) loads the artifact again.
     """
     artifact = load_artifact(settings.model.artifact)
     options = kafka_client_options(settings.kafka)
@@ -95,22 +122,40 @@ def run_worker(settings: Settings, stop: threading.Event,
         options, config.readings_topic,
         [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
     config = dataclasses.replace(config, co_partitioned=co_partitioned)
+    changelog = None
+    if config.changelog_topic is not None:
+        partitions = partition_count(options, config.readings_topic)
+        ensure_changelog(options, config.changelog_topic, partitions)
+        changelog = KafkaChangelogReader(options, config.changelog_topic,
+                                         read_committed=settings.worker.transactional)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    sink = KafkaRecordSink(options)
-    worker = Worker(config, model_info(artifact), sink, metrics)
+    sink = KafkaRecordSink(options, transactional_id=transactional_id(settings))
+    worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog)
     endpoint = MetricsEndpoint(registry, host=settings.metrics.host, port=settings.metrics.port,
                                liveness=worker.liveness, readiness=worker.readiness)
+    path = settings.model.artifact
+    watcher = ModelWatcher(
+        signature=lambda: artifact_signature(path),
+        load=lambda: model_info(load_artifact(path)),
+        offer=worker.offer_model,
+        on_failure=lambda _error: metrics.record_model_reload("failed"),
+        poll_s=settings.worker.reload_poll_seconds, stop=stop,
+        reload_requested=reload_requested)
     # TensorFlow and Keras leave ~340k long-lived objects that every full collection would
     # scan again; freezing them cut the worker's collector time ~9x in the benchmark.
     gc.freeze()
-    with endpoint:
-        log.info("metrics on %s/metrics; model %s; consuming %s as group %s", endpoint.url,
-                 artifact.metadata.model_version, config.readings_topic,
-                 settings.kafka.group_id)
-        if on_ready is not None:
-            on_ready(endpoint)
-        source = KafkaReadingSource(options, config.readings_topic, settings.kafka.group_id,
-                                    worker)
-        worker.run(source, stop)
+    try:
+        with endpoint, watcher:
+            log.info("metrics on %s/metrics; model %s; consuming %s as group %s",
+                     endpoint.url, artifact.metadata.model_version, config.readings_topic,
+                     settings.kafka.group_id)
+            if on_ready is not None:
+                on_ready(endpoint)
+            source = KafkaReadingSource(options, config.readings_topic,
+                                        settings.kafka.group_id, worker)
+            worker.run(source, stop)
+    finally:
+        if changelog is not None:
+            changelog.close()
     log.info("worker stopped after committing its last batch")

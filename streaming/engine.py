@@ -253,8 +253,11 @@ class ScoringEngine:
         }
         return store.stream_of(row).encode(), json.dumps(event, separators=(",", ":")).encode()
 
-    def evict_idle(self, max_idle_s: float) -> int:
-        """Forgets streams silent for longer than ``max_idle_s``; returns how many."""
-        rows = self.store.idle_rows(self.clock(), max_idle_s)
-        self.store.release(rows)
-        return int(rows.size)
+    def evict_idle(self, max_idle_s: float) -> list[tuple[bytes, int]]:
+        """Forgets streams silent for longer than ``max_idle_s``; returns their Kafka keys
+        and partitions (the changelog gets a tombstone for each)."""
+        store = self.store
+        rows = store.idle_rows(self.clock(), max_idle_s)
+        evicted = [(store.record_key(row)[0], int(store.partition[row])) for row in rows.tolist()]
+        store.release(rows)
+        return evicted

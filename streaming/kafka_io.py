@@ -2,41 +2,63 @@
 
 Consumers commit manually (``enable_auto_commit=False``); producers are idempotent with
 ``acks="all"``, so an acknowledged record is on every in-sync replica.
+
+kafka-python 3.0 runs rebalance callbacks on the consumer's IO thread, where a blocking
+consumer call (such as a synchronous commit) raises. The listener adapter is therefore an
+``AsyncConsumerRebalanceListener``: the worker checkpoints in the callback (through the
+producer, which has an IO thread of its own) and the adapter awaits the commit of the
+offsets the worker hands back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streaming.ports import OutputError, PartitionListener, SourceRecord
+from streaming.ports import OutputError, PartitionListener, SourceRecord, TopicSetupError
 
 log = logging.getLogger(__name__)
 
 
-class _ListenerAdapter(ConsumerRebalanceListener):
-    # kafka-python runs these on its IO thread while the worker's thread waits in poll().
-    def __init__(self, topic: str, listener: PartitionListener) -> None:
+class _ListenerAdapter(AsyncConsumerRebalanceListener):
+    # kafka-python awaits these on its IO thread while the worker's thread waits in poll().
+    def __init__(self, topic: str, listener: PartitionListener, consumer: KafkaConsumer
+                 ) -> None:
         self.topic = topic
         self.listener = listener
+        self.consumer = consumer
 
     def _partitions(self, partitions) -> list[int]:
         return sorted(tp.partition for tp in partitions if tp.topic == self.topic)
 
-    def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned) -> None:
         self.listener.on_assigned(self._partitions(assigned))
 
-    def on_partitions_revoked(self, revoked) -> None:
-        self.listener.on_revoked(self._partitions(revoked))
+    async def on_partitions_revoked(self, revoked) -> None:
+        offsets = self.listener.on_revoked(self._partitions(revoked))
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit_async(_offsets(self.topic, offsets))
+        except Exception as error:  # the group may already have moved on
+            log.warning("commit of revoked partitions' offsets failed (%s); their next owner "
+                        "restores the checkpoint and skips what it reflects", error)
 
-    def on_partitions_lost(self, lost) -> None:
+    async def on_partitions_lost(self, lost) -> None:
         self.listener.on_lost(self._partitions(lost))
+
+
+def _offsets(topic: str, next_offsets: Mapping[int, int]) -> dict:
+    return {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for partition, offset in next_offsets.items()}
 
 
 class KafkaReadingSource:
@@ -70,7 +92,8 @@ class KafkaReadingSource:
             self._consumer.close(autocommit=False)
             raise OutputError(f"the readings topic {topic!r} does not exist or has no "
                               f"partitions")
-        self._consumer.subscribe([topic], listener=_ListenerAdapter(topic, listener))
+        self._consumer.subscribe([topic], listener=_ListenerAdapter(topic, listener,
+                                                                    self._consumer))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[SourceRecord]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
@@ -81,10 +104,10 @@ class KafkaReadingSource:
         return records
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
-        self._consumer.commit({
-            TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)
-            for partition, offset in next_offsets.items()
-        })
+        self._consumer.commit(_offsets(self.topic, next_offsets))
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
 
     def lag(self) -> dict[int, int]:
         lags = {}
@@ -110,20 +133,41 @@ class KafkaRecordSink:
     Args:
         client_options: kafka-python connection and security options.
         linger_ms: how long the producer gathers records into one request.
+        transactional_id: when given, records go out in transactions (begun at the first
+            record after a commit) that :meth:`commit_transaction` commits together with the
+            consumer offsets. The id must be unique per worker and stable across its
+            restarts: a restarted worker with the same id fences its predecessor and aborts
+            its open transaction at once.
     """
 
-    def __init__(self, client_options: Mapping[str, Any], linger_ms: int = 5) -> None:
+    def __init__(self, client_options: Mapping[str, Any], linger_ms: int = 5,
+                 transactional_id: str | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if transactional_id is not None:
+            extra = {"transactional_id": transactional_id, "transaction_timeout_ms": 60_000}
         self._producer = KafkaProducer(
             **client_options,
             acks="all",
             linger_ms=linger_ms,
             batch_size=512 * 1024,
             max_request_size=8 * 1024 * 1024,
+            **extra,
         )
         self._pending: list[Any] = []
+        self._transactional = transactional_id is not None
+        self._in_transaction = False
+        if self._transactional:
+            self._producer.init_transactions()
+
+    @property
+    def transactional(self) -> bool:
+        return self._transactional
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+        if self._transactional and not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
         self._pending.append(self._producer.send(topic, value=value, key=key,
                                                  headers=list(headers) or None,
                                                  partition=partition))
@@ -140,8 +184,69 @@ class KafkaRecordSink:
             raise OutputError(f"{len(failed)} of {len(pending)} output records failed; first: "
                               f"{failed[0].exception!r}")
 
+    def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
+                           group_metadata: object) -> None:
+        if not self._transactional:
+            raise RuntimeError("commit_transaction on a sink without transactions")
+        if not self._in_transaction:
+            if not next_offsets:
+                return
+            self._producer.begin_transaction()
+            self._in_transaction = True
+        try:
+            if next_offsets:
+                self._producer.send_offsets_to_transaction(_offsets(topic, next_offsets),
+                                                           group_metadata)
+            self._producer.commit_transaction()
+        except KafkaError as error:
+            raise OutputError(f"transaction not committed: {error}") from error
+        self._in_transaction = False
+
     def close(self) -> None:
+        # An open transaction is aborted by the broker (or fenced by our successor).
         self._producer.close(timeout=10)
+
+
+class KafkaChangelogReader:
+    """Reads changelog partitions from their start to their current end, without a group.
+
+    Args:
+        client_options: kafka-python connection and security options.
+        topic: the changelog topic.
+        read_committed: skip records of aborted transactions (set with transactional
+            outputs).
+    """
+
+    def __init__(self, client_options: Mapping[str, Any], topic: str,
+                 read_committed: bool = False) -> None:
+        self.topic = topic
+        self._consumer = KafkaConsumer(
+            **client_options,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+
+    def read(self, partitions: Sequence[int]) -> Iterator[tuple[int, bytes, bytes | None]]:
+        wanted = [TopicPartition(self.topic, p) for p in partitions]
+        if not wanted:
+            return
+        self._consumer.assign(wanted)
+        self._consumer.seek_to_beginning(*wanted)
+        ends = {tp: offset for tp, offset in self._consumer.end_offsets(wanted).items()}
+        remaining = {tp for tp in wanted if ends[tp] > self._consumer.position(tp)}
+        while remaining:
+            for tp, batch in self._consumer.poll(timeout_ms=500, max_records=100_000).items():
+                for record in batch:
+                    if record.offset < ends[tp]:
+                        yield tp.partition, record.key, record.value
+            remaining = {tp for tp in remaining if self._consumer.position(tp) < ends[tp]}
+        self._consumer.assign([])
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def partition_count(client_options: Mapping[str, Any], topic: str) -> int | None:
@@ -166,6 +271,52 @@ def ensure_topic(client_options: Mapping[str, Any], topic: str, partitions: int)
     finally:
         admin.close()
     return partitions
+
+
+def ensure_changelog(client_options: Mapping[str, Any], topic: str, partitions: int) -> None:
+    """Creates the compacted state changelog with ``partitions`` when it is missing.
+
+    Raises:
+        TopicSetupError: the topic exists with another partition count (a partition's states
+            would be restored from the wrong changelog partition) or is not compacted (old
+            states would be deleted by age, and streams would lose them).
+    """
+    existing = partition_count(client_options, topic)
+    admin = KafkaAdminClient(**client_options)
+    try:
+        if existing is None:
+            log.info("creating the state changelog %s with %d partitions", topic, partitions)
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics({topic: {"num_partitions": partitions, "configs": {
+                    "cleanup.policy": "compact",
+                    # Compact the latest states soon, so restores read few old versions.
+                    "segment.ms": "600000",
+                    "min.cleanable.dirty.ratio": "0.1",
+                }}}, wait_for_metadata=True)
+            existing = partition_count(client_options, topic)
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+    finally:
+        admin.close()
+    if existing != partitions:
+        raise TopicSetupError(
+            f"state changelog {topic!r}: expected {partitions} partitions like the readings "
+            f"topic (a partition's states live in the same-numbered changelog partition), "
+            f"found {existing}; delete it or set kafka.changelog_topic to a new name")
+    policy = _config_value(described, topic, "cleanup.policy") or "delete"
+    if "compact" not in policy.split(","):
+        raise TopicSetupError(
+            f"state changelog {topic!r}: expected cleanup.policy=compact, found "
+            f"cleanup.policy={policy} (stream states would be deleted by age); change it with "
+            f"kafka-configs.sh or set kafka.changelog_topic to a new name")
+
+
+def _config_value(described: Mapping[str, Any], topic: str, key: str) -> str | None:
+    for resources in described.values():
+        entry = resources.get(topic, {}).get(key)
+        if entry is not None:
+            return entry.get("value") if isinstance(entry, Mapping) else str(entry)
+    return None
 
 
 def ensure_topics(client_options: Mapping[str, Any], source_topic: str,

@@ -6,7 +6,7 @@ shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 
@@ -27,7 +27,9 @@ class PartitionListener(Protocol):
 
     def on_assigned(self, partitions: Sequence[int]) -> None: ...
 
-    def on_revoked(self, partitions: Sequence[int]) -> None: ...
+    def on_revoked(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        """Returns, per revoked partition, the offset the source must commit before the
+        partition goes (the next record to read); empty when nothing is left to commit."""
 
     def on_lost(self, partitions: Sequence[int]) -> None: ...
 
@@ -43,6 +45,19 @@ class ReadingSource(Protocol):
     def lag(self) -> dict[int, int]:
         """Per assigned partition, records behind the partition's end (when known)."""
 
+    def group_metadata(self) -> object:
+        """The consumer group's identity and generation, for transactional offset commits."""
+
+    def close(self) -> None: ...
+
+
+class ChangelogReader(Protocol):
+    """Reads the state changelog for a restore."""
+
+    def read(self, partitions: Sequence[int]) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """Every ``(partition, key, value)`` of ``partitions`` from the start up to their
+        end at the time of the call, in order; ``value`` None is a tombstone."""
+
     def close(self) -> None: ...
 
 
@@ -56,8 +71,23 @@ class RecordSink(Protocol):
     def flush(self) -> None:
         """Waits for every record sent so far; raises :class:`OutputError` if any failed."""
 
+    @property
+    def transactional(self) -> bool:
+        """True when records go out in transactions that also commit the input offsets."""
+
+    def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
+                           group_metadata: object) -> None:
+        """Commits the open transaction together with the consumer offsets of ``topic``
+        (only for a transactional sink); raises :class:`OutputError` on failure."""
+
     def close(self) -> None: ...
 
 
 class OutputError(RuntimeError):
     """Output records could not be delivered; their inputs must not be committed."""
+
+
+class TopicSetupError(RuntimeError):
+    """A topic the worker needs is missing and cannot be created, or exists with settings
+    the worker cannot work with; the message names the topic, the setting, what was
+    expected and what was found."""

@@ -15,7 +15,6 @@ send only those.
 from __future__ import annotations
 
 import json
-import struct
 import typing
 from collections.abc import Sequence
 
@@ -25,10 +24,20 @@ from detector.state import StateLayout
 
 NO_EPISODE = -1
 
-# The bookkeeping that travels with a state record in a checkpoint, little-endian:
-# last_ts_ms, last_offset, episode_start_ms, episode_end_ms, episode_peak_ms, episode_peak_score,
-# episode_peak_likelihood, episode_readings, episode_quiet, episode_channel_mask.
-_SIDECAR = struct.Struct("<qqqqqffiiQ")
+# The bookkeeping that travels with the detector state in a checkpoint record, packed and
+# little-endian after the state vector (64 bytes). Partition and eviction clock stay local: a
+# restored stream takes the partition it is restored for and counts as seen at restore time.
+_SIDECAR_FIELDS = (
+    ("last_ts_ms", "<i8"), ("last_offset", "<i8"), ("episode_start_ms", "<i8"),
+    ("episode_end_ms", "<i8"), ("episode_peak_ms", "<i8"), ("episode_peak_score", "<f4"),
+    ("episode_peak_likelihood", "<f4"), ("episode_readings", "<i4"), ("episode_quiet", "<i4"),
+    ("episode_channel_mask", "<u8"),
+)
+
+
+def checkpoint_dtype(layout: StateLayout) -> np.dtype:
+    """The packed record of one stream in a checkpoint: state vector, then sidecar."""
+    return np.dtype([("state", "<f4", (layout.size,)), *_SIDECAR_FIELDS])
 
 
 class StateStore:
@@ -138,6 +147,19 @@ class StateStore:
                 getattr(self, name)[row] = fill
             self._free.append(row)
 
+    def reset_states(self, layout: StateLayout) -> None:
+        """Every stream starts over under ``layout`` (a model with another state shape):
+        initial detector states, no open episode, all marked dirty. Last reading time and
+        offset stay, so nothing already applied is applied again."""
+        self.layout = layout
+        self.state = layout.initial(self._capacity)
+        for name in ("episode_start_ms", "episode_end_ms", "episode_peak_ms",
+                     "episode_peak_score", "episode_peak_likelihood", "episode_readings",
+                     "episode_quiet", "episode_channel_mask"):
+            dtype, fill = self._ARRAYS[name]
+            setattr(self, name, np.full(self._capacity, fill, dtype=dtype))
+        self.dirty[self.rows_in_use()] = True
+
     def rows_in_use(self) -> np.ndarray:
         return np.fromiter(self._row_of.values(), dtype=np.int64, count=len(self._row_of))
 
@@ -160,30 +182,51 @@ class StateStore:
 
     @property
     def record_bytes(self) -> int:
-        return self.layout.record_bytes + _SIDECAR.size
+        return self._record_dtype.itemsize
+
+    @property
+    def _record_dtype(self) -> np.dtype:
+        return checkpoint_dtype(self.layout)
+
+    def export_records(self, rows: np.ndarray | Sequence[int]) -> bytes:
+        """The checkpoint records of ``rows``, concatenated (``record_bytes`` each)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        records = np.empty(rows.size, dtype=self._record_dtype)
+        records["state"] = self.state[rows]
+        for name, _ in _SIDECAR_FIELDS:
+            records[name] = getattr(self, name)[rows]
+        return records.tobytes()
 
     def encode_record(self, row: int) -> bytes:
-        return self.layout.to_bytes(self.state[row:row + 1]) + _SIDECAR.pack(
-            int(self.last_ts_ms[row]), int(self.last_offset[row]),
-            int(self.episode_start_ms[row]), int(self.episode_end_ms[row]),
-            int(self.episode_peak_ms[row]), float(self.episode_peak_score[row]),
-            float(self.episode_peak_likelihood[row]), int(self.episode_readings[row]),
-            int(self.episode_quiet[row]), int(self.episode_channel_mask[row]))
+        return self.export_records([row])
+
+    def import_records(self, streams: Sequence[str], partition: int, data: bytes,
+                       now_s: float) -> np.ndarray:
+        """Loads records written by :meth:`export_records` as the states of ``streams``
+        (in order), all of ``partition``; returns their rows. Known streams are overwritten.
+
+        Raises:
+            ValueError: ``data`` is not ``len(streams)`` records of this layout; nothing is
+                loaded then.
+        """
+        expected = len(streams) * self.record_bytes
+        if len(data) != expected:
+            first = f"stream {streams[0]!r}" if len(streams) == 1 else f"{len(streams)} streams"
+            raise ValueError(
+                f"state records of {first}: expected {expected} bytes "
+                f"({self.record_bytes} each, layout v{self.layout.version}), "
+                f"received {len(data)}")
+        records = np.frombuffer(data, dtype=self._record_dtype)
+        rows = np.fromiter((self.row_for(stream, partition) for stream in streams),
+                           dtype=np.int64, count=len(streams))
+        self.state[rows] = records["state"]
+        for name, _ in _SIDECAR_FIELDS:
+            getattr(self, name)[rows] = records[name]
+        self.partition[rows] = partition
+        self.last_seen_s[rows] = now_s
+        self.dirty[rows] = False
+        return rows
 
     def restore_record(self, stream: str, partition: int, data: bytes, now_s: float) -> int:
         """Loads a record written by :meth:`encode_record` as ``stream``'s state."""
-        if len(data) != self.record_bytes:
-            raise ValueError(
-                f"state record of stream {stream!r}: expected {self.record_bytes} bytes "
-                f"(layout v{self.layout.version}), received {len(data)}")
-        row = self.row_for(stream, partition)
-        split = self.layout.record_bytes
-        self.state[row] = self.layout.from_bytes(data[:split])[0]
-        (self.last_ts_ms[row], self.last_offset[row], self.episode_start_ms[row],
-         self.episode_end_ms[row], self.episode_peak_ms[row], self.episode_peak_score[row],
-         self.episode_peak_likelihood[row], self.episode_readings[row], self.episode_quiet[row],
-         self.episode_channel_mask[row]) = _SIDECAR.unpack(data[split:])
-        self.partition[row] = partition
-        self.last_seen_s[row] = now_s
-        self.dirty[row] = False
-        return row
+        return int(self.import_records([stream], partition, data, now_s)[0])

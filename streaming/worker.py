@@ -9,8 +9,33 @@ One loop, one batch at a time:
    streams, in rounds that keep each stream's order);
 4. publish one score record per reading (keyed by stream) and one event per closed anomaly
    episode, and wait until the broker acknowledged every output record;
-5. only then commit the batch's offsets (at-least-once: a crash before the commit replays the
-   batch, and its records, keyed and built deterministically, are reproduced identically).
+5. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
+   commit replays the batch, and its records, keyed and built deterministically, are
+   reproduced identically);
+6. with a changelog (:mod:`streaming.changelog`), every ``checkpoint_interval_s``: send the
+   states of the streams changed since the last checkpoint, wait for their acknowledgement,
+   and only then commit the offsets the checkpoint covers. The committed offset is therefore
+   never ahead of the checkpointed states: after a crash the states are restored from the
+   changelog, and the readings between the committed offset and a state's recorded offset
+   are skipped (already applied, their outputs already acknowledged), so no reading is
+   applied twice and none is lost.
+
+Rebalances (the listener callbacks run while the worker's thread waits in ``poll``): a revoked
+partition is checkpointed and its offsets committed before it goes; its states stay until the
+next assignment shows whether it came back (an eager rebalance revokes everything and often
+hands the same partitions back) or went elsewhere (then they are dropped). A lost partition
+(this member was evicted from the group) is dropped without writing anything: another member
+may already own it. A newly assigned partition is restored from the changelog before any of
+its readings is processed.
+
+Transactions (``sink.transactional``): outputs, checkpoint records and the consumer offsets
+of a checkpoint interval are committed in one Kafka transaction, so consumers reading with
+``isolation_level=read_committed`` see every output exactly once.
+
+Model reload: :meth:`Worker.offer_model` hands over a new model (loaded elsewhere); it
+replaces the current one between batches. When the state layout is the same the streams keep
+their states, otherwise every stream starts its learning period again (a warning, and
+``cellwatch_model_reloads_total{outcome="reset_state"}``).
 
 Error policy:
 
@@ -20,10 +45,14 @@ Error policy:
 * a failed offset commit (the group rebalanced meanwhile) is logged and the loop continues:
   the next owner of the partition re-reads from the last commit, and consumers deduplicate by
   key;
+* a checkpoint that cannot be delivered stops the worker like an output failure (exit 3):
+  its offsets are not committed, so a restarted worker restores the previous checkpoint and
+  replays from there;
 * anything else is a bug and propagates.
 
 SIGTERM and SIGINT set the stop event: the batch in hand is finished, flushed and committed,
-then the consumer leaves the group and :meth:`Worker.run` returns.
+checkpointed (with a changelog), then the consumer leaves the group and :meth:`Worker.run`
+returns.
 """
 
 from __future__ import annotations
@@ -35,11 +64,14 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from detector.step import StreamingStep
+from streaming.changelog import ChangelogWriter, restore_states
 from streaming.engine import Reading, ScoringEngine
 from streaming.messages import ReadingParser, Rejection
 from streaming.metrics import WorkerMetrics
-from streaming.ports import ReadingSource, RecordSink, SourceRecord
+from streaming.ports import ChangelogReader, OutputError, ReadingSource, RecordSink, SourceRecord
 from streaming.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +97,10 @@ class WorkerConfig:
     # record can go to its reading's partition number.
     co_partitioned: bool = False
     liveness_timeout_s: float = 120.0
+    # The compacted state changelog; None: states live in memory only, offsets are committed
+    # after every batch, and a restarted worker starts every stream's learning period again.
+    changelog_topic: str | None = None
+    checkpoint_interval_s: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +130,20 @@ class Worker:
     Args:
         config: topics and limits.
         model: the step and its identity.
-        sink: where output records go.
+        sink: where output records (and checkpoint records) go.
         metrics: the worker's metrics (registry injected by the caller).
+        changelog: reads the state changelog for restores; required with
+            ``config.changelog_topic``.
         clock: wall clock in seconds; injectable for tests.
     """
 
     def __init__(self, config: WorkerConfig, model: ModelInfo, sink: RecordSink,
-                 metrics: WorkerMetrics, clock=time.time) -> None:
+                 metrics: WorkerMetrics, changelog: ChangelogReader | None = None,
+                 clock=time.time) -> None:
+        if (config.changelog_topic is None) != (changelog is None):
+            raise ValueError("a changelog topic and a changelog reader go together")
+        if sink.transactional and config.changelog_topic is None:
+            raise ValueError("transactional outputs need the state changelog")
         self.config = config
         self.model = model
         self.sink = sink
@@ -111,11 +154,20 @@ class Worker:
                                     config.episode_gap, clock=clock)
         self.parser = ReadingParser(model.channels, config.max_message_bytes)
         self.source: ReadingSource | None = None
+        self.changelog = changelog
+        self.checkpoints = (ChangelogWriter(config.changelog_topic, sink)
+                            if config.changelog_topic is not None else None)
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()  # revoked, states kept until the next assignment
+        self._to_restore: set[int] = set()
+        self._uncommitted: dict[int, int] = {}  # partition -> next offset, processed
+        self._tombstones: list[tuple[bytes, int]] = []  # evicted since the last checkpoint
+        self._failure: BaseException | None = None  # raised in a callback, re-raised by run
+        self._offered_model: ModelInfo | None = None
         self._joined = False
         self._heartbeat = time.monotonic()
         self._next_maintenance = 0.0
+        self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
         # Rebalance callbacks arrive on the consumer's IO thread while this worker's thread
         # waits in poll(); the lock makes that hand-over explicit.
         self._lock = threading.Lock()
@@ -127,29 +179,46 @@ class Worker:
     def on_assigned(self, partitions: Sequence[int]) -> None:
         # Partitions revoked by the rebalance but not given back now went to another member.
         gone = sorted(self._revoked - set(partitions))
-        self._revoked.clear()
+        with self._lock:
+            held = self._assigned | self._revoked
+            self._revoked.clear()
         if gone:
             self._drop(gone, "revoked")
         with self._lock:
+            if self.checkpoints is not None:
+                self._to_restore.update(set(partitions) - held)
             self._assigned.update(partitions)
             self._joined = True
             self.metrics.set_assigned_partitions(len(self._assigned))
             self.metrics.record_rebalance("assigned")
         log.info("assigned partitions %s", list(partitions))
 
-    def on_revoked(self, partitions: Sequence[int]) -> None:
-        # Offsets of everything processed are already committed (after each batch), so the
-        # states match the committed positions. An eager rebalance revokes every partition and
-        # often hands the same ones back: keep the states until the assignment says.
+    def on_revoked(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        # An eager rebalance revokes every partition and often hands the same ones back:
+        # checkpoint them (their states then equal the changelog) and keep the states until
+        # the assignment says.
+        to_commit: Mapping[int, int] = {}
         with self._lock:
+            try:
+                if self.checkpoints is not None and self._failure is None:
+                    to_commit = self._checkpoint(partitions)
+                    if self.sink.transactional:
+                        self._commit(to_commit)
+                        to_commit = {}
+            except OutputError as error:
+                # Raising here would only reach kafka-python's logger; the loop re-raises it.
+                self._failure = error
+                to_commit = {}
             self._revoked.update(partitions)
             self._assigned.difference_update(partitions)
+            self._to_restore.difference_update(partitions)
             self.metrics.set_assigned_partitions(len(self._assigned))
             self.metrics.record_rebalance("revoked")
         log.info("revoked partitions %s", list(partitions))
+        return to_commit
 
     def on_lost(self, partitions: Sequence[int]) -> None:
-        # Lost means another member may already own them: never keep their states.
+        # Lost means another member may already own them: never write or keep their states.
         self._revoked.difference_update(partitions)
         self._drop(partitions, "lost")
 
@@ -161,7 +230,10 @@ class Worker:
                 self.store.release(rows)
                 dropped += rows.size
                 self._assigned.discard(partition)
+                self._to_restore.discard(partition)
+                self._uncommitted.pop(partition, None)
                 self.metrics.forget_partition(self.config.readings_topic, partition)
+            self._tombstones = [t for t in self._tombstones if t[1] not in partitions]
             self.metrics.set_assigned_partitions(len(self._assigned))
             if kind == "lost":
                 self.metrics.record_rebalance(kind)
@@ -178,6 +250,8 @@ class Worker:
     def readiness(self) -> tuple[bool, str]:
         if not self._joined:
             return False, "not yet part of the consumer group"
+        if self._to_restore:
+            return False, f"restoring partitions {sorted(self._to_restore)}"
         return True, "ok"
 
     # The loop -----------------------------------------------------------------------------
@@ -185,19 +259,32 @@ class Worker:
     def run(self, source: ReadingSource, stop: threading.Event) -> None:
         """Consumes until ``stop`` is set; the source is closed on the way out."""
         self.source = source
+        clean = False
         try:
             while not stop.is_set():
                 records = source.poll(self.config.poll_timeout_ms, self.config.max_poll_records)
                 self._heartbeat = time.monotonic()
+                self._raise_failure()
+                self._swap_model()
+                self._restore_assigned()
                 if records:
                     self.process(records)
+                if time.monotonic() >= self._next_checkpoint:
+                    self.checkpoint()
                 self._maintain()
+            clean = True
         finally:
-            source.close()
-            self.sink.close()
+            try:
+                if clean:
+                    self.checkpoint()
+            finally:
+                source.close()  # leaves the group: on_revoked runs (nothing left to write)
+                self.sink.close()
+            if clean:
+                self._raise_failure()
 
     def process(self, records: Sequence[SourceRecord]) -> None:
-        """Scores, publishes and commits one batch."""
+        """Scores and publishes one batch; commits it too when there is no changelog."""
         started = time.monotonic()
         with self._lock:
             readings: list[Reading] = []
@@ -237,7 +324,12 @@ class Worker:
                           partition=partition if co_partitioned else None)
             sink.flush()  # raises OutputError: nothing of this batch gets committed
             acknowledged_s = self.clock()
-            self._commit(next_offsets)
+            if self.checkpoints is None:
+                self._commit(next_offsets)
+            else:
+                for partition, offset in next_offsets.items():
+                    self._uncommitted[partition] = max(self._uncommitted.get(partition, 0),
+                                                       offset)
 
         self.metrics.record_outputs("scores", len(result.scores))
         self.metrics.record_outputs("anomalies", len(result.episodes))
@@ -267,11 +359,121 @@ class Worker:
     def _commit(self, next_offsets: Mapping[int, int]) -> None:
         if self.source is None:
             return
+        if self.sink.transactional:
+            # Offsets and outputs commit together or not at all: a failure is an OutputError.
+            self.sink.commit_transaction(self.config.readings_topic, next_offsets,
+                                         self.source.group_metadata())
+            return
+        if not next_offsets:
+            return
         try:
             self.source.commit(next_offsets)
         except Exception as error:  # kafka-python raises several types for a lost generation
             log.warning("offset commit failed (%s); the partition's next owner re-reads from "
                         "the last commit and reproduces identical records", error)
+
+    # Checkpoints and restores -------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Checkpoints every changed stream, then commits the offsets it covers."""
+        self._next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s
+        if self.checkpoints is None:
+            return
+        with self._lock:
+            self._commit(self._checkpoint(None))
+
+    def _checkpoint(self, partitions: Sequence[int] | None) -> dict[int, int]:
+        """Writes the changed states (of ``partitions``, or all) and waits for their
+        acknowledgement; returns the offsets now safe to commit. Caller holds the lock."""
+        assert self.checkpoints is not None
+        started = time.perf_counter()
+        store = self.store
+        if partitions is None:
+            rows = store.take_dirty()
+            tombstones, self._tombstones = self._tombstones, []
+            covered = list(self._uncommitted)
+        else:
+            wanted = set(partitions)
+            rows = np.concatenate([store.take_dirty(p) for p in sorted(wanted)] or
+                                  [np.empty(0, np.int64)])
+            tombstones = [t for t in self._tombstones if t[1] in wanted]
+            self._tombstones = [t for t in self._tombstones if t[1] not in wanted]
+            covered = [p for p in self._uncommitted if p in wanted]
+        try:
+            written = self.checkpoints.write(store, rows, tombstones)
+            self.sink.flush()
+        except OutputError:
+            self.metrics.record_checkpoint_failure()
+            raise
+        offsets = {p: self._uncommitted.pop(p) for p in covered}
+        self.metrics.observe_checkpoint(time.perf_counter() - started,
+                                        written.records + written.tombstones, written.bytes)
+        if written.records or written.tombstones:
+            log.debug("checkpoint: %d states, %d tombstones, %d bytes", written.records,
+                      written.tombstones, written.bytes)
+        return offsets
+
+    def _restore_assigned(self) -> None:
+        """Rebuilds the states of newly assigned partitions from the changelog."""
+        with self._lock:
+            if not self._to_restore or self.changelog is None:
+                return
+            partitions = sorted(self._to_restore)
+            started = time.perf_counter()
+            result = restore_states(self.store, self.changelog.read(partitions), self.clock())
+            self._to_restore.clear()
+            seconds = time.perf_counter() - started
+            self.metrics.observe_restore(seconds, result.records_read)
+            self.metrics.set_streams(len(self.store), self.store.nbytes)
+        log.info("restored %d stream states of partitions %s from %d changelog records in "
+                 "%.2f s", result.streams_restored, partitions, result.records_read, seconds)
+        if result.incompatible:
+            log.warning("%d changelog records were written for another state layout and not "
+                        "loaded (first: %s); those streams start their learning period again",
+                        result.incompatible, result.first_incompatible)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    # Model reload -------------------------------------------------------------------------
+
+    def offer_model(self, model: ModelInfo) -> None:
+        """Hands over a new model; it replaces the current one before the next batch.
+        Safe to call from any thread."""
+        with self._lock:
+            self._offered_model = model
+
+    def _swap_model(self) -> None:
+        with self._lock:
+            model, self._offered_model = self._offered_model, None
+            if model is None:
+                return
+            if tuple(model.channels) != tuple(self.model.channels):
+                log.error("model %s not loaded: its channels %s differ from the served "
+                          "model's %s", model.version, list(model.channels),
+                          list(self.model.channels))
+                self.metrics.record_model_reload("failed")
+                return
+            kept = model.step.layout == self.store.layout
+            if not kept:
+                self.store.reset_states(model.step.layout)
+            self.engine = ScoringEngine(model.step, self.store, model.channels, model.version,
+                                        self.config.episode_gap, clock=self.clock)
+            previous, self.model = self.model, model
+            self.metrics.set_model(model.version, model.trained_at, model.trained_at_s,
+                                   str(model.step.layout.version))
+            self.metrics.record_model_reload("kept_state" if kept else "reset_state")
+        if kept:
+            log.info("model %s replaced by %s; streams keep their states", previous.version,
+                     model.version)
+        else:
+            log.warning("model %s replaced by %s with another state layout; all %d streams "
+                        "start their learning period again", previous.version, model.version,
+                        len(self.store))
+
+    # Housekeeping -------------------------------------------------------------------------
 
     def _maintain(self) -> None:
         now = time.monotonic()
@@ -281,10 +483,11 @@ class Worker:
         with self._lock:
             evicted = self.engine.evict_idle(self.config.idle_eviction_s)
             if evicted:
-                self.metrics.record_evictions(evicted)
-                log.info("evicted %d idle streams", evicted)
+                if self.checkpoints is not None:
+                    self._tombstones.extend(evicted)
+                self.metrics.record_evictions(len(evicted))
+                log.info("evicted %d idle streams", len(evicted))
             self.metrics.set_streams(len(self.store), self.store.nbytes)
         if self.source is not None:
             for partition, lag in self.source.lag().items():
                 self.metrics.set_lag(self.config.readings_topic, partition, lag)
-

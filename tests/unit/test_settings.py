@@ -152,7 +152,7 @@ def test_sasl_needs_mechanism_and_credentials() -> None:
 
 
 def test_topics_must_differ() -> None:
-    with pytest.raises(SettingsError, match="four different topic names"):
+    with pytest.raises(SettingsError, match="five different topic names"):
         KafkaSettings(scores_topic="same", anomalies_topic="same")
 
 

@@ -8,7 +8,7 @@ other test modules of this folder do not pay for it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -170,6 +170,9 @@ class FakeReadingSource:
     def lag(self) -> dict[int, int]:
         return dict(self.lags)
 
+    def group_metadata(self) -> object:
+        return "group-metadata"
+
     def close(self) -> None:
         self.closed = True
 
@@ -188,10 +191,14 @@ class FakeRecordSink:
 
     Args:
         events: optional shared log; ``("flush", records sent so far)`` is appended on each
-            successful flush.
+            successful flush, ``("transaction", records sent so far, offsets)`` on each
+            transaction commit.
+        transactional: whether it acts as a transactional sink.
     """
 
-    def __init__(self, events: list | None = None) -> None:
+    def __init__(self, events: list | None = None, transactional: bool = False) -> None:
+        self.transactional = transactional
+        self.transactions: list[dict[int, int]] = []
         self.sent: list[SentRecord] = []
         self.acknowledged = 0  # records covered by the last successful flush
         self.flushes = 0
@@ -211,8 +218,33 @@ class FakeRecordSink:
         self.acknowledged = len(self.sent)
         self.events.append(("flush", len(self.sent)))
 
+    def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
+                           group_metadata: object) -> None:
+        assert self.transactional and group_metadata == "group-metadata"
+        self.transactions.append(dict(next_offsets))
+        self.events.append(("transaction", len(self.sent), dict(next_offsets)))
+
     def close(self) -> None:
         self.closed = True
 
     def on(self, topic: str) -> list[SentRecord]:
         return [record for record in self.sent if record.topic == topic]
+
+
+class FakeChangelogReader:
+    """Reads the changelog records a :class:`FakeRecordSink` had acknowledged, as a
+    compacted topic would hold them (before compaction: every version, in order)."""
+
+    def __init__(self, sink: FakeRecordSink, topic: str) -> None:
+        self.sink = sink
+        self.topic = topic
+        self.reads: list[list[int]] = []
+
+    def read(self, partitions: Sequence[int]) -> Iterator[tuple[int, bytes, bytes | None]]:
+        self.reads.append(list(partitions))
+        for record in self.sink.sent[:self.sink.acknowledged]:
+            if record.topic == self.topic and record.partition in partitions:
+                yield record.partition, record.key, record.value
+
+    def close(self) -> None:
+        pass

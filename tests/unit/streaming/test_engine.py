@@ -423,16 +423,16 @@ def test_idle_streams_are_evicted_and_start_over(step: StreamingStep) -> None:
     clock.now = 1100.0
     engine.process([reading("b", 1)])
     clock.now = 1130.0
-    assert engine.evict_idle(max_idle_s=100.0) == 1  # a: silent 130 s; b: 30 s
+    assert engine.evict_idle(max_idle_s=100.0) == [(b"a", 0)]  # a: silent 130 s; b: 30 s
     assert "a" not in engine.store and "b" in engine.store
-    assert engine.evict_idle(max_idle_s=100.0) == 0
+    assert engine.evict_idle(max_idle_s=100.0) == []
 
     # a comes back as a new stream: its old readings are no longer "in the past".
     again = engine.process([reading("a", 0, (1, 2, 3))])
     assert not again.rejected
     assert again.scores == make_engine(step).process([reading("a", 0, (1, 2, 3))]).scores
     clock.now = 5000.0
-    assert engine.evict_idle(max_idle_s=100.0) == 2
+    assert len(engine.evict_idle(max_idle_s=100.0)) == 2
     assert len(engine.store) == 0
 
 
@@ -442,7 +442,7 @@ def test_rejected_readings_do_not_keep_a_stream_alive(step: StreamingStep) -> No
     engine.process([reading("a", 5)])
     clock.now = 500.0
     assert engine.process([reading("a", 5)]).rejected  # a duplicate is not activity
-    assert engine.evict_idle(max_idle_s=100.0) == 1
+    assert len(engine.evict_idle(max_idle_s=100.0)) == 1
 
 
 def test_result_arrays_follow_the_scored_readings(step: StreamingStep) -> None:

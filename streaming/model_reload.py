@@ -1,0 +1,83 @@
+"""Model reload without a restart: watch the artifact, load a new model beside the worker.
+
+A background thread checks the artifact's signature (a cheap stat of the file written last
+by an artifact save) every ``poll_s`` seconds, or at once when ``reload_requested`` is set
+(the CLI sets it on SIGHUP). When the signature changed, or a reload was requested, it loads
+the artifact on its own thread and offers the model to the worker, which swaps it in between
+batches (:meth:`streaming.worker.Worker.offer_model`): loading never stalls scoring.
+
+A load that fails (a half-copied or broken artifact) is logged and counted
+(``cellwatch_model_reloads_total{outcome="failed"}``); the worker keeps serving the model it
+has, and the watcher tries again when the signature changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    """Loads a new model when the artifact changes or a reload is requested.
+
+    Args:
+        signature: returns something that changes whenever a new artifact is in place
+            (None when there is no readable artifact).
+        load: loads the artifact and returns the model to offer.
+        offer: hands the loaded model to the worker.
+        on_failure: called with the error of a failed load.
+        poll_s: seconds between signature checks; 0 checks only on request.
+        stop: ends the watcher.
+        reload_requested: set to force a load now (SIGHUP); cleared by the watcher.
+    """
+
+    def __init__(self, signature: Callable[[], Any], load: Callable[[], Any],
+                 offer: Callable[[Any], None], on_failure: Callable[[BaseException], None],
+                 poll_s: float, stop: threading.Event,
+                 reload_requested: threading.Event | None = None) -> None:
+        self._signature = signature
+        self._load = load
+        self._offer = offer
+        self._on_failure = on_failure
+        self._poll_s = poll_s
+        self._stop = stop
+        self._requested = reload_requested or threading.Event()
+        self._seen = signature()
+        self._thread = threading.Thread(target=self._run, name="cellwatch-model-watcher",
+                                        daemon=True)
+
+    def __enter__(self) -> ModelWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._requested.set()  # wakes the thread, which then sees the stop event
+        self._thread.join(timeout=30)
+
+    def check(self) -> bool:
+        """One check: loads and offers a model if due; returns whether it offered one."""
+        requested = self._requested.is_set()
+        self._requested.clear()
+        current = self._signature()
+        if not requested and (current == self._seen or current is None):
+            return False
+        self._seen = current
+        try:
+            model = self._load()
+        except Exception as error:  # a broken artifact must not stop the worker
+            log.error("model reload failed, still serving the current model: %s", error)
+            self._on_failure(error)
+            return False
+        self._offer(model)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._requested.wait(self._poll_s if self._poll_s > 0 else None)
+            if self._stop.is_set():
+                return
+            self.check()
