@@ -265,8 +265,8 @@ class Worker:
                 records = source.poll(self.config.poll_timeout_ms, self.config.max_poll_records)
                 self._heartbeat = time.monotonic()
                 self._raise_failure()
-                self._swap_model()
-                self._restore_assigned()
+                self.swap_offered_model()
+                self.restore_assigned()
                 if records:
                     self.process(records)
                 if time.monotonic() >= self._next_checkpoint:
@@ -413,8 +413,9 @@ class Worker:
                       written.tombstones, written.bytes)
         return offsets
 
-    def _restore_assigned(self) -> None:
-        """Rebuilds the states of newly assigned partitions from the changelog."""
+    def restore_assigned(self) -> None:
+        """Rebuilds the states of newly assigned partitions from the changelog (the loop
+        calls it after every poll, before processing what the poll returned)."""
         with self._lock:
             if not self._to_restore or self.changelog is None:
                 return
@@ -445,7 +446,8 @@ class Worker:
         with self._lock:
             self._offered_model = model
 
-    def _swap_model(self) -> None:
+    def swap_offered_model(self) -> None:
+        """Serves the offered model, if any (the loop calls it between batches)."""
         with self._lock:
             model, self._offered_model = self._offered_model, None
             if model is None:

@@ -20,11 +20,12 @@ class Recording:
     timestamps_ms: np.ndarray  # [streams, time]
 
 
-def make_model(time_features: bool = True, seed: int = 11) -> tuple[ForecasterConfig,
-                                                                      keras.Model]:
+def make_model(time_features: bool = True, seed: int = 11, memory_units: int = 6
+               ) -> tuple[ForecasterConfig, keras.Model]:
     keras.utils.set_random_seed(seed)
     config = ForecasterConfig(channels=3, time_features=time_features, clock_units=4,
-                              dependency_units=8, memory_units=6, hidden_units=5, depth=2)
+                              dependency_units=8, memory_units=memory_units, hidden_units=5,
+                              depth=2)
     model = build_forecaster(config)
     rng = np.random.default_rng(seed)
     # Zero biases and tiny initial weights would hide mistakes; give every weight a value.
