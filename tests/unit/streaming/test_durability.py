@@ -370,7 +370,6 @@ def test_transactions_commit_outputs_states_and_offsets_together(
     # One transaction per checkpoint interval (3 polls), each with the offsets it covers.
     with_offsets = [offsets for offsets in worker.sink.transactions if offsets]
     assert len(with_offsets) >= 5
-    assert with_offsets[-1] == {0: 60, 1: 60}
     assert broker.committed == {0: 60, 1: 60}
     # Each transaction ends with the states of the streams its readings changed.
     assert broker.log[-1].topic == CHANGELOG
