@@ -246,8 +246,9 @@ class KafkaSettings(_Section):
     scores_topic: str = setting("cellwatch.scores", "one score record per reading")
     anomalies_topic: str = setting("cellwatch.anomalies", "one event per anomaly episode")
     dead_letter_topic: str = setting("cellwatch.dead-letter", "rejected readings, with reasons")
-    changelog_topic: str = setting(
-        "cellwatch.state-changelog", "compacted per-stream state checkpoints")
+    changelog_topic: str | None = setting(
+        None, "compacted per-stream state checkpoints of this group and readings topic "
+        "(default: <group_id>.state-changelog)")
     transactional_id: str | None = setting(
         None, "this worker's transactional id with worker.transactional: unique per worker, "
         "stable across its restarts (default: <group_id>.<client_id>)")
@@ -262,6 +263,9 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = setting(None, "client private key for mutual TLS")
     ssl_password: Secret | None = setting(None, "password of the client private key")
     request_timeout_ms: int = setting(30_000, "broker request timeout", positive=True)
+    session_timeout_ms: int = setting(
+        10_000, "a worker silent this long leaves the group and its partitions move "
+        "(the broker allows 6000 and up by default)", positive=True)
 
     def _cross_check(self) -> None:
         uses_sasl = self.security_protocol.startswith("SASL_")
@@ -276,11 +280,11 @@ class KafkaSettings(_Section):
                 f"mechanism {self.sasl_mechanism}, received "
                 f"{'a user name' if self.sasl_username else 'no user name'} and "
                 f"{'a password' if self.sasl_password else 'no password'}")
-        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic",
-                    "changelog_topic"):
+        for key in ("readings_topic", "scores_topic", "anomalies_topic", "dead_letter_topic"):
             _check_topic_name(f"kafka.{key}", getattr(self, key))
+        _check_topic_name("kafka.changelog_topic", self.state_changelog_topic)
         topics = [self.readings_topic, self.scores_topic, self.anomalies_topic,
-                  self.dead_letter_topic, self.changelog_topic]
+                  self.dead_letter_topic, self.state_changelog_topic]
         if len(set(topics)) != len(topics):
             raise SettingsError(
                 f"kafka topics: expected five different topic names, received {topics}")
@@ -290,6 +294,13 @@ class KafkaSettings(_Section):
                 raise SettingsError(
                     f"kafka.bootstrap_servers: expected host:port items, received {server!r}",
                     key="kafka.bootstrap_servers")
+
+
+    @property
+    def state_changelog_topic(self) -> str:
+        """The changelog topic: set, or derived from the group (a changelog belongs to one
+        group and one readings topic, as a Kafka Streams changelog to one application)."""
+        return self.changelog_topic or f"{self.group_id}.state-changelog"
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

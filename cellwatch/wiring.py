@@ -68,7 +68,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_message_bytes=worker.max_message_bytes,
         idle_eviction_s=worker.idle_stream_eviction_seconds,
         episode_gap=worker.anomaly_episode_gap,
-        changelog_topic=kafka.changelog_topic if worker.checkpoints else None,
+        changelog_topic=kafka.state_changelog_topic if worker.checkpoints else None,
         checkpoint_interval_s=worker.checkpoint_interval_seconds,
     )
 
@@ -152,8 +152,9 @@ def run_worker(settings: Settings, stop: threading.Event, on_ready=None,
                      settings.kafka.group_id)
             if on_ready is not None:
                 on_ready(endpoint)
-            source = KafkaReadingSource(options, config.readings_topic,
-                                        settings.kafka.group_id, worker)
+            source = KafkaReadingSource(
+                options, config.readings_topic, settings.kafka.group_id, worker,
+                session_timeout_ms=settings.kafka.session_timeout_ms)
             worker.run(source, stop)
     finally:
         if changelog is not None:

@@ -5,20 +5,24 @@ the streams of readings partition ``p`` live in changelog partition ``p``, so a 
 is assigned ``p`` restores exactly that changelog partition. Compaction keeps the newest
 record of every stream; an evicted stream gets a tombstone (a record with no value).
 
-A record's value is a 12-byte header, then the stream's checkpoint record
+A record's value is a 16-byte header, then the stream's checkpoint record
 (:func:`streaming.state_store.checkpoint_dtype`: the detector state followed by the
 bookkeeping, which includes the source offset of the last reading the state reflects)::
 
-    magic "CWS" | format u8 | layout version u16 | channels u16 | input width u16 | memory u16
+    magic "CWS" | format u8 | layout version u16 | channels u16 | input width u16 |
+    memory u16 | CRC-32 of the readings topic's name u32
 
 A record whose header names another state layout (a model with another shape wrote it) is
-not loaded: its stream restarts its learning period, and the restore counts it.
+not loaded: its stream restarts its learning period, and the restore counts it. Nor is a
+record written for another readings topic: its source offsets mean nothing here, and loading
+it would skip readings that were never applied.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -29,13 +33,14 @@ from streaming.state_store import StateStore
 
 CHECKPOINT_FORMAT = 1
 _MAGIC = b"CWS"
-_HEADER = struct.Struct("<3sBHHHH")
+_HEADER = struct.Struct("<3sBHHHHI")
 
 
-def record_header(layout: StateLayout) -> bytes:
-    """The header every checkpoint record of ``layout`` starts with."""
+def record_header(layout: StateLayout, source_topic: str) -> bytes:
+    """The header every checkpoint record of ``layout`` for ``source_topic`` starts with."""
     return _HEADER.pack(_MAGIC, CHECKPOINT_FORMAT, layout.version, layout.channels,
-                        layout.input_width, layout.memory_units)
+                        layout.input_width, layout.memory_units,
+                        zlib.crc32(source_topic.encode()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +58,7 @@ class RestoreResult:
 
     records_read: int
     streams_restored: int
-    incompatible: int  # records of another state layout, not loaded
+    incompatible: int  # records of another state layout or readings topic, not loaded
     first_incompatible: str | None = None  # the header of the first one, in words
 
 
@@ -66,11 +71,13 @@ class ChangelogWriter:
     Args:
         topic: the changelog topic.
         sink: the worker's record sink (the same one as its outputs, so one flush covers both).
+        source_topic: the readings topic whose offsets the records carry.
     """
 
-    def __init__(self, topic: str, sink: RecordSink) -> None:
+    def __init__(self, topic: str, sink: RecordSink, source_topic: str) -> None:
         self.topic = topic
         self.sink = sink
+        self.source_topic = source_topic
 
     def write(self, store: StateStore, rows: np.ndarray,
               tombstones: Iterable[tuple[bytes, int]] = ()) -> CheckpointWrite:
@@ -81,7 +88,7 @@ class ChangelogWriter:
         for key, partition in tombstones:
             send(topic, key, None, partition=partition)
             dead += 1
-        header = record_header(store.layout)
+        header = record_header(store.layout, self.source_topic)
         size = store.record_bytes
         blob = store.export_records(rows)
         written = 0
@@ -93,11 +100,12 @@ class ChangelogWriter:
 
 
 def restore_states(store: StateStore, records: Iterable[tuple[int, bytes, bytes | None]],
-                   now_s: float) -> RestoreResult:
+                   source_topic: str, now_s: float) -> RestoreResult:
     """Loads the newest record of every stream from changelog ``records``.
 
     Args:
         store: where the states go; a stream already held is overwritten.
+        source_topic: the readings topic the states must have been written for.
         records: ``(partition, key, value)`` in changelog order; ``value`` None is a
             tombstone (the stream was evicted: the newest record wins, so it stays away).
         now_s: the eviction clock of the restored streams.
@@ -107,7 +115,7 @@ def restore_states(store: StateStore, records: Iterable[tuple[int, bytes, bytes 
     for partition, key, value in records:
         newest[(partition, key)] = value
         read += 1
-    header = record_header(store.layout)
+    header = record_header(store.layout, source_topic)
     expected = len(header) + store.record_bytes
     by_partition: dict[int, tuple[list[str], list[bytes]]] = {}
     incompatible = 0
@@ -135,7 +143,7 @@ def describe_header(value: bytes) -> str:
     """A checkpoint record's header in words (for messages about incompatible records)."""
     if len(value) < _HEADER.size or not value.startswith(_MAGIC):
         return "not a cellwatch checkpoint record"
-    _, fmt, version, channels, width, memory = _HEADER.unpack_from(value)
+    _, fmt, version, channels, width, memory, topic_crc = _HEADER.unpack_from(value)
     return (f"format {fmt}, layout v{version} ({channels} channels, input width {width}, "
-            f"{memory} memory units)")
+            f"{memory} memory units), readings topic CRC-32 {topic_crc:08x}")
 

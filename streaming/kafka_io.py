@@ -70,17 +70,21 @@ class KafkaReadingSource:
         group_id: the workers' consumer group.
         listener: told of assigned, revoked and lost partitions.
         max_partition_fetch_bytes: per-partition fetch size (bigger polls, fewer round trips).
+        session_timeout_ms: how long a silent (crashed) worker keeps its partitions.
     """
 
     def __init__(self, client_options: Mapping[str, Any], topic: str, group_id: str,
                  listener: PartitionListener,
-                 max_partition_fetch_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_partition_fetch_bytes: int = 4 * 1024 * 1024,
+                 session_timeout_ms: int = 10_000) -> None:
         self.topic = topic
         self._consumer = KafkaConsumer(
             **client_options,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(100, min(3000, session_timeout_ms // 3)),
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_bytes=max(max_partition_fetch_bytes, 50 * 1024 * 1024),
         )

@@ -155,7 +155,7 @@ class Worker:
         self.parser = ReadingParser(model.channels, config.max_message_bytes)
         self.source: ReadingSource | None = None
         self.changelog = changelog
-        self.checkpoints = (ChangelogWriter(config.changelog_topic, sink)
+        self.checkpoints = (ChangelogWriter(config.changelog_topic, sink, config.readings_topic)
                             if config.changelog_topic is not None else None)
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()  # revoked, states kept until the next assignment
@@ -421,7 +421,8 @@ class Worker:
                 return
             partitions = sorted(self._to_restore)
             started = time.perf_counter()
-            result = restore_states(self.store, self.changelog.read(partitions), self.clock())
+            result = restore_states(self.store, self.changelog.read(partitions),
+                                    self.config.readings_topic, self.clock())
             self._to_restore.clear()
             seconds = time.perf_counter() - started
             self.metrics.observe_restore(seconds, result.records_read)
@@ -429,8 +430,9 @@ class Worker:
         log.info("restored %d stream states of partitions %s from %d changelog records in "
                  "%.2f s", result.streams_restored, partitions, result.records_read, seconds)
         if result.incompatible:
-            log.warning("%d changelog records were written for another state layout and not "
-                        "loaded (first: %s); those streams start their learning period again",
+            log.warning("%d changelog records were written for another state layout or "
+                        "readings topic and not loaded (first: %s); those streams start their "
+                        "learning period again",
                         result.incompatible, result.first_incompatible)
 
     def _raise_failure(self) -> None:

@@ -57,6 +57,8 @@ def worker_settings(bootstrap: str, artifact: Path, readings_topic: str, prefix:
         "kafka.scores_topic": f"{prefix}-scores",
         "kafka.anomalies_topic": f"{prefix}-anomalies",
         "kafka.dead_letter_topic": f"{prefix}-dead-letter",
+        "kafka.changelog_topic": f"{prefix}-changelog",
+        "kafka.session_timeout_ms": 6000,
         "model.artifact": str(artifact),
         "metrics.port": 0,
         "worker.poll_timeout_ms": 100,

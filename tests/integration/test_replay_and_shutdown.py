@@ -98,6 +98,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(
            "CELLWATCH_KAFKA_SCORES_TOPIC": settings.kafka.scores_topic,
            "CELLWATCH_KAFKA_ANOMALIES_TOPIC": settings.kafka.anomalies_topic,
            "CELLWATCH_KAFKA_DEAD_LETTER_TOPIC": settings.kafka.dead_letter_topic,
+           "CELLWATCH_KAFKA_CHANGELOG_TOPIC": settings.kafka.changelog_topic,
+           "CELLWATCH_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
            "CELLWATCH_MODEL_ARTIFACT": str(artifact),
            "CELLWATCH_METRICS_PORT": str(port),
            "CELLWATCH_WORKER_MAX_POLL_RECORDS": "500"}

@@ -156,6 +156,23 @@ def test_topics_must_differ() -> None:
         KafkaSettings(scores_topic="same", anomalies_topic="same")
 
 
+def test_the_changelog_belongs_to_the_group_unless_named() -> None:
+    assert KafkaSettings(group_id="plant-3").state_changelog_topic == "plant-3.state-changelog"
+    assert KafkaSettings(changelog_topic="states").state_changelog_topic == "states"
+    with pytest.raises(SettingsError, match="five different topic names"):
+        KafkaSettings(changelog_topic="cellwatch.scores")
+    with pytest.raises(SettingsError, match="kafka.changelog_topic: expected a Kafka topic"):
+        KafkaSettings(changelog_topic="bad name")
+
+
+def test_transactions_need_checkpoints() -> None:
+    assert WorkerSettings(transactional=True).checkpoints
+    with pytest.raises(SettingsError, match="worker.transactional: expected worker.checkpoints "
+                                            "to be on") as raised:
+        WorkerSettings(transactional=True, checkpoints=False)
+    assert raised.value.key == "worker.transactional"
+
+
 def test_direct_construction_is_validated_and_normalised() -> None:
     settings = KafkaSettings(bootstrap_servers=["a:1", "b:2"])  # type: ignore[arg-type]
     assert settings.bootstrap_servers == ("a:1", "b:2")

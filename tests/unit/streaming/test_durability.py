@@ -287,7 +287,7 @@ def test_checkpoint_records_carry_layout_state_and_source_offset(
     worker = make_worker(step, broker, registry)
     stop = threading.Event()
     worker.run(BrokerSource(broker, worker, (0, 1), stop, clock=fake_monotonic), stop)
-    header = record_header(step.layout)
+    header = record_header(step.layout, "readings")
     newest = {(r.partition, r.key): r.value for r in broker.on(CHANGELOG)}
     assert sorted(newest) == [(0, b"a"), (0, b"b"), (1, b"c"), (1, b"d")]
     for (partition, key), value in newest.items():
@@ -403,7 +403,7 @@ def test_evicted_streams_get_a_tombstone_and_stay_away_after_a_restore(
     assert [(r.key, r.value) for r in broker.on(CHANGELOG)[-2:]] == [(b"a", None),
                                                                    (b"b", None)]
     store = StateStore(step.layout)
-    result = restore_states(store, BrokerChangelog(broker).read([0, 1]), now_s=0.0)
+    result = restore_states(store, BrokerChangelog(broker).read([0, 1]), "readings", now_s=0.0)
     assert len(store) == 0 and result.records_read == 4
 
 
@@ -415,7 +415,7 @@ def test_restore_keeps_the_newest_record_and_skips_other_layouts(step: Streaming
     rows = [source.row_for(name, 3) for name in ("x", "y")]
     source.last_offset[rows] = [10, 20]
     sink = FakeRecordSink()
-    writer = ChangelogWriter(CHANGELOG, sink)
+    writer = ChangelogWriter(CHANGELOG, sink, "readings")
     writer.write(source, np.array(rows))
     source.last_offset[rows[0]] = 11
     writer.write(source, np.array(rows[:1]))
@@ -423,16 +423,20 @@ def test_restore_keeps_the_newest_record_and_skips_other_layouts(step: Streaming
                         memory_units=step.layout.memory_units + 1)
     foreign = StateStore(other)
     foreign.row_for("z", 3)
-    ChangelogWriter(CHANGELOG, sink).write(foreign, np.array([0]))
+    ChangelogWriter(CHANGELOG, sink, "readings").write(foreign, np.array([0]))
+    elsewhere = StateStore(step.layout)
+    elsewhere.row_for("w", 3)
+    ChangelogWriter(CHANGELOG, sink, "other-readings").write(elsewhere, np.array([0]))
     records = [(r.partition, r.key, r.value) for r in sink.on(CHANGELOG)]
 
     target = StateStore(step.layout)
-    result = restore_states(target, records, now_s=5.0)
-    assert (result.records_read, result.streams_restored, result.incompatible) == (4, 2, 1)
+    result = restore_states(target, records, "readings", now_s=5.0)
+    assert (result.records_read, result.streams_restored, result.incompatible) == (5, 2, 2)
     assert "memory units" in result.first_incompatible and "'z'" in result.first_incompatible
     assert target.last_offset[target.row_of("x")] == 11
     assert target.last_offset[target.row_of("y")] == 20
-    assert target.partition[target.row_of("x")] == 3 and "z" not in target
+    assert target.partition[target.row_of("x")] == 3
+    assert "z" not in target and "w" not in target
 
 
 # Model reload -------------------------------------------------------------------------------
