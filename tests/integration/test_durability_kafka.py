@@ -1,0 +1,299 @@
+"""Durability against a real broker: SIGKILLed workers, a consumer group that loses and gains
+members, and a broker restart. In every case the scores, deduplicated by (stream, ts), equal
+those of one uninterrupted in-process run for every reading, and none is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from detector.artifact import load_artifact
+from streaming.engine import Reading, ScoringEngine
+from streaming.state_store import StateStore
+from tests.integration.servers import REPO_ROOT, KafkaBroker, free_port
+from tests.integration.streaming_support import (
+    CHANNELS,
+    committed_offsets,
+    end_offsets,
+    produce,
+    reading_bytes,
+    readings,
+    small_artifact,
+)
+
+pytestmark = pytest.mark.integration
+
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    return small_artifact(tmp_path_factory.mktemp("artifact") / "model")
+
+
+class WorkerProcess:
+    """A real `cellwatch run` in its own process, configured through the environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cellwatch", "run"], cwd=REPO_ROOT,
+            env={**env, "CELLWATCH_METRICS_PORT": str(self.port)},
+            stdout=self._log, stderr=subprocess.STDOUT)
+
+    def metric(self, name: str) -> float:
+        """An unlabelled metric of this process (0 until its endpoint answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                        timeout=2) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith(name + " "):
+                        return float(line.split()[1])
+        except OSError:
+            pass
+        return 0.0
+
+    def scored(self) -> float:
+        return self.metric("cellwatch_readings_scored_total")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait(30)
+        self._log.close()
+
+
+@contextmanager
+def workers(env: dict[str, str], log_dir: Path) -> Iterator[list[WorkerProcess]]:
+    """Every worker started through the yielded list is killed on the way out."""
+    started: list[WorkerProcess] = []
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.close()
+
+
+def worker_env(bootstrap: str, artifact: Path, topic: str, prefix: str) -> dict[str, str]:
+    return {**os.environ,
+            "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "CELLWATCH_KAFKA_GROUP_ID": f"{prefix}-group",
+            "CELLWATCH_KAFKA_READINGS_TOPIC": topic,
+            "CELLWATCH_KAFKA_SCORES_TOPIC": f"{prefix}-scores",
+            "CELLWATCH_KAFKA_ANOMALIES_TOPIC": f"{prefix}-anomalies",
+            "CELLWATCH_KAFKA_DEAD_LETTER_TOPIC": f"{prefix}-dead-letter",
+            "CELLWATCH_KAFKA_CHANGELOG_TOPIC": f"{prefix}-changelog",
+            "CELLWATCH_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "CELLWATCH_WORKER_CHECKPOINT_INTERVAL_SECONDS": "1.0",
+            "CELLWATCH_WORKER_MAX_POLL_RECORDS": "2000",
+            "CELLWATCH_MODEL_ARTIFACT": str(artifact)}
+
+
+def reference_scores(artifact: Path, rows: Sequence[tuple[str, int, list[float]]]
+                     ) -> dict[tuple[str, int], dict]:
+    """One uninterrupted run in process: the engine over every reading, in order."""
+    loaded = load_artifact(artifact)
+    engine = ScoringEngine(loaded.step, StateStore(loaded.step.layout), CHANNELS,
+                           loaded.metadata.model_version)
+    out: dict[tuple[str, int], dict] = {}
+    for start in range(0, len(rows), 5000):
+        batch = [Reading(s, ts, np.asarray(v, np.float32)) for s, ts, v in
+                 rows[start:start + 5000]]
+        for _, value in engine.process(batch).scores:
+            record = json.loads(value)
+            out[(record["stream"], record["ts"])] = record
+    return out
+
+
+def read_everything(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list:
+    """Every record of ``topic`` up to its current end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"{topic}: not read within {timeout_s} s"
+            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def assert_equal_to_uninterrupted(bootstrap: str, scores_topic: str,
+                                  expected: dict[tuple[str, int], dict]) -> int:
+    """Deduplicated by key, the published scores equal the reference; returns how many
+    records were read (duplicates included)."""
+    published: dict[tuple[str, int], list[dict]] = {}
+    records = read_everything(bootstrap, scores_topic)
+    for record in records:
+        value = json.loads(record.value)
+        assert record.key == value["stream"].encode()
+        published.setdefault((value["stream"], value["ts"]), []).append(value)
+    missing = expected.keys() - published.keys()
+    extra = published.keys() - expected.keys()
+    assert not missing, f"{len(missing)} readings never scored, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"{len(extra)} scores for readings never sent, e.g. {sorted(extra)[:3]}"
+    for key, values in published.items():
+        reference = expected[key]
+        for value in values:
+            for field in ("score", "likelihood", "surprise"):
+                assert abs(value[field] - reference[field]) <= TOLERANCE, (key, field, value,
+                                                                          reference)
+            assert value["flag"] == reference["flag"], (key, value, reference)
+    return len(records)
+
+
+def wait_until(condition, timeout_s: float, what: str, watched: Sequence[WorkerProcess] = ()
+               ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for worker in watched:
+            assert worker.alive(), f"a worker died:\n{worker.output()}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.25)
+
+
+def all_committed(bootstrap: str, group: str, topic: str) -> bool:
+    return committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic)
+
+
+def messages_of(rows) -> list[tuple[bytes, bytes]]:
+    return [(stream.encode(), reading_bytes(stream, ts, values)) for stream, ts, values in rows]
+
+
+def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
+        kafka_broker, topic_factory, unique_name, artifact, tmp_path):
+    bootstrap = kafka_broker.bootstrap
+    topic = topic_factory(partitions=4, purpose="readings")
+    prefix = unique_name("crash")
+    env = worker_env(bootstrap, artifact, topic, prefix)
+    rows = readings(streams=2000, per_stream=100, seed=21)
+    produce(bootstrap, topic, messages_of(rows))
+    expected = reference_scores(artifact, rows)
+    assert len(expected) == 200_000
+
+    rng = np.random.default_rng(5)
+    kill_after = sorted(rng.integers(8_000, 45_000, size=3).tolist())
+    killed = 0
+    with workers(env, tmp_path) as started:
+        for scored_before_kill in kill_after:
+            worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log")
+            started.append(worker)
+            wait_until(lambda w=worker, n=scored_before_kill: w.scored() >= n, 180,
+                       f"{scored_before_kill} readings scored", [worker])
+            worker.kill()
+            killed += 1
+        final = WorkerProcess(env, tmp_path / "worker-final.log")
+        started.append(final)
+        wait_until(lambda: all_committed(bootstrap, f"{prefix}-group", topic), 300,
+                   "every reading committed", [final])
+        assert final.terminate() == 0, final.output()
+    assert killed == 3
+    logs = [w.log_path.read_text(errors="replace") for w in started]
+    assert all("restored" in text for text in logs[1:]), "a restarted worker restored nothing"
+    read = assert_equal_to_uninterrupted(bootstrap, f"{prefix}-scores", expected)
+    assert read >= len(expected)
+
+
+def test_a_group_survives_losing_a_member_and_gaining_one(
+        kafka_broker, topic_factory, unique_name, artifact, tmp_path):
+    bootstrap = kafka_broker.bootstrap
+    topic = topic_factory(partitions=8, purpose="readings")
+    prefix = unique_name("group")
+    env = worker_env(bootstrap, artifact, topic, prefix)
+    rows = readings(streams=1200, per_stream=100, seed=22)
+    half = len(rows) // 2
+    produce(bootstrap, topic, messages_of(rows[:half]))
+    expected = reference_scores(artifact, rows)
+
+    def published() -> int:
+        return sum(end_offsets(bootstrap, f"{prefix}-scores").values())
+
+    with workers(env, tmp_path) as started:
+        for number in range(3):
+            started.append(WorkerProcess(env, tmp_path / f"member-{number}.log"))
+        wait_until(lambda: published() >= len(rows) // 5, 240, "a fifth of the readings scored",
+                   started)
+        victim = started[1]
+        victim.kill()
+        members = [started[0], started[2]]
+        wait_until(lambda: published() >= half, 240, "the first half scored", members)
+        newcomer = WorkerProcess(env, tmp_path / "member-new.log")
+        started.append(newcomer)
+        members.append(newcomer)
+        wait_until(lambda: newcomer.metric("cellwatch_assigned_partitions") > 0, 240,
+                   "the newcomer's first partitions", members)
+        produce(bootstrap, topic, messages_of(rows[half:]))
+        wait_until(lambda: all_committed(bootstrap, f"{prefix}-group", topic), 300,
+                   "every reading committed", members)
+        newcomer_scored = newcomer.scored()
+        for worker in members:
+            assert worker.terminate() == 0, worker.output()
+    assert_equal_to_uninterrupted(bootstrap, f"{prefix}-scores", expected)
+    assert newcomer_scored > 0  # it took partitions over and scored part of the second half
+
+
+def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, kafka_broker):
+    if not kafka_broker.managed:
+        pytest.skip("needs a broker this test may stop and start")
+    with KafkaBroker(tmp_path / "kafka") as broker:
+        bootstrap = broker.bootstrap
+        prefix = unique_name("restart")
+        topic = f"{prefix}-readings"
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics({topic: {"num_partitions": 4}}, wait_for_metadata=True)
+        admin.close()
+        env = worker_env(bootstrap, artifact, topic, prefix)
+        rows = readings(streams=500, per_stream=100, seed=23)
+        produce(bootstrap, topic, messages_of(rows))
+        expected = reference_scores(artifact, rows)
+        with workers(env, tmp_path) as started:
+            worker = WorkerProcess(env, tmp_path / "worker.log")
+            started.append(worker)
+            wait_until(lambda: worker.scored() >= 5_000, 180, "5,000 readings scored",
+                       [worker])
+            broker.stop()
+            time.sleep(2.0)
+            assert worker.alive(), worker.output()
+            broker.start()
+            wait_until(lambda: all_committed(bootstrap, f"{prefix}-group", topic), 240,
+                       "every reading committed after the restart", [worker])
+            assert worker.terminate() == 0, worker.output()
+        assert_equal_to_uninterrupted(bootstrap, f"{prefix}-scores", expected)
