@@ -161,14 +161,14 @@ def test_the_changelog_belongs_to_the_group_unless_named() -> None:
     assert KafkaSettings(changelog_topic="states").state_changelog_topic == "states"
     with pytest.raises(SettingsError, match="five different topic names"):
         KafkaSettings(changelog_topic="cellwatch.scores")
-    with pytest.raises(SettingsError, match="kafka.changelog_topic: expected a Kafka topic"):
+    with pytest.raises(SettingsError, match=r"kafka\.changelog_topic: expected a Kafka topic"):
         KafkaSettings(changelog_topic="bad name")
 
 
 def test_transactions_need_checkpoints() -> None:
     assert WorkerSettings(transactional=True).checkpoints
-    with pytest.raises(SettingsError, match="worker.transactional: expected worker.checkpoints "
-                                            "to be on") as raised:
+    with pytest.raises(SettingsError, match=r"worker\.transactional: expected worker\.checkpoints "
+                                            r"to be on") as raised:
         WorkerSettings(transactional=True, checkpoints=False)
     assert raised.value.key == "worker.transactional"
 
