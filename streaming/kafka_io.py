@@ -206,6 +206,16 @@ class KafkaRecordSink:
             raise OutputError(f"transaction not committed: {error}") from error
         self._in_transaction = False
 
+    def abort_transaction(self) -> None:
+        if not self._in_transaction:
+            return
+        self._pending = []
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as error:
+            raise OutputError(f"transaction not aborted: {error}") from error
+        self._in_transaction = False
+
     def close(self) -> None:
         # An open transaction is aborted by the broker (or fenced by our successor).
         self._producer.close(timeout=10)

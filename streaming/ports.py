@@ -80,6 +80,9 @@ class RecordSink(Protocol):
         """Commits the open transaction together with the consumer offsets of ``topic``
         (only for a transactional sink); raises :class:`OutputError` on failure."""
 
+    def abort_transaction(self) -> None:
+        """Discards the open transaction, if any (only for a transactional sink)."""
+
     def close(self) -> None: ...
 
 

@@ -30,7 +30,9 @@ its readings is processed.
 
 Transactions (``sink.transactional``): outputs, checkpoint records and the consumer offsets
 of a checkpoint interval are committed in one Kafka transaction, so consumers reading with
-``isolation_level=read_committed`` see every output exactly once.
+``isolation_level=read_committed`` see every output exactly once. A rebalance aborts the open
+transaction (its offsets can no longer be committed under the ending generation) and every
+partition the worker keeps or gets is restored from the committed changelog.
 
 Model reload: :meth:`Worker.offer_model` hands over a new model (loaded elsewhere); it
 replaces the current one between batches. When the state layout is the same the streams keep
@@ -200,22 +202,40 @@ class Worker:
         to_commit: Mapping[int, int] = {}
         with self._lock:
             try:
-                if self.checkpoints is not None and self._failure is None:
-                    to_commit = self._checkpoint(partitions)
-                    if self.sink.transactional:
-                        self._commit(to_commit)
-                        to_commit = {}
+                if self.sink.transactional:
+                    self._abort_transaction(partitions)
+                else:
+                    self._revoked.update(partitions)
+                    if self.checkpoints is not None and self._failure is None:
+                        to_commit = self._checkpoint(partitions)
             except OutputError as error:
                 # Raising here would only reach kafka-python's logger; the loop re-raises it.
                 self._failure = error
                 to_commit = {}
-            self._revoked.update(partitions)
             self._assigned.difference_update(partitions)
             self._to_restore.difference_update(partitions)
             self.metrics.set_assigned_partitions(len(self._assigned))
             self.metrics.record_rebalance("revoked")
         log.info("revoked partitions %s", list(partitions))
         return to_commit
+
+    def _abort_transaction(self, revoked: Sequence[int]) -> None:
+        """Transactions: the group is rebalancing, so the open transaction cannot commit its
+        offsets (the generation it would name is ending). Abort it and forget everything it
+        covered: every state held is then ahead of the committed changelog, so the partitions
+        kept are restored again, like the ones assigned later. Caller holds the lock."""
+        self.sink.abort_transaction()
+        dropped = self.store.rows_in_use()
+        self.store.release(dropped)
+        self._uncommitted.clear()
+        self._tombstones.clear()
+        self._revoked.clear()
+        kept = self._assigned - set(revoked)
+        self._to_restore = set(kept)
+        for partition in revoked:
+            self.metrics.forget_partition(self.config.readings_topic, partition)
+        log.info("rebalance: aborted the open transaction and dropped %d stream states; "
+                 "partitions %s are restored from the changelog", dropped.size, sorted(kept))
 
     def on_lost(self, partitions: Sequence[int]) -> None:
         # Lost means another member may already own them: never write or keep their states.

@@ -224,6 +224,10 @@ class FakeRecordSink:
         self.transactions.append(dict(next_offsets))
         self.events.append(("transaction", len(self.sent), dict(next_offsets)))
 
+    def abort_transaction(self) -> None:
+        assert self.transactional
+        self.events.append(("abort", len(self.sent)))
+
     def close(self) -> None:
         self.closed = True
 

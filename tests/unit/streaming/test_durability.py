@@ -78,6 +78,10 @@ class BrokerSink(FakeRecordSink):
         self._flushed = len(self.sent)
         self.broker.committed.update(next_offsets)
 
+    def abort_transaction(self) -> None:
+        super().abort_transaction()
+        self._flushed = len(self.sent)  # never visible
+
 
 class BrokerChangelog:
     def __init__(self, broker: Broker) -> None:
@@ -373,6 +377,31 @@ def test_transactions_commit_outputs_states_and_offsets_together(
     assert broker.committed == {0: 60, 1: 60}
     # Each transaction ends with the states of the streams its readings changed.
     assert broker.log[-1].topic == CHANGELOG
+
+
+def test_a_rebalance_aborts_the_transaction_and_restores_what_was_committed(
+        step: StreamingStep, recorded: np.ndarray) -> None:
+    readings = all_readings(recorded)
+    broker = Broker(readings)
+    worker = make_worker(step, broker, transactional=True)
+    worker.source = BrokerSource(broker, worker, (0, 1), threading.Event())
+    assign(worker, [0, 1])
+    worker.process([record_of(r) for r in readings[:6]])
+    worker.checkpoint()
+    committed = worker.store.encode_record(worker.store.row_of("a"))
+    published = len(broker.log)
+    worker.process([record_of(r) for r in readings[6:12]])  # an open transaction
+    assert worker.on_revoked([0, 1]) == {}
+    assert ("abort", len(worker.sink.sent)) in worker.sink.events
+    assert len(worker.store) == 0 and len(broker.log) == published
+    assign(worker, [0, 1])
+    assert worker.store.encode_record(worker.store.row_of("a")) == committed
+    assert broker.committed == {0: 6}
+    # Replayed from the committed offsets, the aborted readings are scored again, identically.
+    worker.process([record_of(r) for r in readings[6:12]])
+    worker.checkpoint()
+    expected = reference(step, readings[:12])
+    assert {k: v.pop() for k, v in scores_by_key(broker).items()} == expected
 
 
 def test_transactions_need_the_changelog(step: StreamingStep) -> None:
