@@ -113,6 +113,16 @@ class KafkaReadingSource:
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
 
+    def rewind(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            tp = TopicPartition(self.topic, partition)
+            committed = self._consumer.committed(tp)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+            self._positions.pop(partition, None)
+
     def lag(self) -> dict[int, int]:
         lags = {}
         for tp in self._consumer.assignment():

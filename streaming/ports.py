@@ -48,6 +48,10 @@ class ReadingSource(Protocol):
     def group_metadata(self) -> object:
         """The consumer group's identity and generation, for transactional offset commits."""
 
+    def rewind(self, partitions: Sequence[int]) -> None:
+        """Moves the position of ``partitions`` back to the group's committed offsets (their
+        start when nothing is committed): the next polls re-read from there."""
+
     def close(self) -> None: ...
 
 

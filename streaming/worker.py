@@ -286,7 +286,7 @@ class Worker:
                 self._heartbeat = time.monotonic()
                 self._raise_failure()
                 self.swap_offered_model()
-                self.restore_assigned()
+                records = self.restore_assigned(records)
                 if records:
                     self.process(records)
                 if time.monotonic() >= self._next_checkpoint:
@@ -433,16 +433,23 @@ class Worker:
                       written.tombstones, written.bytes)
         return offsets
 
-    def restore_assigned(self) -> None:
-        """Rebuilds the states of newly assigned partitions from the changelog (the loop
-        calls it after every poll, before processing what the poll returned)."""
+    def restore_assigned(self, records: Sequence[SourceRecord] = ()) -> Sequence[SourceRecord]:
+        """Rebuilds the states of newly assigned partitions from the changelog and moves
+        their consumption back to the committed offsets; returns ``records`` without those
+        partitions' records (re-read after the rewind). The loop calls it after every poll,
+        before processing what the poll returned."""
         with self._lock:
             if not self._to_restore or self.changelog is None:
-                return
+                return records
             partitions = sorted(self._to_restore)
             started = time.perf_counter()
             result = restore_states(self.store, self.changelog.read(partitions),
                                     self.config.readings_topic, self.clock())
+            # The restored states reflect at least everything before the committed offsets;
+            # replaying from there is safe (what they reflect is skipped), and a position
+            # left further on would skip readings the states never saw (after an abort).
+            if self.source is not None:
+                self.source.rewind(partitions)
             self._to_restore.clear()
             seconds = time.perf_counter() - started
             self.metrics.observe_restore(seconds, result.records_read)
@@ -452,8 +459,9 @@ class Worker:
         if result.incompatible:
             log.warning("%d changelog records were written for another state layout or "
                         "readings topic and not loaded (first: %s); those streams start their "
-                        "learning period again",
-                        result.incompatible, result.first_incompatible)
+                        "learning period again", result.incompatible, result.first_incompatible)
+        restored = set(partitions)
+        return [record for record in records if record.partition not in restored]
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

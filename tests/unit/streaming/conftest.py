@@ -173,6 +173,9 @@ class FakeReadingSource:
     def group_metadata(self) -> object:
         return "group-metadata"
 
+    def rewind(self, partitions: Sequence[int]) -> None:
+        self.events.append(("rewind", list(partitions)))
+
     def close(self) -> None:
         self.closed = True
 
