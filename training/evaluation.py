@@ -298,7 +298,14 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
 
     One set of hyperparameters (``options``) serves every file; the normalization, the
     model and the early stopping see nothing after the probationary period, and the scorer
-    learns online as the worker's does. Results are scored with NAB's rules over the corpus.
+    learns online as the worker's does. Results are scored with NAB's rules over the corpus,
+    from each reading's onset (:attr:`StreamScores.anomaly_score`).
+
+    Every file's model is trained from the same seeded initial weights through one
+    :class:`~training.trainer.ModelCache`, so files stay independent (a file scores the same
+    alone or after others) while the model is built and traced once. Cost, measured on 2
+    shared cores: about 2 s of training per file plus the streaming step (~130 us per
+    reading); the 35 files of NAB's labeled corpus here take about 2 to 2.5 minutes.
     """
     import time
 
