@@ -27,13 +27,15 @@ with resolution where float32 likelihoods round to 1 (3 is a likelihood of 0.999
 0.99999); it is capped at 30.
 
 The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
-every other reading; the peak decays by half every ``refractory`` readings. A burst of
-surprise therefore reports its first reading (and any later, higher one) once instead of
-along its whole length, as alarms should: NAB charges every flagged reading outside a window
-and rewards only the earliest inside one, and on the NAB corpus under NAB's protocol the
-onset scores far better than the surprise (the evaluation's anomaly score is the onset).
-Thresholding the onset at ``s`` gives an alarm at a reading whose surprise reaches ``s``
-unless a surprise at least ``s * 2 ** (k / refractory)`` came ``k`` readings before.
+every other reading and during the learning period; the peak follows the surprise up and
+otherwise halves every ``refractory`` readings. A burst of surprise therefore reports its
+first reading (and any later, higher one) once instead of along its whole length, and a
+plateau or a slow decline of the surprise reports nothing, as alarms should: NAB charges
+every flagged reading outside a window and rewards only the earliest inside one, and on the
+NAB corpus under NAB's protocol the onset scores far better than the surprise (the
+evaluation's anomaly score is the onset).
+Thresholding the onset at ``s`` gives an alarm at a reading whose surprise ``x`` reaches ``s``
+unless a surprise of at least ``x * 2 ** ((k - 1) / refractory)`` came ``k`` readings before.
 
 When it works: residuals of normal behaviour are roughly stationary per stream, so a burst of
 surprise stands out against the stream's own history, and a new level stands out against

@@ -161,7 +161,7 @@ class StepResult:
     surprise: np.ndarray  # float32 [B], -log10(1 - likelihood), in [0, 30]
     flag: np.ndarray  # bool [B]
     top_channel: np.ndarray  # int32 [B]
-    onset: np.ndarray  # float32 [B], the surprise where it tops its decayed recent peak, else 0
+    onset: np.ndarray  # float32 [B], the surprise where it tops the recent peak, else 0
 
 
 def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout: StateLayout,
@@ -227,12 +227,13 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     surprise = ops.minimum(-ops.log10(tail), MAX_SURPRISE)
     flag = ops.logical_and(ops.logical_not(learning), tail <= 1.0 - scorer.threshold)
 
-    # Onset: the surprise of a reading that tops the stream's recent peak, which halves
-    # every `refractory` readings; 0 for every other reading. A burst reports its first
-    # (and any higher) readings once, not its whole length.
-    decayed_peak = state[:, f["surprise_peak"]][:, 0] * scorer.peak_decay
-    onset = ops.where(surprise > decayed_peak, surprise, 0.0)
-    new_peak = ops.maximum(surprise, decayed_peak)
+    # Onset: the surprise of a reading that tops the stream's recent peak, 0 for every other
+    # reading (and while learning). The peak follows the surprise up and otherwise halves
+    # every `refractory` readings, so a burst reports its first (and any higher) readings
+    # once, and a plateau or a slow decline of the surprise reports nothing.
+    peak = state[:, f["surprise_peak"]][:, 0]
+    onset = ops.where(ops.logical_and(ops.logical_not(learning), surprise > peak), surprise, 0.0)
+    new_peak = ops.maximum(surprise, peak * scorer.peak_decay)
 
     # Long-run statistics: a running mean until `history` scores exist, then exponential.
     weight = ops.maximum(1.0 / ops.maximum(count, 1.0), 1.0 / scorer.history)

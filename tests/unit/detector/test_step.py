@@ -63,10 +63,9 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             likelihood[s, t] = 0.5 if learning else 1.0 - tail
             surprise[s, t] = -math.log10(0.5 if learning else max(tail, 1e-30))
             flag[s, t] = (not learning) and 1.0 - tail >= scorer.threshold
-            peak *= 0.5 ** (1.0 / scorer.refractory)
             current = surprise[s, t] if surprises is None else surprises[s, t]
-            onset[s, t] = current if current > peak else 0.0
-            peak = max(peak, current)
+            onset[s, t] = current if current > peak and not learning else 0.0
+            peak = max(peak * 0.5 ** (1.0 / scorer.refractory), current)
             level_weight = max(1.0 / (count + 1), 1.0 / scorer.level_history)
             level_delta = normalized[s, t].astype(np.float64) - level_mean
             level_mean = level_mean + level_weight * level_delta
@@ -117,10 +116,10 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
     _, _, _, _, own_onset = reference_scores(
         mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer,
         surprises=surprise.astype(np.float64))
-    decayed = np.zeros_like(own_onset)  # the decayed peak each surprise is compared with
-    for t in range(1, decayed.shape[1]):
-        decayed[:, t] = np.maximum(decayed[:, t - 1], surprise[:, t - 1]) * scorer.peak_decay
-    clear = np.abs(surprise - decayed) > 1e-4
+    peak = np.zeros_like(own_onset)  # the peak each surprise is compared with
+    for t in range(1, peak.shape[1]):
+        peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, surprise[:, t - 1])
+    clear = np.abs(surprise - peak) > 1e-4
     np.testing.assert_allclose(onset[clear], own_onset[clear], atol=1e-6)
     np.testing.assert_allclose(onset, onset_ref, atol=0.15)
     assert (onset_ref > 0).any() and (onset_ref == 0).any()
@@ -248,15 +247,17 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
 
 def test_level_tail_and_onset_by_hand(step):
     """Channel 1 four standard deviations above its long-run level: the tail is
-    3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)); the onset reports it only above the
-    decayed peak; the peak and the level statistics update as documented."""
+    3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)), a surprise of 3.72; the onset reports
+    it only above the stored peak (not above the peak decayed by this reading: 3.8 decays to
+    3.2, and a surprise held at its peak is no onset); the peak and the level statistics
+    update as documented."""
     scaler = step.scaler
     normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
     raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
     tail = 3 * math.erfc(4 / math.sqrt(2))  # 1.900e-4
     decay = 0.5 ** (1 / 4)  # refractory 4 in the fixture
     f = step.layout.fields
-    for peak, expect_onset in ((1.0, True), (5.0, False)):
+    for peak, expect_onset in ((1.0, True), (3.8, False), (5.0, False)):
         state = _quiet_state(step, normalized, peak)
         result, new = step(raw, np.array([1_700_000_000_000]), state)
         assert result.score[0] == pytest.approx(0.0, abs=1e-5)
