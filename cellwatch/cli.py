@@ -309,7 +309,8 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
 NAB_SEQUENCE_LENGTH = 32
 # A probationary period of at most 750 rows holds about 30 training sequences of 32: the
 # default batch (256) would make one gradient step per epoch; 8 makes about four. On the 35
-# NAB files: standard score 31.3 with 256, 34.6 with 8, 35.9 with 4 (one run each).
+# NAB files: standard score 31.3 with 256, 34.6 with 8, 35.9 with 4 (one run each, before
+# the onset fix of b30e15a; 35.0 with 8 after it). 50 epochs instead of 20 scored lower (33.0).
 NAB_BATCH_SIZE = 8
 
 
