@@ -70,6 +70,10 @@ class TensorFlowOps:
         return tf.reduce_mean(x, axis=axis)
 
     @staticmethod
+    def max(x, axis):
+        return tf.reduce_max(x, axis=axis)
+
+    @staticmethod
     def argmax(x, axis):
         return tf.argmax(x, axis=axis, output_type=tf.int32)
 
@@ -116,11 +120,11 @@ class ExportedStep(tf.Module):
         ])
 
     def _step(self, values, timestamps_ms, state):
-        score, likelihood, surprise, flag, top, new_state = advance(
+        score, likelihood, surprise, flag, top, onset, new_state = advance(
             TensorFlowOps, self._params, self._scaler, self._scorer, self._layout,
             values, timestamps_ms, state)
         return {"score": score, "likelihood": likelihood, "surprise": surprise, "flag": flag,
-                "top_channel": top, "state": new_state}
+                "top_channel": top, "onset": onset, "state": new_state}
 
 
 def save_exported_step(step: StreamingStep, directory: Path) -> None:

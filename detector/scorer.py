@@ -7,21 +7,45 @@ The raw score of a reading is the root mean square of its standardized residuals
 model expected, much larger for one it did not. Because the model predicts its own
 uncertainty, a noisy channel is not flagged merely for being noisy.
 
-The anomaly likelihood follows Numenta's anomaly likelihood (Ahmad, Lavin, Purdy, Agha,
-"Unsupervised real-time anomaly detection for streaming data", Neurocomputing 262, 2017):
-a short moving average of raw scores is compared with the stream's own long-run
-distribution of that average, and the likelihood is the Gaussian probability of seeing a
-value at most that high. The surprise, ``-log10(1 - likelihood)``, carries the same
-information with resolution where float32 likelihoods round to 1 (3 is a likelihood of
-0.999, 5 of 0.99999); it is capped at 30. Unlike Numenta's windowed estimate, the long-run
-mean and variance here are exponentially weighted (with a running mean until ``history``
-scores exist), so each stream's statistics fit in three floats of its state record.
+The anomaly likelihood combines two tails, and the smaller (more surprising) one counts:
+
+* the forecast tail follows Numenta's anomaly likelihood (Ahmad, Lavin, Purdy, Agha,
+  "Unsupervised real-time anomaly detection for streaming data", Neurocomputing 262, 2017):
+  a short moving average of raw scores is compared with the stream's own long-run
+  distribution of that average, as the Gaussian probability of seeing a value at least that
+  high. Unlike Numenta's windowed estimate, the long-run mean and variance are exponentially
+  weighted (with a running mean until ``history`` scores exist);
+* the level tail is a windowed Gaussian on the readings themselves (NAB's
+  "windowedGaussian" baseline, with an exponential window of about ``level_history``
+  readings): each channel's normalized reading against that channel's long-run mean and
+  standard deviation, two-sided, the most extreme channel's tail multiplied by the number of
+  channels (Bonferroni). It catches what a persistence-based forecaster forgives: a level far
+  outside the stream's usual range that is reached gradually, or held.
+
+The likelihood is ``1 - tail``. The surprise, ``-log10(tail)``, carries the same information
+with resolution where float32 likelihoods round to 1 (3 is a likelihood of 0.999, 5 of
+0.99999); it is capped at 30.
+
+The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
+every other reading and during the learning period; the peak follows the surprise up and
+otherwise halves every ``refractory`` readings. A burst of surprise therefore reports its
+first reading (and any later, higher one) once instead of along its whole length, and a
+plateau or a slow decline of the surprise reports nothing, as alarms should: NAB charges
+every flagged reading outside a window and rewards only the earliest inside one, and on the
+NAB corpus under NAB's protocol the onset scores far better than the surprise (the
+evaluation's anomaly score is the onset).
+Thresholding the onset at ``s`` gives an alarm at a reading whose surprise ``x`` reaches ``s``
+unless a surprise of at least ``x * 2 ** ((k - 1) / refractory)`` came ``k`` readings before.
 
 When it works: residuals of normal behaviour are roughly stationary per stream, so a burst of
-surprise stands out against the stream's own history. When it fails: during a stream's first
-``learning_period`` readings nothing is flagged; a slow drift that the long-run statistics
-absorb faster than it grows is never flagged; a stream whose normal behaviour is itself
-bursty needs a higher threshold. Cost: O(channels) per reading and four floats of state.
+surprise stands out against the stream's own history, and a new level stands out against
+the stream's usual range. When it fails: during a stream's first ``learning_period``
+readings nothing is flagged; a slow drift that the long-run statistics absorb faster than it
+grows is never flagged; a stream whose normal behaviour is itself bursty needs a higher
+threshold; a stream with a strong daily cycle and a short history has a wide level spread,
+so a level anomaly within the cycle's range is left to the forecast; an anomaly within
+``refractory`` readings after a larger one has no onset (its surprise and flag still show).
+Cost: O(channels) per reading; ``2 * channels + 5`` floats of state (with the count).
 """
 
 from __future__ import annotations
@@ -45,6 +69,10 @@ class ScorerConfig:
             perfectly predictable does not flag its first tiny surprise.
         score_cap: raw scores above this count as this much in the statistics, so one
             enormous outlier does not blind the stream for long afterwards.
+        level_history: the long-run mean and variance of each channel's (normalized) level
+            remember about this many readings; ``min_sigma`` also floors their deviation.
+        refractory: readings in which a stream's recent surprise peak halves; the onset
+            reports a reading only when its surprise tops that decayed peak.
     """
 
     average_span: int = 10
@@ -53,9 +81,11 @@ class ScorerConfig:
     threshold: float = 0.999
     min_sigma: float = 0.05
     score_cap: float = 10.0
+    level_history: int = 2000
+    refractory: int = 300
 
     def __post_init__(self) -> None:
-        for name in ("average_span", "history"):
+        for name in ("average_span", "history", "level_history", "refractory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, received: {value!r}")
@@ -69,6 +99,11 @@ class ScorerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0, received: {value!r}")
+
+    @property
+    def peak_decay(self) -> float:
+        """Factor the recent surprise peak is multiplied by at each reading."""
+        return 0.5 ** (1.0 / self.refractory)
 
     @property
     def average_weight(self) -> float:

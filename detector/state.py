@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 1, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
+Layout version 2, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
 
 ==================  =====  ==============================================================
 field               width  meaning
@@ -17,8 +17,15 @@ field               width  meaning
 ``score_average``   1      short moving average of raw scores
 ``score_mean``      1      long-run mean of ``score_average``
 ``score_var``       1      long-run variance of ``score_average``
+``level_mean``      F      long-run mean of each channel's normalized reading
+``level_var``       F      long-run variance of each channel's normalized reading
+``surprise_peak``   1      recent peak surprise, decaying (the onset's reference)
 ``count``           1      readings seen, saturating at ``COUNT_CAP``
 ==================  =====  ==============================================================
+
+Version 2 added ``level_mean``, ``level_var`` and ``surprise_peak``. No record outlives a
+worker yet (state does not survive restarts), so there is no conversion from version 1; an
+artifact written with layout version 1 fails to load and must be trained again.
 
 Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
 """
@@ -29,7 +36,7 @@ import dataclasses
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 1
+STATE_LAYOUT_VERSION = 2
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -77,6 +84,9 @@ class StateLayout:
             ("score_average", 1),
             ("score_mean", 1),
             ("score_var", 1),
+            ("level_mean", self.channels),
+            ("level_var", self.channels),
+            ("surprise_peak", 1),
             ("count", 1),
         ]
 

@@ -90,6 +90,10 @@ class NumpyOps:
         return np.argmax(x, axis=axis).astype(np.int32)
 
     @staticmethod
+    def max(x, axis):
+        return np.max(x, axis=axis)
+
+    @staticmethod
     def sigmoid(x):
         # exp of -|x| never overflows, for either sign.
         e = np.exp(-np.abs(x))
@@ -157,6 +161,7 @@ class StepResult:
     surprise: np.ndarray  # float32 [B], -log10(1 - likelihood), in [0, 30]
     flag: np.ndarray  # bool [B]
     top_channel: np.ndarray  # int32 [B]
+    onset: np.ndarray  # float32 [B], the surprise where it tops the recent peak, else 0
 
 
 def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout: StateLayout,
@@ -174,7 +179,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
         state: state records ``[B, S]``, one per reading's stream.
 
     Returns:
-        ``(score, likelihood, surprise, flag, top_channel, new_state)``.
+        ``(score, likelihood, surprise, flag, top_channel, onset, new_state)``.
     """
     median, scale, clip = scaler_arrays
     f = layout.fields
@@ -204,12 +209,31 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     new_average = ops.where(first_score, capped,
                             average + scorer.average_weight * (capped - average))
     sigma = ops.maximum(ops.sqrt(var), scorer.min_sigma)
-    tail = ops.maximum(upper_tail(ops, (new_average - mean) / sigma), MIN_TAIL)
+    model_tail = ops.maximum(upper_tail(ops, (new_average - mean) / sigma), MIN_TAIL)
+
+    # Level: each channel against its own long-run mean and spread (a windowed Gaussian,
+    # with the window exponential); the most extreme channel, its two-sided tail multiplied
+    # by the channel count (Bonferroni). The reading's tail is the smaller of the two.
+    level_mean = state[:, f["level_mean"]]
+    level_var = state[:, f["level_var"]]
+    level_sigma = ops.maximum(ops.sqrt(level_var), scorer.min_sigma)
+    level_z = ops.max(ops.abs(normalized - level_mean) / level_sigma, axis=1)
+    level_tail = ops.minimum((2.0 * layout.channels) * upper_tail(ops, level_z), 1.0)
+    tail = ops.maximum(ops.minimum(model_tail, level_tail), MIN_TAIL)
+
     learning = count <= float(scorer.learning_period)
     tail = ops.where(learning, 0.5, tail)
     likelihood = 1.0 - tail
     surprise = ops.minimum(-ops.log10(tail), MAX_SURPRISE)
     flag = ops.logical_and(ops.logical_not(learning), tail <= 1.0 - scorer.threshold)
+
+    # Onset: the surprise of a reading that tops the stream's recent peak, 0 for every other
+    # reading (and while learning). The peak follows the surprise up and otherwise halves
+    # every `refractory` readings, so a burst reports its first (and any higher) readings
+    # once, and a plateau or a slow decline of the surprise reports nothing.
+    peak = state[:, f["surprise_peak"]][:, 0]
+    onset = ops.where(ops.logical_and(ops.logical_not(learning), surprise > peak), surprise, 0.0)
+    new_peak = ops.maximum(surprise, peak * scorer.peak_decay)
 
     # Long-run statistics: a running mean until `history` scores exist, then exponential.
     weight = ops.maximum(1.0 / ops.maximum(count, 1.0), 1.0 / scorer.history)
@@ -217,6 +241,12 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     new_mean = ops.where(has_forecast, mean + weight * delta, mean)
     new_var = ops.where(has_forecast, (1.0 - weight) * (var + weight * delta * delta), var)
     new_average = ops.where(has_forecast, new_average, average)
+    # The level's statistics, the same way over readings (this one included from the first).
+    level_weight = ops.maximum(1.0 / (count + 1.0), 1.0 / scorer.level_history)
+    level_delta = normalized - level_mean
+    new_level_mean = level_mean + level_weight[:, None] * level_delta
+    new_level_var = (1.0 - level_weight[:, None]) * (
+        level_var + level_weight[:, None] * level_delta * level_delta)
 
     # Advance the forecaster by one step: ThreePointDependency, MemoryCell, stack, head.
     previous_1 = state[:, f["input_t1"]]
@@ -243,9 +273,11 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     new_count = ops.minimum(count + 1.0, COUNT_CAP)
     new_state = ops.concat([
         model_input, previous_1, new_memory, forecast_mean, forecast_scale,
-        new_average[:, None], new_mean[:, None], new_var[:, None], new_count[:, None],
+        new_average[:, None], new_mean[:, None], new_var[:, None], new_level_mean,
+        new_level_var, new_peak[:, None],
+        new_count[:, None],
     ], axis=-1)
-    return score, likelihood, surprise, flag, top_channel, new_state
+    return score, likelihood, surprise, flag, top_channel, onset, new_state
 
 
 class StreamingStep:
@@ -318,11 +350,12 @@ class StreamingStep:
 
     def _advance(self, values: np.ndarray, timestamps_ms: np.ndarray | None,
                  state: np.ndarray) -> tuple[StepResult, np.ndarray]:
-        score, likelihood, surprise, flag, top, new_state = advance(
+        score, likelihood, surprise, flag, top, onset, new_state = advance(
             NumpyOps, self.params, self._scaler_arrays, self.scorer, self.layout,
             values, timestamps_ms, state)
         return (StepResult(score.astype(np.float32), likelihood.astype(np.float32),
-                           surprise.astype(np.float32), np.asarray(flag, dtype=bool), top),
+                           surprise.astype(np.float32), np.asarray(flag, dtype=bool), top,
+                           onset.astype(np.float32)),
                 new_state.astype(np.float32, copy=False))
 
 

@@ -190,13 +190,13 @@ class ScoringEngine:
         store = self.store
         channel_json = self._channel_json
         version = self._version_json
-        for position, row, when, s, p, q, f, top in zip(
+        for position, row, when, s, p, q, o, f, top in zip(
                 members.tolist(), rows.tolist(), ts.tolist(), result.score.tolist(),
-                result.likelihood.tolist(), result.surprise.tolist(), result.flag.tolist(),
-                result.top_channel.tolist(), strict=True):
+                result.likelihood.tolist(), result.surprise.tolist(), result.onset.tolist(),
+                result.flag.tolist(), result.top_channel.tolist(), strict=True):
             key, stream_json = store.record_key(row)
             value = (f'{{"stream":{stream_json},"ts":{when},"score":{_number(s)},'
-                     f'"likelihood":{_number(p)},"surprise":{_number(q)},'
+                     f'"likelihood":{_number(p)},"surprise":{_number(q)},"onset":{_number(o)},'
                      f'"flag":{"true" if f else "false"},"top_channel":{channel_json[top]},'
                      f'"model_version":{version}}}')
             out[position] = (key, value.encode())

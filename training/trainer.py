@@ -182,13 +182,57 @@ class Fitted:
     report: dict[str, Any]
 
 
+class ModelCache:
+    """Compiled forecasters kept across fits, reset to their seeded initial state each time.
+
+    Building a Keras model and tracing its train, evaluation and predict functions costs
+    seconds, more than fitting a few hundred readings does; NAB's protocol fits one model per
+    file. A cache builds and compiles the model of a given shape once, remembers its weights
+    as initialized from the seed, and hands the same model to every later fit with those
+    weights restored and the optimizer's state (step count, moments) zeroed, so each fit
+    starts exactly where a newly built model would: same weights, same optimizer state,
+    same seeded batch order (a test checks the trained weights are equal).
+
+    The model handed out is shared: a later :meth:`fresh_model` call overwrites its weights,
+    so take what you need from a fit (e.g. :func:`detector.model.step_params`) before the
+    next one. Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[keras.Model, list[np.ndarray]]] = {}
+
+    def fresh_model(self, forecaster: ForecasterConfig,
+                    options: TrainingOptions) -> keras.Model:
+        """A compiled forecaster with freshly initialized weights (from ``options.seed``)."""
+        keras.utils.set_random_seed(options.seed)
+        tf.config.experimental.enable_op_determinism()
+        key = (forecaster, options.seed, options.learning_rate)
+        entry = self._entries.get(key)
+        if entry is None:
+            model = build_forecaster(forecaster)
+            model.compile(optimizer=keras.optimizers.Adam(options.learning_rate, clipnorm=1.0),
+                          loss=gaussian_nll)
+            self._entries[key] = (model, model.get_weights())
+            return model
+        model, initial = entry
+        model.set_weights(initial)
+        optimizer = model.optimizer
+        for variable in optimizer.variables:
+            # Adam's step count and moments start at zero; the learning rate is kept.
+            if variable is not optimizer._learning_rate:
+                variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+        return model
+
+
 def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
-        checkpoint_dir: Path | None = None) -> Fitted:
+        checkpoint_dir: Path | None = None, cache: ModelCache | None = None) -> Fitted:
     """Trains a forecaster on ``recording`` in memory.
 
     Args:
         checkpoint_dir: where each finished epoch is backed up so an interrupted run resumes
             there; None trains without backups.
+        cache: reuse compiled models across fits (:class:`ModelCache`); the returned model
+            is then shared with later fits of the same cache. None builds a new model.
 
     Raises:
         TrainingError: the data cannot train a model (too short, no channels, ...).
@@ -204,16 +248,12 @@ def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
     train_windows, validation_windows = make_windows(
         filled, scaler, options.sequence_length, options.validation_fraction)
 
-    keras.utils.set_random_seed(options.seed)
-    tf.config.experimental.enable_op_determinism()
     forecaster = ForecasterConfig(channels=len(recording.channels),
                                   time_features=options.time_features,
                                   memory_units=options.memory_units,
                                   dependency_units=options.hidden_units,
                                   hidden_units=options.hidden_units)
-    model = build_forecaster(forecaster)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate, clipnorm=1.0),
-                  loss=gaussian_nll)
+    model = (cache or ModelCache()).fresh_model(forecaster, options)
 
     history_path = None if checkpoint_dir is None else checkpoint_dir / "history.json"
     previous_history = (json.loads(history_path.read_text())

@@ -77,7 +77,7 @@ def test_in_process_replay_equals_the_worker_through_kafka(
     for key, local_record in in_process.items():
         remote = through_kafka[key]
         # Batches differ (polls vs fixed chunks); BLAS may round the last bit differently.
-        for field in ("score", "likelihood", "surprise"):
+        for field in ("score", "likelihood", "surprise", "onset"):
             assert remote[field] == pytest.approx(local_record[field], rel=1e-5, abs=1e-6), key
         assert (remote["flag"], remote["top_channel"], remote["model_version"]) == (
             local_record["flag"], local_record["top_channel"], local_record["model_version"])

@@ -104,8 +104,8 @@ def test_worker_scores_rejects_exports_metrics_and_stops_cleanly(
     for record in sorted(scores, key=lambda r: (r.partition, r.offset)):
         body = json.loads(record.value)
         by_stream.setdefault(body["stream"], []).append(body["ts"])
-        assert set(body) == {"stream", "ts", "score", "likelihood", "surprise", "flag",
-                             "top_channel", "model_version"}
+        assert set(body) == {"stream", "ts", "score", "likelihood", "surprise", "onset",
+                             "flag", "top_channel", "model_version"}
         assert body["top_channel"] in CHANNELS
     assert all(ts == sorted(ts) for ts in by_stream.values())
 

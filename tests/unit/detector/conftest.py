@@ -73,7 +73,8 @@ def recording() -> Recording:
 
 @pytest.fixture
 def scorer() -> ScorerConfig:
-    return ScorerConfig(learning_period=5, history=12, threshold=0.9, average_span=4)
+    return ScorerConfig(learning_period=5, history=12, threshold=0.9, average_span=4,
+                        level_history=15, refractory=4)
 
 
 @pytest.fixture

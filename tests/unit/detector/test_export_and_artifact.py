@@ -35,6 +35,7 @@ def test_saved_model_step_equals_numpy_step(step, recording, tmp_path):
         np.testing.assert_allclose(out["surprise"].numpy(), result.surprise, atol=1e-4)
         np.testing.assert_array_equal(out["flag"].numpy(), result.flag)
         np.testing.assert_array_equal(out["top_channel"].numpy(), result.top_channel)
+        np.testing.assert_allclose(out["onset"].numpy(), result.onset, atol=1e-4)
 
 
 def save_small(path: Path):

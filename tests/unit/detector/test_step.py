@@ -26,15 +26,24 @@ def run_step(step: StreamingStep, recording: Recording):
     return results, states
 
 
-def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerConfig):
-    """The scorer's documented rules, one stream and one reading at a time, with math.erf."""
+def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerConfig,
+                     surprises=None):
+    """The scorer's documented rules, one stream and one reading at a time, with math.erf.
+
+    ``surprises`` (optional, ``[streams, steps]``) replaces the computed surprises as the
+    input of the onset rule.
+    """
     streams, steps, _ = normalized.shape
     score = np.zeros((streams, steps))
     likelihood = np.zeros((streams, steps))
     surprise = np.zeros((streams, steps))
     flag = np.zeros((streams, steps), dtype=bool)
+    onset = np.zeros((streams, steps))
     for s in range(streams):
-        average = mean = var = 0.0
+        average = mean = var = peak = 0.0
+        channels = normalized.shape[2]
+        level_mean = np.zeros(channels)
+        level_var = np.zeros(channels)
         for t in range(steps):
             count = t  # readings seen before this one
             if count >= 1:
@@ -45,17 +54,29 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
                 average + scorer.average_weight * (capped - average))
             sigma = max(math.sqrt(var), scorer.min_sigma)
             tail = 0.5 * math.erfc((new_average - mean) / sigma / math.sqrt(2))
+            level_z = max(abs(float(normalized[s, t, c]) - level_mean[c])
+                          / max(math.sqrt(level_var[c]), scorer.min_sigma)
+                          for c in range(channels))
+            level_tail = min(channels * math.erfc(level_z / math.sqrt(2)), 1.0)
+            tail = min(tail, level_tail)
             learning = count <= scorer.learning_period
             likelihood[s, t] = 0.5 if learning else 1.0 - tail
             surprise[s, t] = -math.log10(0.5 if learning else max(tail, 1e-30))
             flag[s, t] = (not learning) and 1.0 - tail >= scorer.threshold
+            current = surprise[s, t] if surprises is None else surprises[s, t]
+            onset[s, t] = current if current > peak and not learning else 0.0
+            peak = max(peak * 0.5 ** (1.0 / scorer.refractory), current)
+            level_weight = max(1.0 / (count + 1), 1.0 / scorer.level_history)
+            level_delta = normalized[s, t].astype(np.float64) - level_mean
+            level_mean = level_mean + level_weight * level_delta
+            level_var = (1 - level_weight) * (level_var + level_weight * level_delta ** 2)
             if count >= 1:
                 weight = max(1.0 / count, 1.0 / scorer.history)
                 delta = new_average - mean
                 mean += weight * delta
                 var = (1 - weight) * (var + weight * delta * delta)
                 average = new_average
-    return score, likelihood, surprise, flag
+    return score, likelihood, surprise, flag, onset
 
 
 def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, step, scorer):
@@ -70,7 +91,7 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
                                    rtol=1e-5, atol=1e-5)
 
     normalized = step.scaler.normalize(recording.values)
-    score_ref, likelihood_ref, surprise_ref, flag_ref = reference_scores(
+    score_ref, likelihood_ref, surprise_ref, flag_ref, onset_ref = reference_scores(
         mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer)
     score = np.stack([r.score for r in results], axis=1)
     likelihood = np.stack([r.likelihood for r in results], axis=1)
@@ -89,6 +110,19 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
     assert flag_ref.any() and (~flag_ref).any(), "the recording should exercise both outcomes"
     tops = np.stack([r.top_channel for r in results], axis=1)
     assert tops.dtype == np.int32 and tops.min() >= 0 and tops.max() < 3
+    # The onset rule, applied to the step's own surprises in float64, where the comparison
+    # with the decayed peak is not within float error; and to the reference surprises.
+    onset = np.stack([r.onset for r in results], axis=1)
+    _, _, _, _, own_onset = reference_scores(
+        mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer,
+        surprises=surprise.astype(np.float64))
+    peak = np.zeros_like(own_onset)  # the peak each surprise is compared with
+    for t in range(1, peak.shape[1]):
+        peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, surprise[:, t - 1])
+    clear = np.abs(surprise - peak) > 1e-4
+    np.testing.assert_allclose(onset[clear], own_onset[clear], atol=1e-6)
+    np.testing.assert_allclose(onset, onset_ref, atol=0.15)
+    assert (onset_ref > 0).any() and (onset_ref == 0).any()
 
 
 def test_streams_are_independent_of_batch_composition(step, recording):
@@ -195,3 +229,61 @@ def test_large_batches_are_chunked_without_changing_results(step, recording, mon
     np.testing.assert_array_equal(chunked_state, whole_state)
     for name in ("score", "likelihood", "surprise", "flag", "top_channel"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+
+
+def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np.ndarray:
+    """One record past its learning period whose forecast is exactly ``normalized`` (raw score
+    0, forecast tail 0.5), whose levels have mean 0 and variance 1, and recent peak ``peak``."""
+    f = step.layout.fields
+    state = step.layout.initial(1)
+    state[0, f["forecast_mean"]] = normalized
+    state[0, f["forecast_scale"]] = 1.0
+    state[0, f["score_var"]] = 1.0
+    state[0, f["level_var"]] = 1.0
+    state[0, f["surprise_peak"]] = peak
+    state[0, f["count"]] = 1000.0
+    return state
+
+
+def test_level_tail_and_onset_by_hand(step):
+    """Channel 1 four standard deviations above its long-run level: the tail is
+    3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)), a surprise of 3.72; the onset reports
+    it only above the stored peak (not above the peak decayed by this reading: 3.8 decays to
+    3.2, and a surprise held at its peak is no onset); the peak and the level statistics
+    update as documented."""
+    scaler = step.scaler
+    normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
+    raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
+    tail = 3 * math.erfc(4 / math.sqrt(2))  # 1.900e-4
+    decay = 0.5 ** (1 / 4)  # refractory 4 in the fixture
+    f = step.layout.fields
+    for peak, expect_onset in ((1.0, True), (3.8, False), (5.0, False)):
+        state = _quiet_state(step, normalized, peak)
+        result, new = step(raw, np.array([1_700_000_000_000]), state)
+        assert result.score[0] == pytest.approx(0.0, abs=1e-5)
+        assert result.likelihood[0] == pytest.approx(1 - tail, abs=1e-6)
+        assert result.surprise[0] == pytest.approx(-math.log10(tail), abs=1e-3)
+        assert result.flag[0]
+        assert result.onset[0] == (pytest.approx(-math.log10(tail), abs=1e-3)
+                                   if expect_onset else 0.0)
+        assert new[0, f["surprise_peak"]][0] == pytest.approx(
+            max(-math.log10(tail), peak * decay), abs=1e-3)
+        weight = 1 / 15  # level_history 15 in the fixture
+        np.testing.assert_allclose(new[0, f["level_mean"]], weight * normalized, atol=1e-6)
+        np.testing.assert_allclose(new[0, f["level_var"]],
+                                   (1 - weight) * (1 + weight * normalized ** 2), atol=1e-6)
+
+
+def test_a_held_level_shift_has_one_onset(forecaster, scorer):
+    """A stream jumps to a far level and stays: the surprise stays high for a while, the
+    onset reports the jump and then nothing while the surprise decays."""
+    _, model = forecaster
+    quiet = make_recording(streams=2, steps=80, seed=21)
+    step = StreamingStep(step_params(model), scaler_for(quiet), scorer)
+    quiet.values[0, 50:, :] += 500.0
+    results, _ = run_step(step, quiet)
+    onset = np.array([r.onset[0] for r in results])
+    surprise = np.array([r.surprise[0] for r in results])
+    assert onset[50] == surprise[50] > 5
+    assert surprise[51] > 1.3  # still a likelihood over 0.95 ...
+    assert np.all(onset[51:55] == 0.0)  # ... but no new onset within a refractory period

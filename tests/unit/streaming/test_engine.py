@@ -28,8 +28,8 @@ from tests.unit.streaming.conftest import (
     readings_of,
 )
 
-SCORE_FIELDS = {"stream", "ts", "score", "likelihood", "surprise", "flag", "top_channel",
-                "model_version"}
+SCORE_FIELDS = {"stream", "ts", "score", "likelihood", "surprise", "onset", "flag",
+                "top_channel", "model_version"}
 EPISODE_FIELDS = {"stream", "start_ts", "peak_ts", "end_ts", "peak_score", "peak_likelihood",
                   "flagged_readings", "channels", "model_version"}
 
@@ -137,6 +137,7 @@ def test_engine_equals_the_streaming_step_run_per_stream(step: StreamingStep,
                                        atol=1e-6)
             np.testing.assert_allclose(record["surprise"], direct.surprise[0], rtol=1e-6,
                                        atol=1e-6)
+            np.testing.assert_allclose(record["onset"], direct.onset[0], rtol=1e-6, atol=1e-6)
             assert record["flag"] == bool(direct.flag[0])
             assert record["top_channel"] == CHANNELS[int(direct.top_channel[0])]
         row = engine.store.row_of(f"stream-{s}")
@@ -398,7 +399,7 @@ def test_score_records_have_the_documented_fields_and_are_keyed_by_stream(
     for record in (first, second):
         assert isinstance(record["ts"], int) and isinstance(record["flag"], bool)
         assert all(isinstance(record[f], float | int) for f in ("score", "likelihood",
-                                                                 "surprise"))
+                                                                 "surprise", "onset"))
         assert record["top_channel"] in CHANNELS
     assert second["score"] > 0
     np.testing.assert_allclose(second["score"], result.score[1], rtol=1e-6)

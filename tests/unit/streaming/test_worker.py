@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from detector.state import STATE_LAYOUT_VERSION
 from detector.step import StreamingStep
 from streaming.engine import Reading, ScoringEngine
 from streaming.messages import Rejection, RejectReason
@@ -358,7 +359,7 @@ def test_metrics_count_consumed_scored_and_rejected_by_reason(
     assert metric(registry, "cellwatch_output_records_total", topic_role="scores") == 6
     assert metric(registry, "cellwatch_anomaly_score_count") == 6
     assert metric(registry, "cellwatch_model_info", version=MODEL_VERSION,
-                  trained_at="2024-01-01T00:00:00Z", state_layout="1") == 1
+                  trained_at="2024-01-01T00:00:00Z", state_layout=str(STATE_LAYOUT_VERSION)) == 1
 
 
 def test_metrics_count_skipped_readings(worker: Worker, registry: CollectorRegistry,
