@@ -234,7 +234,7 @@ class Worker:
         self._to_restore = set(kept)
         for partition in revoked:
             self.metrics.forget_partition(self.config.readings_topic, partition)
-        log.info("rebalance: aborted the open transaction and dropped %d stream states; "
+        log.info("rebalance: open transaction (if any) aborted, %d stream states dropped; "
                  "partitions %s are restored from the changelog", dropped.size, sorted(kept))
 
     def on_lost(self, partitions: Sequence[int]) -> None:

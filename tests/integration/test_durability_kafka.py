@@ -4,6 +4,7 @@ those of one uninterrupted in-process run for every reading, and none is missing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,6 +32,8 @@ from tests.integration.streaming_support import (
     reading_bytes,
     readings,
     small_artifact,
+    worker_settings,
+    worker_thread,
 )
 
 pytestmark = pytest.mark.integration
@@ -297,3 +300,66 @@ def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, 
                        "every reading committed after the restart", [worker])
             assert worker.terminate() == 0, worker.output()
         assert_equal_to_uninterrupted(bootstrap, f"{prefix}-scores", expected)
+
+
+def test_transactions_give_read_committed_consumers_each_score_once(
+        kafka_broker, topic_factory, unique_name, artifact):
+    """Two transactional workers, the second joining mid-way (the rebalance aborts the first
+    one's open transaction, if any): a read_committed consumer sees every reading's score
+    exactly once, equal to the uninterrupted run."""
+    bootstrap = kafka_broker.bootstrap
+    topic = topic_factory(partitions=4, purpose="readings")
+    prefix = unique_name("tx")
+    rows = readings(streams=200, per_stream=100, seed=24)
+    half = len(rows) // 2
+    produce(bootstrap, topic, messages_of(rows[:half]))
+    expected = reference_scores(artifact, rows)
+
+    def settings_for(member: str):
+        base = worker_settings(bootstrap, artifact, topic, prefix, transactional=True,
+                               checkpoint_interval_seconds=5.0, max_poll_records=500)
+        return dataclasses.replace(base, kafka=dataclasses.replace(
+            base.kafka, client_id=f"{prefix}-{member}"))
+
+    with worker_thread(settings_for("a")) as first:
+        registry = first["endpoint"].registry
+        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total")
+                            or 0) >= 5_000, 120, "5,000 readings scored")
+        with worker_thread(settings_for("b")) as second:
+            second_registry = second["endpoint"].registry
+            wait_until(lambda: (second_registry.get_sample_value(
+                "cellwatch_assigned_partitions") or 0) > 0, 120, "the second member's share")
+            produce(bootstrap, topic, messages_of(rows[half:]))
+            wait_until(lambda: all_committed(bootstrap, f"{prefix}-group", topic), 240,
+                       "every reading committed")
+            second_scored = second_registry.get_sample_value("cellwatch_readings_scored_total")
+        first_rebalances = registry.get_sample_value("cellwatch_rebalances_total",
+                                                     {"kind": "assigned"})
+    assert first_rebalances >= 2 and second_scored > 0  # the group really rebalanced
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        scores_topic = f"{prefix}-scores"
+        partitions = [TopicPartition(scores_topic, p)
+                      for p in consumer.partitions_for_topic(scores_topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)  # the last stable offsets: all committed
+        seen: dict[tuple[str, int], int] = {}
+        values: dict[tuple[str, int], dict] = {}
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, "scores not read within 120 s"
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    value = json.loads(record.value)
+                    key = (value["stream"], value["ts"])
+                    seen[key] = seen.get(key, 0) + 1
+                    values[key] = value
+    finally:
+        consumer.close()
+    assert seen.keys() == expected.keys()
+    assert max(seen.values()) == 1, "a read_committed consumer saw a score twice"
+    for key, value in values.items():
+        for field in ("score", "likelihood", "surprise"):
+            assert abs(value[field] - expected[key][field]) <= TOLERANCE, (key, field)
