@@ -179,9 +179,9 @@ class Worker:
     # Partition listener -------------------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[int]) -> None:
-        # Partitions revoked by the rebalance but not given back now went to another member.
-        gone = sorted(self._revoked - set(partitions))
         with self._lock:
+            # Partitions revoked by the rebalance but not given back went to another member.
+            gone = sorted(self._revoked - set(partitions))
             held = self._assigned | self._revoked
             self._revoked.clear()
         if gone:
@@ -239,7 +239,15 @@ class Worker:
 
     def on_lost(self, partitions: Sequence[int]) -> None:
         # Lost means another member may already own them: never write or keep their states.
-        self._revoked.difference_update(partitions)
+        if self.sink.transactional:
+            # The open transaction holds outputs of the lost partitions: it must not commit.
+            with self._lock:
+                try:
+                    self._abort_transaction(partitions)
+                except OutputError as error:
+                    self._failure = error
+        with self._lock:
+            self._revoked.difference_update(partitions)
         self._drop(partitions, "lost")
 
     def _drop(self, partitions: Sequence[int], kind: str) -> None:

@@ -409,6 +409,25 @@ def test_a_rebalance_aborts_the_transaction_and_restores_what_was_committed(
     assert {k: v.pop() for k, v in scores_by_key(broker).items()} == expected
 
 
+def test_a_lost_partition_aborts_the_transaction_and_the_kept_ones_are_restored(
+        step: StreamingStep, recorded: np.ndarray) -> None:
+    readings = all_readings(recorded)
+    broker = Broker(readings)
+    worker = make_worker(step, broker, transactional=True)
+    worker.source = BrokerSource(broker, worker, (0, 1), threading.Event())
+    assign(worker, [0, 1])
+    worker.process([record_of(r) for r in readings[:4] + readings[60:64]])
+    worker.checkpoint()
+    committed_c = worker.store.encode_record(worker.store.row_of("c"))
+    worker.process([record_of(r) for r in readings[64:68]])  # an open transaction
+    worker.on_lost([0])
+    assert ("abort", len(worker.sink.sent)) in worker.sink.events
+    assert len(worker.store) == 0
+    worker.restore_assigned()
+    assert sorted(worker.store.stream_of(r) for r in worker.store.rows_in_use()) == ["c", "d"]
+    assert worker.store.encode_record(worker.store.row_of("c")) == committed_c
+
+
 def test_transactions_need_the_changelog(step: StreamingStep) -> None:
     config = dataclasses.replace(CONFIG, changelog_topic=None)
     with pytest.raises(ValueError, match="transactional outputs need the state changelog"):
