@@ -124,12 +124,14 @@ def main() -> None:
         ts = series.timestamps_ms
         pick = [rows[t] for t in ts.tolist()]
         scored = StreamScores(
-            stream, ts, series.values,
-            np.array([r["score"] for r in pick], np.float32),
-            np.array([r["likelihood"] for r in pick], np.float32),
-            np.array([r["surprise"] for r in pick], np.float32),
-            np.array([r["flag"] for r in pick], bool),
-            np.array([recording.channels.index(r["top_channel"]) for r in pick], np.int32))
+            stream=stream, timestamps_ms=ts, values=series.values,
+            score=np.array([r["score"] for r in pick], np.float32),
+            likelihood=np.array([r["likelihood"] for r in pick], np.float32),
+            surprise=np.array([r["surprise"] for r in pick], np.float32),
+            flag=np.array([r["flag"] for r in pick], bool),
+            top_channel=np.array([recording.channels.index(r["top_channel"]) for r in pick],
+                                 np.int32),
+            onset=np.array([r["onset"] for r in pick], np.float32))
         label = np.zeros(len(ts), bool)
         for item in labels:
             if item.stream == stream:
