@@ -363,3 +363,30 @@ def test_transactions_give_read_committed_consumers_each_score_once(
     for key, value in values.items():
         for field in ("score", "likelihood", "surprise"):
             assert abs(value[field] - expected[key][field]) <= TOLERANCE, (key, field)
+
+
+def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(
+        kafka_broker, topic_factory, unique_name, kafka_admin):
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from streaming.kafka_io import ensure_changelog
+    from streaming.ports import TopicSetupError
+
+    options = {"bootstrap_servers": [kafka_broker.bootstrap]}
+    created = unique_name("changelog")
+    try:
+        ensure_changelog(options, created, 3)
+        ensure_changelog(options, created, 3)  # an existing, matching changelog is fine
+        described = kafka_admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, created)], config_filter="all")
+        policies = [entries[created]["cleanup.policy"]["value"]
+                    for entries in described.values() if created in entries]
+        assert policies == ["compact"]
+        with pytest.raises(TopicSetupError, match=rf"{created}.*expected 4 partitions.*found 3"):
+            ensure_changelog(options, created, 4)
+    finally:
+        kafka_admin.delete_topics([created], raise_errors=False)
+    not_compacted = topic_factory(partitions=3, purpose="plain")
+    with pytest.raises(TopicSetupError, match=r"expected cleanup\.policy=compact, found "
+                                              r"cleanup\.policy=delete"):
+        ensure_changelog(options, not_compacted, 3)
