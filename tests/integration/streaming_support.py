@@ -22,9 +22,9 @@ from tests.unit.detector.conftest import make_model
 CHANNELS = ("temperature", "pressure", "vibration")
 
 
-def small_artifact(path: Path) -> Path:
+def small_artifact(path: Path, seed: int = 11) -> Path:
     """A forecaster with fixed random weights, a short learning period and a low threshold."""
-    config, model = make_model(time_features=True, seed=11)
+    config, model = make_model(time_features=True, seed=seed)
     scaler = ChannelScaler((20.0, 1.0, 0.5), (2.0, 0.1, 0.2))
     save_artifact(path, model, CHANNELS, config, scaler,
                   ScorerConfig(learning_period=20, history=200, threshold=0.999),

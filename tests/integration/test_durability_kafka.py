@@ -390,3 +390,41 @@ def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(
     with pytest.raises(TopicSetupError, match=r"expected cleanup\.policy=compact, found "
                                               r"cleanup\.policy=delete"):
         ensure_changelog(options, not_compacted, 3)
+
+
+def test_a_new_artifact_replaces_the_model_without_a_restart(
+        kafka_broker, topic_factory, unique_name, tmp_path):
+    bootstrap = kafka_broker.bootstrap
+    topic = topic_factory(partitions=2, purpose="readings")
+    path = small_artifact(tmp_path / "model")
+    first_version = load_artifact(path).metadata.model_version
+    settings = worker_settings(bootstrap, path, topic, unique_name("reload"),
+                               reload_poll_seconds=0.2)
+    rows = readings(streams=20, per_stream=60, seed=25)
+    half = len(rows) // 2
+    with worker_thread(settings) as running:
+        registry = running["endpoint"].registry
+        produce(bootstrap, topic, messages_of(rows[:half]))
+        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
+                   >= half, 60, "the first half scored")
+        small_artifact(path, seed=12)  # same shape, other weights: an atomic swap in place
+        second_version = load_artifact(path).metadata.model_version
+        wait_until(lambda: registry.get_sample_value(
+            "cellwatch_model_reloads_total", {"outcome": "kept_state"}) == 1, 60,
+            "the reload")
+        produce(bootstrap, topic, messages_of(rows[half:]))
+        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
+                   >= len(rows), 60, "the second half scored")
+    assert first_version != second_version
+    published = {}
+    for record in read_everything(bootstrap, settings.kafka.scores_topic):
+        value = json.loads(record.value)
+        published[(value["stream"], value["ts"])] = value
+    first_half = {(s, t) for s, t, _ in rows[:half]}
+    assert {published[k]["model_version"] for k in first_half} == {first_version}
+    second_half = [published[(s, t)] for s, t, _ in rows[half:]]
+    assert {value["model_version"] for value in second_half} == {second_version}
+    # The streams kept their states: past their learning period (20 readings, likelihood
+    # exactly 0.5) before the swap, they do not start it again after.
+    just_after = second_half[:20]  # each stream's first reading under the new model
+    assert all(value["likelihood"] != 0.5 for value in just_after)
