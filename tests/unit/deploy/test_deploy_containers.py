@@ -16,19 +16,17 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from cellwatch.cli import main as cli
 from cellwatch.settings import describe_settings, load_settings
 from streaming.http_endpoint import MetricsEndpoint
+from tests.unit.deploy.conftest import http_status
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKER = REPO / "deploy" / "docker"
@@ -158,20 +156,6 @@ def test_dockerignore_lets_every_copied_source_through() -> None:
     sources = {s for _, i, a in dockerfile_instructions() if i == "COPY" and "--from=" not in a
                for s in shlex.split(a)[:-1]}
     assert sources <= allowed
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[MetricsEndpoint]:
-    with MetricsEndpoint(CollectorRegistry(), host="127.0.0.1", port=0) as running:
-        yield running
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_health_check_path_is_served_by_the_worker_endpoint(endpoint: MetricsEndpoint) -> None:

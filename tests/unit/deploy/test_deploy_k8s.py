@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import re
 import shlex
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from cellwatch.cli import main as cli
 from cellwatch.settings import describe_settings, load_settings
 from streaming.http_endpoint import MetricsEndpoint
+from tests.unit.deploy.conftest import http_status
 
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "deploy" / "k8s"
@@ -67,20 +64,6 @@ def config_data() -> dict[str, str]:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[MetricsEndpoint]:
-    with MetricsEndpoint(CollectorRegistry(), host="127.0.0.1", port=0) as running:
-        yield running
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_every_manifest_is_a_named_kubernetes_object() -> None:
