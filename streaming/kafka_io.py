@@ -78,6 +78,7 @@ class KafkaReadingSource:
                  max_partition_fetch_bytes: int = 4 * 1024 * 1024,
                  session_timeout_ms: int = 10_000) -> None:
         self.topic = topic
+        self._commit_timeout_ms = min(5_000, session_timeout_ms)
         self._consumer = KafkaConsumer(
             **client_options,
             group_id=group_id,
@@ -108,7 +109,10 @@ class KafkaReadingSource:
         return records
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
-        self._consumer.commit(_offsets(self.topic, next_offsets))
+        # Bounded: kafka-python retries a commit during a rebalance until its timeout, and
+        # the rebalance cannot finish while this thread waits instead of polling.
+        self._consumer.commit(_offsets(self.topic, next_offsets),
+                              timeout_ms=self._commit_timeout_ms)
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()

@@ -20,7 +20,9 @@ One loop, one batch at a time:
    are skipped (already applied, their outputs already acknowledged), so no reading is
    applied twice and none is lost.
 
-Rebalances (the listener callbacks run while the worker's thread waits in ``poll``): a revoked
+Rebalances (kafka-python runs the listener callbacks on its IO thread while the worker's
+thread waits in ``poll`` or ``close``; the worker never holds its lock across a blocking
+consumer call, which would need that thread): a revoked
 partition is checkpointed and its offsets committed before it goes; its states stay until the
 next assignment shows whether it came back (an eager rebalance revokes everything and often
 hands the same partitions back) or went elsewhere (then they are dropped). A lost partition
@@ -170,8 +172,10 @@ class Worker:
         self._heartbeat = time.monotonic()
         self._next_maintenance = 0.0
         self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
-        # Rebalance callbacks arrive on the consumer's IO thread while this worker's thread
-        # waits in poll(); the lock makes that hand-over explicit.
+        # Rebalance callbacks arrive on the consumer's IO thread, usually while this worker's
+        # thread waits in poll() but not only then: the lock guards the state they share,
+        # and no blocking consumer call is made while holding it (that call would need the
+        # IO thread, which may be waiting for the lock).
         self._lock = threading.Lock()
         metrics.set_model(model.version, model.trained_at, model.trained_at_s,
                           str(model.step.layout.version))
@@ -352,12 +356,12 @@ class Worker:
                           partition=partition if co_partitioned else None)
             sink.flush()  # raises OutputError: nothing of this batch gets committed
             acknowledged_s = self.clock()
-            if self.checkpoints is None:
-                self._commit(next_offsets)
-            else:
+            if self.checkpoints is not None:
                 for partition, offset in next_offsets.items():
                     self._uncommitted[partition] = max(self._uncommitted.get(partition, 0),
                                                        offset)
+        if self.checkpoints is None:
+            self._commit_offsets(next_offsets)
 
         self.metrics.record_outputs("scores", len(result.scores))
         self.metrics.record_outputs("anomalies", len(result.episodes))
@@ -384,21 +388,23 @@ class Worker:
         self.sink.send(self.config.dead_letter_topic, record.key, record.value,
                        dead_letter_headers(record, rejection))
 
-    def _commit(self, next_offsets: Mapping[int, int]) -> None:
-        if self.source is None:
-            return
-        if self.sink.transactional:
-            # Offsets and outputs commit together or not at all: a failure is an OutputError.
-            self.sink.commit_transaction(self.config.readings_topic, next_offsets,
-                                         self.source.group_metadata())
-            return
-        if not next_offsets:
+    def _commit_offsets(self, next_offsets: Mapping[int, int]) -> None:
+        """Commits through the consumer. Never with the lock held: the commit needs the
+        consumer's IO thread, which may be waiting for the lock in a rebalance callback."""
+        if self.source is None or not next_offsets:
             return
         try:
             self.source.commit(next_offsets)
         except Exception as error:  # kafka-python raises several types for a lost generation
             log.warning("offset commit failed (%s); the partition's next owner re-reads from "
                         "the last commit and reproduces identical records", error)
+
+    def _commit_transaction(self, next_offsets: Mapping[int, int]) -> None:
+        """Commits outputs, states and offsets together (the producer's IO thread does the
+        work, so the lock may be held); a failure is an OutputError."""
+        if self.source is not None:
+            self.sink.commit_transaction(self.config.readings_topic, next_offsets,
+                                         self.source.group_metadata())
 
     # Checkpoints and restores -------------------------------------------------------------
 
@@ -408,7 +414,11 @@ class Worker:
         if self.checkpoints is None:
             return
         with self._lock:
-            self._commit(self._checkpoint(None))
+            offsets = self._checkpoint(None)
+            if self.sink.transactional:
+                self._commit_transaction(offsets)
+                return
+        self._commit_offsets(offsets)
 
     def _checkpoint(self, partitions: Sequence[int] | None) -> dict[int, int]:
         """Writes the changed states (of ``partitions``, or all) and waits for their
@@ -453,15 +463,16 @@ class Worker:
             started = time.perf_counter()
             result = restore_states(self.store, self.changelog.read(partitions),
                                     self.config.readings_topic, self.clock())
-            # The restored states reflect at least everything before the committed offsets;
-            # replaying from there is safe (what they reflect is skipped), and a position
-            # left further on would skip readings the states never saw (after an abort).
-            if self.source is not None:
-                self.source.rewind(partitions)
             self._to_restore.clear()
-            seconds = time.perf_counter() - started
-            self.metrics.observe_restore(seconds, result.records_read)
-            self.metrics.set_streams(len(self.store), self.store.nbytes)
+        # The restored states reflect at least everything before the committed offsets;
+        # replaying from there is safe (what they reflect is skipped), and a position left
+        # further on would skip readings the states never saw (after an abort). Outside the
+        # lock: the consumer call needs its IO thread, which may be waiting for the lock.
+        if self.source is not None:
+            self.source.rewind(partitions)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_restore(seconds, result.records_read)
+        self.metrics.set_streams(len(self.store), self.store.nbytes)
         log.info("restored %d stream states of partitions %s from %d changelog records in "
                  "%.2f s", result.streams_restored, partitions, result.records_read, seconds)
         if result.incompatible:

@@ -407,14 +407,19 @@ def test_a_new_artifact_replaces_the_model_without_a_restart(
         produce(bootstrap, topic, messages_of(rows[:half]))
         wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
                    >= half, 60, "the first half scored")
-        small_artifact(path, seed=12)  # same shape, other weights: an atomic swap in place
+        # Same shape, other weights, saved in place (an atomic swap) by another process, as
+        # a training job would.
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                        "from tests.integration.streaming_support import small_artifact; "
+                        "small_artifact(Path(sys.argv[1]), seed=12)", str(path)],
+                       cwd=REPO_ROOT, check=True, timeout=120, capture_output=True)
         second_version = load_artifact(path).metadata.model_version
         wait_until(lambda: registry.get_sample_value(
             "cellwatch_model_reloads_total", {"outcome": "kept_state"}) == 1, 60,
             "the reload")
         produce(bootstrap, topic, messages_of(rows[half:]))
         wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
-                   >= len(rows), 60, "the second half scored")
+                   >= len(rows), 120, "the second half scored")
     assert first_version != second_version
     published = {}
     for record in read_everything(bootstrap, settings.kafka.scores_topic):
