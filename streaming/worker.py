@@ -22,13 +22,12 @@ One loop, one batch at a time:
 
 Rebalances (kafka-python runs the listener callbacks on its IO thread while the worker's
 thread waits in ``poll`` or ``close``; the worker never holds its lock across a blocking
-consumer call, which would need that thread): a revoked
-partition is checkpointed and its offsets committed before it goes; its states stay until the
-next assignment shows whether it came back (an eager rebalance revokes everything and often
-hands the same partitions back) or went elsewhere (then they are dropped). A lost partition
-(this member was evicted from the group) is dropped without writing anything: another member
-may already own it. A newly assigned partition is restored from the changelog before any of
-its readings is processed.
+consumer call, which would need that thread): a revoked partition is checkpointed and its
+offsets committed before it goes; its states stay until the next assignment shows whether it
+came back (an eager rebalance revokes everything and often hands the same partitions back) or
+went elsewhere (then they are dropped). A lost partition (this member was evicted from the
+group) is dropped without writing anything: another member may already own it. A newly
+assigned partition is restored from the changelog before any of its readings is processed.
 
 Transactions (``sink.transactional``): outputs, checkpoint records and the consumer offsets
 of a checkpoint interval are committed in one Kafka transaction, so consumers reading with
