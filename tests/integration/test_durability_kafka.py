@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,36 +394,40 @@ def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(
 
 
 def test_a_new_artifact_replaces_the_model_without_a_restart(
-        kafka_broker, topic_factory, unique_name, tmp_path):
+        kafka_broker, topic_factory, unique_name, artifact, tmp_path):
+    """A real `cellwatch run`: a new artifact saved in place by another process (as a
+    training job would) and SIGHUP swap the model mid-stream, without a restart."""
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=2, purpose="readings")
-    path = small_artifact(tmp_path / "model")
+    prefix = unique_name("reload")
+    path = tmp_path / "model"
+    shutil.copytree(artifact, path)
     first_version = load_artifact(path).metadata.model_version
-    settings = worker_settings(bootstrap, path, topic, unique_name("reload"),
-                               reload_poll_seconds=0.2)
+    env = {**worker_env(bootstrap, path, topic, prefix),
+           "CELLWATCH_WORKER_RELOAD_POLL_SECONDS": "0"}  # only SIGHUP reloads
     rows = readings(streams=20, per_stream=60, seed=25)
     half = len(rows) // 2
-    with worker_thread(settings) as running:
-        registry = running["endpoint"].registry
+    with workers(env, tmp_path) as started:
+        worker = WorkerProcess(env, tmp_path / "worker.log")
+        started.append(worker)
         produce(bootstrap, topic, messages_of(rows[:half]))
-        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
-                   >= half, 60, "the first half scored")
-        # Same shape, other weights, saved in place (an atomic swap) by another process, as
-        # a training job would.
+        wait_until(lambda: worker.scored() >= half, 180, "the first half scored", [worker])
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
                         "from tests.integration.streaming_support import small_artifact; "
                         "small_artifact(Path(sys.argv[1]), seed=12)", str(path)],
                        cwd=REPO_ROOT, check=True, timeout=120, capture_output=True)
         second_version = load_artifact(path).metadata.model_version
-        wait_until(lambda: registry.get_sample_value(
-            "cellwatch_model_reloads_total", {"outcome": "kept_state"}) == 1, 60,
-            "the reload")
+        worker.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: worker.metric(
+            'cellwatch_model_reloads_total{outcome="kept_state"}') == 1, 60, "the reload",
+            [worker])
         produce(bootstrap, topic, messages_of(rows[half:]))
-        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_scored_total") or 0)
-                   >= len(rows), 120, "the second half scored")
+        wait_until(lambda: worker.scored() >= len(rows), 120, "the second half scored",
+                   [worker])
+        assert worker.terminate() == 0, worker.output()
     assert first_version != second_version
     published = {}
-    for record in read_everything(bootstrap, settings.kafka.scores_topic):
+    for record in read_everything(bootstrap, f"{prefix}-scores"):
         value = json.loads(record.value)
         published[(value["stream"], value["ts"])] = value
     first_half = {(s, t) for s, t, _ in rows[:half]}

@@ -173,6 +173,14 @@ def make_worker(step: StreamingStep, broker: Broker, registry: CollectorRegistry
                   changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
 
 
+def assigned_transactional_worker(step: StreamingStep, broker: Broker) -> Worker:
+    """A transactional worker driven by hand, owning partitions 0 and 1."""
+    worker = make_worker(step, broker, transactional=True)
+    worker.source = BrokerSource(broker, worker, (0, 1), threading.Event())
+    assign(worker, [0, 1])
+    return worker
+
+
 def assign(worker: Worker, partitions: Sequence[int]) -> None:
     """A rebalance callback, then what the loop does after the poll that ran it."""
     worker.on_assigned(partitions)
@@ -388,9 +396,7 @@ def test_a_rebalance_aborts_the_transaction_and_restores_what_was_committed(
         step: StreamingStep, recorded: np.ndarray) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)
-    worker = make_worker(step, broker, transactional=True)
-    worker.source = BrokerSource(broker, worker, (0, 1), threading.Event())
-    assign(worker, [0, 1])
+    worker = assigned_transactional_worker(step, broker)
     worker.process([record_of(r) for r in readings[:6]])
     worker.checkpoint()
     committed = worker.store.encode_record(worker.store.row_of("a"))
@@ -413,9 +419,7 @@ def test_a_lost_partition_aborts_the_transaction_and_the_kept_ones_are_restored(
         step: StreamingStep, recorded: np.ndarray) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)
-    worker = make_worker(step, broker, transactional=True)
-    worker.source = BrokerSource(broker, worker, (0, 1), threading.Event())
-    assign(worker, [0, 1])
+    worker = assigned_transactional_worker(step, broker)
     worker.process([record_of(r) for r in readings[:4] + readings[60:64]])
     worker.checkpoint()
     committed_c = worker.store.encode_record(worker.store.row_of("c"))
