@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from detector.features import MS_PER_DAY, MS_PER_WEEK
-from detector.step import StepParams, StreamingStep, advance
-
-_WEEK_SHIFT_MS = 3 * MS_PER_DAY
+from detector.features import CLOCK_HARMONICS
+from detector.forecaster_step import StepParams
+from detector.step import StreamingStep, advance
 
 
 class TensorFlowOps:
@@ -41,9 +40,16 @@ class TensorFlowOps:
         return tf.minimum(a, tf.cast(b, tf.float32))
 
     @staticmethod
+    def cbrt(x):
+        return tf.pow(x, 1.0 / 3.0)
+
+    @staticmethod
     def where(condition, a, b):
-        a = tf.cast(a, tf.float32)
-        b = tf.cast(b, tf.float32)
+        # Two integer tensors (channel indices) stay integers; anything else is float32.
+        integers = all(isinstance(v, tf.Tensor) and v.dtype.is_integer for v in (a, b))
+        dtype = tf.int32 if integers else tf.float32
+        a = tf.cast(a, dtype)
+        b = tf.cast(b, dtype)
         shape = tf.broadcast_dynamic_shape(
             tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a)), tf.shape(b))
         return tf.where(tf.broadcast_to(condition, shape), tf.broadcast_to(a, shape),
@@ -66,8 +72,8 @@ class TensorFlowOps:
         return tf.clip_by_value(x, low, high)
 
     @staticmethod
-    def mean(x, axis):
-        return tf.reduce_mean(x, axis=axis)
+    def mean_of_rows(x):
+        return tf.reduce_mean(x, axis=1)
 
     @staticmethod
     def max(x, axis):
@@ -87,11 +93,14 @@ class TensorFlowOps:
 
     @staticmethod
     def clock(timestamps_ms):
-        # Same arithmetic as detector.features.clock_features: integer modulo, float64 divide.
-        day = tf.cast(tf.math.floormod(timestamps_ms, MS_PER_DAY), tf.float64) / MS_PER_DAY
-        week = tf.cast(tf.math.floormod(timestamps_ms + _WEEK_SHIFT_MS, MS_PER_WEEK),
-                       tf.float64) / MS_PER_WEEK
-        return tf.cast(tf.stack([day, week], axis=-1), tf.float32)
+        # Same arithmetic as detector.features.clock_features: integer modulo, float64 angle.
+        features = []
+        for period, shift, harmonics in CLOCK_HARMONICS:
+            angle = (2.0 * math.pi / period) * tf.cast(
+                tf.math.floormod(timestamps_ms + shift, period), tf.float64)
+            for harmonic in range(1, harmonics + 1):
+                features += [tf.sin(harmonic * angle), tf.cos(harmonic * angle)]
+        return tf.cast(tf.stack(features, axis=-1), tf.float32)
 
 
 def _constant(array: np.ndarray | None):

@@ -1,4 +1,4 @@
-"""What the model sees of a reading: robustly normalized channels and the clock's phase.
+"""What the model sees of a reading: robustly normalized channels and the clock.
 
 Both the training pipeline and the streaming step call these functions, so a reading is
 prepared identically offline and online.
@@ -13,22 +13,33 @@ import numpy as np
 MS_PER_DAY = 86_400_000
 MS_PER_WEEK = 7 * MS_PER_DAY
 # 1970-01-01 was a Thursday; shifting by 3 days puts Monday 00:00 at phase 0 of the week.
-_WEEK_SHIFT_MS = 3 * MS_PER_DAY
-CLOCK_FEATURES = 2
+WEEK_SHIFT_MS = 3 * MS_PER_DAY
+# Whole harmonics of each period: (period, shift, harmonics). Two of the day give its
+# shape (a peak and a trough that need not be 12 hours apart), one of the week tells
+# weekdays from the weekend.
+CLOCK_HARMONICS = ((MS_PER_DAY, 0, 2), (MS_PER_WEEK, WEEK_SHIFT_MS, 1))
+CLOCK_FEATURES = 2 * sum(harmonics for _, _, harmonics in CLOCK_HARMONICS)
 
 # The normal distribution's interquartile range in standard deviations.
 _IQR_TO_SIGMA = 1.3489795
 
 
 def clock_features(timestamps_ms: np.ndarray) -> np.ndarray:
-    """Phase of the day and of the week, each in [0, 1), as float32 ``[..., 2]``.
+    """Sine and cosine of whole harmonics of the day and the week, float32 ``[..., 6]``.
 
-    Computed from integer milliseconds so float32 never has to hold an epoch timestamp.
+    In order: ``sin, cos`` of 1 and 2 cycles per day, then of 1 cycle per week. Whole
+    harmonics are continuous where the period wraps, so 23:59 and 00:00 (and Sunday night
+    and Monday morning) are as close to the model as any two readings a minute apart; a raw
+    phase in [0, 1) jumps there, and a model fed with it surprises itself every midnight.
+    Phases come from integer milliseconds, so float32 never has to hold an epoch timestamp.
     """
     ts = np.asarray(timestamps_ms, dtype=np.int64)
-    day = (ts % MS_PER_DAY).astype(np.float64) / MS_PER_DAY
-    week = ((ts + _WEEK_SHIFT_MS) % MS_PER_WEEK).astype(np.float64) / MS_PER_WEEK
-    return np.stack([day, week], axis=-1).astype(np.float32)
+    features = []
+    for period, shift, harmonics in CLOCK_HARMONICS:
+        angle = (2.0 * np.pi / period) * ((ts + shift) % period).astype(np.float64)
+        for harmonic in range(1, harmonics + 1):
+            features += [np.sin(harmonic * angle), np.cos(harmonic * angle)]
+    return np.stack(features, axis=-1).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

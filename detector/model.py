@@ -7,7 +7,8 @@ the model its own uncertainty, so the scorer can judge a residual against it.
 
 Inputs (normalized by :class:`detector.features.ChannelScaler`):
     ``values``: ``[batch, time, channels]`` clipped normalized readings.
-    ``clock``: ``[batch, time, 2]`` phase of day and week (when ``time_features``), encoded by
+    ``clock``: ``[batch, time, 6]`` sines and cosines of the day's and week's harmonics (when
+    ``time_features``, :func:`detector.features.clock_features`), encoded by
     :class:`~detector.layers.SineEncoding`.
 
 Output: ``[batch, time, 2 * channels]``: predicted change to the next reading, then its scale.
@@ -21,7 +22,9 @@ import math
 import keras
 import numpy as np
 
+from detector.array_ops import activation_name
 from detector.features import CLOCK_FEATURES
+from detector.forecaster_step import StepParams, check_params
 from detector.layers import (
     GaussianHead,
     MemoryCell,
@@ -29,7 +32,6 @@ from detector.layers import (
     StackedNeurons,
     ThreePointDependency,
 )
-from detector.step import StepParams, activation_name, check_params
 
 # Layer names the step reads the weights from; stable across versions of the model.
 CLOCK_LAYER = "clock_encoding"
@@ -96,11 +98,10 @@ def build_forecaster(config: ForecasterConfig) -> keras.Model:
     if config.time_features:
         clock = keras.Input(shape=(None, CLOCK_FEATURES), name="clock")
         inputs["clock"] = clock
-        # Phases live in [0, 1); frequencies up to a few cycles per period let the layer
-        # express daily and weekly harmonics from the start.
+        # The clock arrives as sines and cosines of whole harmonics (continuous where the
+        # day wraps); random phases let the layer mix them into other shapes from the start.
         encoded = SineEncoding(
             config.clock_units,
-            kernel_initializer=keras.initializers.RandomUniform(-2 * math.pi, 2 * math.pi),
             bias_initializer=keras.initializers.RandomUniform(-math.pi, math.pi),
             name=CLOCK_LAYER,
         )(clock)
@@ -149,18 +150,15 @@ def step_params(model: keras.Model) -> StepParams:
         dependency_kernel=dependency_kernel,
         dependency_bias=bias_of(dependency, dependency_kernel.shape[1]),
         dependency_activation=activation_name(dependency.get_config()["activation"]),
-        memory_kernel=_array(cell.kernel),
-        memory_recurrent_kernel=_array(cell.recurrent_kernel),
-        memory_bias=bias_of(cell, 2 * memory_units),
+        gate_kernel=np.concatenate([_array(cell.kernel), _array(cell.recurrent_kernel)], axis=0),
+        gate_bias=bias_of(cell, 2 * memory_units),
         memory_activation=activation_name(cell.get_config()["activation"]),
         memory_recurrent_activation=activation_name(cell.get_config()["recurrent_activation"]),
         stack=tuple((_array(dense.kernel), bias_of(dense, dense.units))
                     for dense in stack.dense_layers),
         stack_activation=activation_name(stack.get_config()["activation"]),
-        mean_kernel=_array(head.mean_kernel),
-        mean_bias=_array(head.mean_bias),
-        scale_kernel=_array(head.scale_kernel),
-        scale_bias=_array(head.scale_bias),
+        head_kernel=np.concatenate([_array(head.mean_kernel), _array(head.scale_kernel)], axis=1),
+        head_bias=np.concatenate([_array(head.mean_bias), _array(head.scale_bias)]),
         min_scale=float(head.min_scale),
     )
     check_params(params)

@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 2, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
+Layout version 3, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
 
 ==================  =====  ==============================================================
 field               width  meaning
@@ -19,13 +19,16 @@ field               width  meaning
 ``score_var``       1      long-run variance of ``score_average``
 ``level_mean``      F      long-run mean of each channel's normalized reading
 ``level_var``       F      long-run variance of each channel's normalized reading
+``change_short``    F      short-run mean square of each channel's reading-to-reading change
+``change_long``     F      long-run mean square of the same
 ``surprise_peak``   1      recent peak surprise, decaying (the onset's reference)
 ``count``           1      readings seen, saturating at ``COUNT_CAP``
 ==================  =====  ==============================================================
 
-Version 2 added ``level_mean``, ``level_var`` and ``surprise_peak``. No record outlives a
-worker yet (state does not survive restarts), so there is no conversion from version 1; an
-artifact written with layout version 1 fails to load and must be trained again.
+Version 3 added ``change_short`` and ``change_long`` (the variability test) and feeds the
+model the clock as whole harmonics. A changelog record of another version is not loaded
+(the worker counts it and starts that stream's learning period again), and an artifact
+written with another layout version fails to load and must be trained again.
 
 Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
 """
@@ -36,7 +39,7 @@ import dataclasses
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 2
+STATE_LAYOUT_VERSION = 3
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -86,6 +89,8 @@ class StateLayout:
             ("score_var", 1),
             ("level_mean", self.channels),
             ("level_var", self.channels),
+            ("change_short", self.channels),
+            ("change_long", self.channels),
             ("surprise_peak", 1),
             ("count", 1),
         ]

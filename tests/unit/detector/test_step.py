@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from detector.array_ops import activation_name
 from detector.model import ForecasterConfig, step_params
 from detector.scorer import ScorerConfig
 from detector.state import StateLayout
-from detector.step import StreamingStep, activation_name
+from detector.step import StreamingStep
 from tests.unit.detector.conftest import Recording, keras_forecasts, make_recording, scaler_for
 
 
@@ -27,23 +28,32 @@ def run_step(step: StreamingStep, recording: Recording):
 
 
 def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerConfig,
-                     surprises=None):
+                     surprises=None, clip=None):
     """The scorer's documented rules, one stream and one reading at a time, with math.erf.
 
     ``surprises`` (optional, ``[streams, steps]``) replaces the computed surprises as the
-    input of the onset rule.
+    input of the onset rule; ``clip`` is the model input's clip (changes are of clipped
+    values).
     """
-    streams, steps, _ = normalized.shape
+    streams, steps, channels = normalized.shape
+    clipped = normalized if clip is None else np.clip(normalized, -clip, clip)
     score = np.zeros((streams, steps))
     likelihood = np.zeros((streams, steps))
     surprise = np.zeros((streams, steps))
     flag = np.zeros((streams, steps), dtype=bool)
     onset = np.zeros((streams, steps))
+    k = scorer.variability_span
+    spread = 2 / (9 * k)
+
+    def two_sided_tail(z):  # the most extreme channel, Bonferroni over channels
+        return 2 * channels * 0.5 * math.erfc(max(z) / math.sqrt(2))
+
     for s in range(streams):
         average = mean = var = peak = 0.0
-        channels = normalized.shape[2]
         level_mean = np.zeros(channels)
         level_var = np.zeros(channels)
+        short = np.zeros(channels)
+        long = np.zeros(channels)
         for t in range(steps):
             count = t  # readings seen before this one
             if count >= 1:
@@ -53,12 +63,20 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             new_average = capped if count == 1 else (
                 average + scorer.average_weight * (capped - average))
             sigma = max(math.sqrt(var), scorer.min_sigma)
-            tail = 0.5 * math.erfc((new_average - mean) / sigma / math.sqrt(2))
-            level_z = max(abs(float(normalized[s, t, c]) - level_mean[c])
-                          / max(math.sqrt(level_var[c]), scorer.min_sigma)
-                          for c in range(channels))
-            level_tail = min(channels * math.erfc(level_z / math.sqrt(2)), 1.0)
-            tail = min(tail, level_tail)
+            forecast_tail = 0.5 * math.erfc((new_average - mean) / sigma / math.sqrt(2))
+            level_tail = two_sided_tail([
+                abs(float(normalized[s, t, c]) - level_mean[c])
+                / max(math.sqrt(level_var[c]), scorer.min_sigma) for c in range(channels)])
+            change_sq = (clipped[s, t].astype(np.float64) - clipped[s, t - 1]) ** 2
+            new_short = change_sq if count == 1 else (
+                short + scorer.variability_weight * (change_sq - short))
+            long_spread = 2 / (9 * min(max(count - 1, 1), 2 * scorer.history - 1))
+            roots = [(new_short[c] / max(long[c], scorer.min_sigma ** 2)) ** (1 / 3)
+                     for c in range(channels)]
+            variability_tail = 1.0 if count < 2 else two_sided_tail([
+                abs(((1 - long_spread) * root - (1 - spread))
+                    / math.sqrt(spread + root * root * long_spread)) for root in roots])
+            tail = min(3 * min(forecast_tail, level_tail, variability_tail), 1.0)
             learning = count <= scorer.learning_period
             likelihood[s, t] = 0.5 if learning else 1.0 - tail
             surprise[s, t] = -math.log10(0.5 if learning else max(tail, 1e-30))
@@ -76,6 +94,8 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
                 mean += weight * delta
                 var = (1 - weight) * (var + weight * delta * delta)
                 average = new_average
+                long = long + weight * (change_sq - long)
+                short = new_short
     return score, likelihood, surprise, flag, onset
 
 
@@ -92,7 +112,8 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
 
     normalized = step.scaler.normalize(recording.values)
     score_ref, likelihood_ref, surprise_ref, flag_ref, onset_ref = reference_scores(
-        mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer)
+        mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer,
+        clip=step.scaler.clip)
     score = np.stack([r.score for r in results], axis=1)
     likelihood = np.stack([r.likelihood for r in results], axis=1)
     np.testing.assert_allclose(score, score_ref, rtol=1e-5, atol=1e-5)
@@ -115,7 +136,7 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
     onset = np.stack([r.onset for r in results], axis=1)
     _, _, _, _, own_onset = reference_scores(
         mean_ref.astype(np.float64), scale_ref.astype(np.float64), normalized, scorer,
-        surprises=surprise.astype(np.float64))
+        surprises=surprise.astype(np.float64), clip=step.scaler.clip)
     peak = np.zeros_like(own_onset)  # the peak each surprise is compared with
     for t in range(1, peak.shape[1]):
         peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, surprise[:, t - 1])
@@ -233,9 +254,16 @@ def test_large_batches_are_chunked_without_changing_results(step, recording, mon
 
 def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np.ndarray:
     """One record past its learning period whose forecast is exactly ``normalized`` (raw score
-    0, forecast tail 0.5), whose levels have mean 0 and variance 1, and recent peak ``peak``."""
+    0, forecast tail 0.5), whose levels have mean 0 and variance 1, whose changes are as
+    usual, and recent peak ``peak``."""
     f = step.layout.fields
     state = step.layout.initial(1)
+    # Every channel moved by 1 from the previous reading, as it usually does: the
+    # variability test sees nothing unusual.
+    clipped = np.clip(normalized, -step.scaler.clip, step.scaler.clip)
+    state[0, f["input_t1"].start:f["input_t1"].start + normalized.size] = clipped - 1.0
+    state[0, f["change_short"]] = 1.0
+    state[0, f["change_long"]] = 1.0
     state[0, f["forecast_mean"]] = normalized
     state[0, f["forecast_scale"]] = 1.0
     state[0, f["score_var"]] = 1.0
@@ -247,14 +275,14 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
 
 def test_level_tail_and_onset_by_hand(step):
     """Channel 1 four standard deviations above its long-run level: the tail is
-    3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)), a surprise of 3.72; the onset reports
-    it only above the stored peak (not above the peak decayed by this reading: 3.8 decays to
-    3.2, and a surprise held at its peak is no onset); the peak and the level statistics
-    update as documented."""
+    3 tests x 3 channels x P(|Z| >= 4) = 9 * erfc(4 / sqrt(2)), a surprise of 3.24; the
+    onset reports it only above the stored peak (not above the peak decayed by this
+    reading: 3.8 decays to 3.2, and a surprise held at its peak is no onset); the peak and
+    the level statistics update as documented."""
     scaler = step.scaler
     normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
     raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
-    tail = 3 * math.erfc(4 / math.sqrt(2))  # 1.900e-4
+    tail = 9 * math.erfc(4 / math.sqrt(2))  # 5.70e-4
     decay = 0.5 ** (1 / 4)  # refractory 4 in the fixture
     f = step.layout.fields
     for peak, expect_onset in ((1.0, True), (3.8, False), (5.0, False)):

@@ -1,0 +1,119 @@
+"""The array functions the streaming step is written against, and the NumPy ones.
+
+The step's formulas (:func:`detector.step.advance`) are written once against a small
+namespace of array functions, so the NumPy step and the TensorFlow step exported as a
+SavedModel (:mod:`detector.export`) evaluate the same formulas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from detector.exact_product import ExactKernel, exact_matmul
+from detector.features import clock_features
+
+# Activations the step can evaluate outside Keras; each takes (ops, x).
+ACTIVATIONS = {
+    "linear": lambda ops, x: x,
+    "relu": lambda ops, x: ops.maximum(x, 0.0),
+    "tanh": lambda ops, x: ops.tanh(x),
+    "sigmoid": lambda ops, x: ops.sigmoid(x),
+    "softplus": lambda ops, x: ops.softplus(x),
+    "elu": lambda ops, x: ops.elu(x),
+    "elu_sigmoid": lambda ops, x: ops.elu(x) * ops.sigmoid(x),
+}
+
+# Activations whose outputs lie in [-1, 1] whatever their inputs.
+UNIT_BOUNDED_ACTIVATIONS = frozenset({"tanh", "sigmoid"})
+
+
+def activation_name(serialized: Any) -> str:
+    """The short name of a serialized Keras activation, if the step can evaluate it."""
+    if serialized is None:
+        name = "linear"
+    elif isinstance(serialized, str):
+        name = serialized
+    elif isinstance(serialized, Mapping):
+        config = serialized.get("config")
+        name = config if isinstance(config, str) else serialized.get("registered_name", "")
+    else:
+        name = getattr(serialized, "__name__", str(serialized))
+    name = name.split(">")[-1]
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"activation {serialized!r} cannot run in the streaming step; supported: "
+            f"{', '.join(sorted(ACTIVATIONS))}")
+    return name
+
+
+class NumpyOps:
+    """Array functions of the NumPy step; every result stays float32.
+
+    No function here lets one row's result depend on the other rows of the batch: products
+    are exact (:mod:`detector.exact_product`), row sums are written out column by column,
+    and the rest is element-wise. So a stream's results are the same whichever streams
+    share its batch, on any CPU and BLAS.
+    """
+
+    abs = staticmethod(np.abs)
+    exp = staticmethod(np.exp)
+    sqrt = staticmethod(np.sqrt)
+    cbrt = staticmethod(np.cbrt)
+    log10 = staticmethod(np.log10)
+    sin = staticmethod(np.sin)
+    tanh = staticmethod(np.tanh)
+    maximum = staticmethod(np.maximum)
+    minimum = staticmethod(np.minimum)
+    where = staticmethod(np.where)
+    logical_and = staticmethod(np.logical_and)
+    logical_not = staticmethod(np.logical_not)
+
+    @staticmethod
+    def matmul(a, b):
+        return exact_matmul(a, b if isinstance(b, ExactKernel) else ExactKernel.of(b))
+
+    @staticmethod
+    def concat(arrays, axis=-1):
+        return np.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def clip(x, low, high):
+        return np.clip(x, low, high)
+
+    @staticmethod
+    def mean_of_rows(x):
+        # Column by column in a fixed order: a reduction's order is NumPy's choice and may
+        # change with the array's shape and strides, this one cannot.
+        total = x[:, 0].copy()
+        for column in range(1, x.shape[1]):
+            total += x[:, column]
+        return total / np.float32(x.shape[1])
+
+    @staticmethod
+    def argmax(x, axis):
+        return np.argmax(x, axis=axis).astype(np.int32)
+
+    @staticmethod
+    def max(x, axis):
+        return np.max(x, axis=axis)
+
+    @staticmethod
+    def sigmoid(x):
+        # exp of -|x| never overflows, for either sign.
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+
+    @staticmethod
+    def softplus(x):
+        return (np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)).astype(np.float32)
+
+    @staticmethod
+    def elu(x):
+        return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))).astype(np.float32)
+
+    @staticmethod
+    def clock(timestamps_ms):
+        return clock_features(timestamps_ms)

@@ -1,0 +1,76 @@
+"""What the scorer's tests catch end to end through the step: lost variance (a stuck
+sensor), a burst of variance, and no surprise where the day or the week wraps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.features import MS_PER_DAY, clock_features
+from detector.model import step_params
+from detector.scorer import ScorerConfig
+from detector.step import StreamingStep
+from tests.unit.detector.conftest import make_model
+
+SCORER = ScorerConfig(learning_period=60, history=300, level_history=300, refractory=50)
+START_MS = 1_700_000_000_000
+
+
+def noisy_streams(streams: int, steps: int, seed: int) -> np.ndarray:
+    """Stationary readings: a level per channel plus white noise."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(10, 2, size=(streams, 1, 3))
+            + rng.normal(0, 1, size=(streams, steps, 3))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def step() -> StreamingStep:
+    from detector.features import ChannelScaler
+
+    _, model = make_model(time_features=False)
+    return StreamingStep(step_params(model), ChannelScaler((10.0,) * 3, (1.0,) * 3), SCORER)
+
+
+def run(step: StreamingStep, values: np.ndarray):
+    state = step.layout.initial(values.shape[0])
+    flags, tops = [], []
+    for t in range(values.shape[1]):
+        result, state = step(values[:, t], START_MS + 60_000 * t + np.zeros(len(values), int),
+                             state)
+        flags.append(result.flag)
+        tops.append(result.top_channel)
+    return np.stack(flags, axis=1), np.stack(tops, axis=1)
+
+
+def test_a_stuck_channel_is_flagged_on_that_channel(step):
+    values = noisy_streams(4, 400, seed=3)
+    values[1, 300:, 2] = values[1, 299, 2]  # stream 1's channel 2 freezes
+    flags, tops = run(step, values)
+    stuck = np.flatnonzero(flags[1, 300:] & (tops[1, 300:] == 2))
+    assert stuck.size and stuck[0] < 30, "lost variance is found within a few spans"
+    assert flags[1, 300:].mean() > 0.8, "and stays flagged while the sensor is stuck"
+    # Stationary readings, stuck nowhere: the variability test raises nothing.
+    quiet = flags[[0, 2, 3], SCORER.learning_period + 1:]
+    assert quiet.mean() < 0.01
+
+
+def test_a_burst_of_variance_is_flagged_on_that_channel(step):
+    values = noisy_streams(2, 400, seed=4)
+    rng = np.random.default_rng(0)
+    values[0, 300:330, 0] += rng.normal(0, 4, size=30).astype(np.float32)
+    flags, tops = run(step, values)
+    burst = np.flatnonzero(flags[0, 300:330] & (tops[0, 300:330] == 0))
+    assert burst.size >= 10
+
+
+def test_the_clock_is_continuous_where_the_day_and_the_week_wrap():
+    sunday_night = START_MS - START_MS % (7 * MS_PER_DAY) + 4 * MS_PER_DAY - 1  # Sun 23:59:59.999
+    features = clock_features(np.array([sunday_night, sunday_night + 1, sunday_night + 60_000]))
+    assert features.shape == (3, 6)
+    assert np.abs(features[1] - features[0]).max() < 1e-6
+    step_per_minute = np.abs(features[2] - features[1]).max()
+    assert 1e-3 < step_per_minute < 1e-2  # a minute moves the day's harmonics a little
+    # Monday 00:00 is phase 0 of the day and of the week: sines 0, cosines 1.
+    np.testing.assert_allclose(features[1], [0, 1, 0, 1, 0, 1], atol=1e-6)
+    six_am = clock_features(np.array([sunday_night + 1 + MS_PER_DAY // 4]))[0]
+    np.testing.assert_allclose(six_am[:4], [1, 0, 0, -1], atol=1e-6)
