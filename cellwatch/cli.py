@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -34,6 +34,9 @@ from cellwatch.settings import (
     load_settings,
     render_toml,
 )
+
+if TYPE_CHECKING:
+    from training.trainer import TrainingOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -167,6 +170,7 @@ def user_errors() -> Iterator[None]:
     """Turns the packages' input errors into one clear line at the command line."""
     from detector.artifact import ArtifactError
     from streaming.ports import OutputError, TopicSetupError
+    from training.evaluation import EvaluationError
     from training.recordings import RecordingError
     from training.trainer import TrainingError
 
@@ -174,11 +178,12 @@ def user_errors() -> Iterator[None]:
         yield
     except OutputError as error:
         raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, RecordingError, TrainingError, TopicSetupError) as error:
+    except (ArtifactError, EvaluationError, RecordingError, TrainingError,
+            TopicSetupError) as error:
         raise _UserError(str(error)) from None
 
 
-DATA_FORMATS = ["auto", "long-csv", "wide-csv", "jsonl", "nab"]
+DATA_FORMATS = ["auto", "long-csv", "wide-csv", "jsonl", "nab", "skab"]
 _data_argument = click.argument(
     "data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 _format_option = click.option(
@@ -257,61 +262,102 @@ def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path),
               help="Anomaly windows: NAB's combined_windows.json or `cellwatch synth` labels.")
-@click.option("--protocol", type=click.Choice(["artifact", "nab"]), default="artifact",
+@click.option("--protocol", type=click.Choice(["artifact", "nab", "skab"]), default="artifact",
               show_default=True,
               help="artifact: score with a trained model; nab: per file, train on its "
-                   "probationary period, then stream it (NAB's protocol).")
+                   "probationary period, then stream it (NAB's protocol); skab: per file, "
+                   "train on its first --train-readings readings, stream it all, judge the "
+                   "rest (SKAB's protocol; --format auto reads SKAB files).")
+@click.option("--train-readings", type=click.IntRange(min=1),
+              show_default="400, as in SKAB's protocol",
+              help="skab protocol: readings at the start of each file that train its model "
+                   "and are left out of the metrics.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/evaluation"), show_default=True, help="Report directory.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Plot every stream into this folder (default: the 12 streams most worth "
+                   "a look, into <out>/plots).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (every figure of the text report) instead of "
+                   "text; progress goes to stderr.")
 @settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
                  help="Model artifact to evaluate (artifact protocol).")
 @click.pass_context
 def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
-             labels_path: Path | None, protocol: str, out_dir: Path, **_flags: Any) -> None:
+             labels_path: Path | None, protocol: str, train_readings: int | None, out_dir: Path,
+             plots_dir: Path | None, as_json: bool, **_flags: Any) -> None:
     """Score labeled data through the streaming step and report NAB and F1 scores."""
-    from cellwatch.wiring import training_options
     from detector.artifact import load_artifact
-    from training.evaluation import evaluate_artifact, read_label_windows, run_nab_protocol
+    from training.evaluation import DEFAULT_MAX_PLOTS, evaluate_artifact, read_label_windows
+    from training.evaluation_report import report_lines
+    from training.nab_protocol import run_nab_protocol
     from training.recordings import read_recording
+    from training.skab_protocol import SKAB_TRAIN_READINGS, run_skab_protocol
 
+    if train_readings is not None and protocol != "skab":
+        raise click.UsageError("--train-readings applies to --protocol skab only")
     settings = build_settings(ctx)
+    # --plots asks for every stream; without it, the few most worth a look.
+    plot_choice = {"plots_dir": plots_dir,
+                   "max_plots": None if plots_dir is not None else DEFAULT_MAX_PLOTS}
+
+    def progress(done: int, total: int, key: str) -> None:
+        click.echo(f"[{done}/{total}] {key}", err=True)
+
     with user_errors():
         windows = read_label_windows(labels_path) if labels_path else None
+        labels_name = str(labels_path)
         if protocol == "nab":
             if windows is None or len(data) != 1 or not data[0].is_dir():
                 raise click.UsageError("--protocol nab needs one NAB data directory and "
                                        "--labels combined_windows.json")
-            options = dataclasses.replace(
-                training_options(settings.training, verbose=0),
-                sequence_length=NAB_SEQUENCE_LENGTH, batch_size=NAB_BATCH_SIZE)
-            report = run_nab_protocol(
-                data[0], windows, out_dir, options,
-                progress=lambda done, total, key: click.echo(f"[{done}/{total}] {key}"))
+            report = run_nab_protocol(data[0], windows, out_dir,
+                                      _short_prefix_training_options(settings),
+                                      progress=progress, labels_name=labels_name,
+                                      **plot_choice)
+        elif protocol == "skab":
+            if windows is not None:
+                raise click.UsageError("--protocol skab reads its labels from the files' "
+                                       "'anomaly' column; leave out --labels")
+            report = run_skab_protocol(
+                list(data), out_dir, _short_prefix_training_options(settings),
+                train_readings or SKAB_TRAIN_READINGS,
+                "skab" if data_format == "auto" else data_format, progress=progress,
+                **plot_choice)
         else:
             recording = read_recording(list(data), data_format)
             artifact = load_artifact(settings.model.artifact)
-            nab = data_format == "nab" or (len(data) == 1 and data[0].is_dir())
-            report = evaluate_artifact(artifact, recording, out_dir, windows, nab=nab)
+            nab = recording.summary.formats == ("nab",) and len(data) == 1
+            report = evaluate_artifact(artifact, recording, out_dir, windows, nab=nab,
+                                       labels_name=labels_name,
+                                       nab_data_dir=data[0] if nab else None, **plot_choice)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
-    for name, result in report.get("nab", {}).items():
-        click.echo(f"NAB {name}: {result['normalized']:.1f} (threshold "
-                   f"{result['threshold']:.4f})")
-    for kind in ("pointwise", "windowwise"):
-        if kind in report:
-            m = report[kind]
-            click.echo(f"{kind}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
-                       f"F1 {m['f1']:.3f}")
-    click.echo(f"report: {out_dir / 'evaluation.json'}; plots: {out_dir / 'index.md'}")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for line in report_lines(report):
+            click.echo(line)
+
+
+def _short_prefix_training_options(settings: Settings) -> TrainingOptions:
+    """The training settings, adapted to the short prefix each file's model learns from in
+    the per-file protocols (NAB's probationary period, SKAB's first 400 readings)."""
+    from cellwatch.wiring import training_options
+
+    return dataclasses.replace(training_options(settings.training, verbose=0),
+                               sequence_length=SHORT_PREFIX_SEQUENCE_LENGTH,
+                               batch_size=SHORT_PREFIX_BATCH_SIZE)
 
 
 # The shortest NAB file's probationary period (186 rows) must still yield validation windows.
-NAB_SEQUENCE_LENGTH = 32
+SHORT_PREFIX_SEQUENCE_LENGTH = 32
 # A probationary period of at most 750 rows holds about 30 training sequences of 32: the
 # default batch (256) would make one gradient step per epoch; 8 makes about four. On the 35
 # NAB files: standard score 31.3 with 256, 34.6 with 8, 35.9 with 4 (one run each, before
 # the onset fix of b30e15a; 35.0 with 8 after it). 50 epochs instead of 20 scored lower (33.0).
-NAB_BATCH_SIZE = 8
+# SKAB's 400-reading prefix is in the same range, so its protocol uses the same two values.
+SHORT_PREFIX_BATCH_SIZE = 8
 
 
 @main.command()

@@ -1,16 +1,23 @@
-"""Evaluation of a model artifact on labeled recordings, through the worker's streaming step.
+"""Evaluation of scored streams against their labels, through the worker's streaming step.
 
 Every stream is scored reading by reading with :class:`detector.step.StreamingStep`, all
 streams advancing together in one vectorized call per time index, exactly as the worker
-scores them (in process, without Kafka). From the flags and labels come:
+scores them (in process, without Kafka). From the flags, surprises and labels come
+(:mod:`training.detection_metrics`, pooled over the streams and per stream):
 
-* point-wise precision, recall and F1 (each reading is a case);
+* point-wise precision, recall and F1 (each reading is a case), next to the F1 of flagging
+  every reading (the trivial baseline) and the ROC AUC of the surprise;
 * window-wise precision, recall and F1: a labeled window (a run of labeled readings) is found
   when a flag falls inside it; a detection episode (a run of flags, gaps of up to
   ``episode_gap`` readings merged) is correct when it overlaps a labeled window;
-* the NAB score, for NAB-layout data with its windows (:mod:`training.nab`);
-* one PNG per stream: the series, labeled windows shaded, the score below, detections
-  marked; and an ``index.md`` linking them.
+* the NAB score, for NAB-layout data with its windows (:mod:`training.nab`), and NAB
+  results files with a row per input row (:mod:`training.nab_results`);
+* one PNG per stream (:mod:`training.evaluation_plots`) and an ``index.md`` linking them.
+
+Readings before a stream's ``test_start`` (its training prefix, in the SKAB protocol) are
+scored, so the scorer's per-stream statistics see them, but left out of every metric.
+The protocols that train per file are :mod:`training.nab_protocol` and
+:mod:`training.skab_protocol`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,28 @@ import numpy as np
 
 from detector.scorer import MAX_SURPRISE
 from detector.step import StreamingStep
+from training.detection_metrics import (
+    all_flag_baseline,
+    pointwise_metrics,
+    roc_auc,
+    runs,
+    windowwise_metrics,
+)
+from training.evaluation_plots import plot_stream, safe_file_name, write_plot_index
+
+# Names other modules import from here (deploy/demo_watch.py among them).
+__all__ = [
+    "EvaluationError", "StreamScores", "Windows", "check_label_keys", "evaluate_artifact",
+    "evaluate_scores", "labels_from_windows", "plot_stream", "pointwise_metrics",
+    "read_label_windows", "runs", "score_streams", "windowwise_metrics", "write_plot_index",
+]
+
+DEFAULT_MAX_PLOTS = 12
+
+
+class EvaluationError(ValueError):
+    """Evaluation inputs that cannot work together (caught before any training or scoring);
+    the message says what was received and what to give instead."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,107 +116,6 @@ def score_streams(step: StreamingStep,
     }
 
 
-def runs(mask: np.ndarray, merge_gap: int = 0) -> list[tuple[int, int]]:
-    """Inclusive (first, last) index pairs of the True runs of ``mask``.
-
-    Runs separated by at most ``merge_gap`` False values are merged into one.
-    """
-    index = np.flatnonzero(np.asarray(mask, dtype=bool))
-    if index.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(index) > merge_gap + 1)
-    starts = np.concatenate([[index[0]], index[breaks + 1]])
-    ends = np.concatenate([index[breaks], [index[-1]]])
-    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
-
-
-def _f1(precision: float, recall: float) -> float:
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else 0.0
-
-
-def pointwise_metrics(flags: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict:
-    """Precision, recall and F1 over every reading of every stream."""
-    flag = np.concatenate([np.asarray(f, bool) for f in flags])
-    label = np.concatenate([np.asarray(lab, bool) for lab in labels])
-    tp = int(np.sum(flag & label))
-    fp = int(np.sum(flag & ~label))
-    fn = int(np.sum(~flag & label))
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"precision": precision, "recall": recall, "f1": _f1(precision, recall),
-            "true_positives": tp, "false_positives": fp, "false_negatives": fn}
-
-
-def windowwise_metrics(flags: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                       episode_gap: int = 3) -> dict:
-    """Labeled windows found, and detection episodes that were right, over every stream."""
-    windows = found = episodes = correct = 0
-    for flag, label in zip(flags, labels, strict=True):
-        label = np.asarray(label, bool)
-        flag = np.asarray(flag, bool)
-        for first, last in runs(label):
-            windows += 1
-            found += bool(flag[first: last + 1].any())
-        for first, last in runs(flag, merge_gap=episode_gap):
-            episodes += 1
-            correct += bool(label[first: last + 1].any())
-    precision, recall = _ratio(correct, episodes), _ratio(found, windows)
-    return {"precision": precision, "recall": recall, "f1": _f1(precision, recall),
-            "windows": windows, "windows_found": found, "episodes": episodes,
-            "episodes_correct": correct}
-
-
-def plot_stream(scores: StreamScores, channels: Sequence[str], label: np.ndarray | None,
-                threshold_surprise: float, path: Path, title: str | None = None) -> None:
-    """The series (every channel), labeled windows shaded, surprise and onsets below, flags
-    marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import dates as mdates
-    from matplotlib import pyplot as plt
-
-    when = scores.timestamps_ms.astype("datetime64[ms]")
-    figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 5), dpi=90, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    for index, name in enumerate(channels):
-        top.plot(when, scores.values[:, index], linewidth=0.8, label=name)
-    flagged = np.flatnonzero(scores.flag)
-    if flagged.size:
-        top.scatter(when[flagged], scores.values[flagged, scores.top_channel[flagged]],
-                    color="red", s=14, zorder=3, label="flagged")
-    bottom.plot(when, scores.surprise, color="black", linewidth=0.8, label="surprise")
-    onsets = np.flatnonzero(scores.onset > 0)
-    bottom.scatter(when[onsets], scores.onset[onsets], color="tab:blue", marker="^", s=12,
-                   zorder=3, label="onset")
-    bottom.axhline(threshold_surprise, color="red", linestyle="--", linewidth=0.8,
-                   label="threshold")
-    if label is not None:
-        for first, last in runs(label):
-            for axes in (top, bottom):
-                axes.axvspan(when[first], when[last], color="orange", alpha=0.25, linewidth=0)
-    top.set_title(title or scores.stream)
-    top.legend(loc="upper left", fontsize="small", ncol=min(len(channels) + 1, 6))
-    bottom.set_ylabel("surprise (-log10 tail)")
-    bottom.legend(loc="upper left", fontsize="small")
-    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(bottom.xaxis.get_major_locator()))
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def write_plot_index(entries: Sequence[tuple[str, Path, str]], path: Path) -> None:
-    """A Markdown page listing each stream's plot with a one-line summary."""
-    lines = ["# cellwatch evaluation plots", ""]
-    for stream, plot, summary in entries:
-        lines += [f"## {stream}", "", summary, "", f"![{stream}]({plot.relative_to(path.parent)})",
-                  ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 Windows = dict[str, list[tuple[int, int]]]
 
 
@@ -216,66 +144,161 @@ def read_label_windows(path: Path) -> Windows:
     return windows
 
 
-def _safe_name(stream: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stream)
+def check_label_keys(windows: Windows, streams: Sequence[str], labels_name: str) -> None:
+    """Refuses labels none of whose keys is a stream read: every reading would count as
+    normal, and a whole run would be spent to report nothing (NAB's root folder given
+    instead of its ``data/`` folder prefixes every stream id with ``data/``)."""
+    if set(windows) & set(streams):
+        return
+    key = repr(next(iter(windows))) if windows else "none"
+    stream = repr(streams[0]) if streams else "none"
+    raise EvaluationError(
+        f"{labels_name}: none of its {len(windows)} keys names one of the {len(streams)} "
+        f"files read (expected keys equal to the files' paths relative to the folder given; "
+        f"received keys such as {key} and files such as {stream}); for NAB, give the data/ "
+        f"folder, whose files are named like its keys ('realKnownCause/nyc_taxi.csv')")
+
+
+def _detection_figures(scored: Mapping[str, StreamScores], labels: Mapping[str, np.ndarray],
+                       test_start: Mapping[str, int], threshold: float,
+                       episode_gap: int) -> dict:
+    """Pooled and per-stream metrics over each labeled stream's readings from its
+    ``test_start`` on."""
+    streams = [s for s in scored if s in labels]
+    flags = [scored[s].flag[test_start[s]:] for s in streams]
+    truth = [np.asarray(labels[s], bool)[test_start[s]:] for s in streams]
+    surprise = [scored[s].surprise[test_start[s]:] for s in streams]
+    per_stream = {}
+    for stream, flag, label, stream_surprise in zip(streams, flags, truth, surprise,
+                                                    strict=True):
+        point = pointwise_metrics([flag], [label])
+        window = windowwise_metrics([flag], [label], episode_gap)
+        per_stream[stream] = {
+            "readings": len(scored[stream].score), "evaluated_readings": len(flag),
+            "labeled_readings": int(label.sum()), "flagged_readings": int(flag.sum()),
+            "precision": point["precision"], "recall": point["recall"], "f1": point["f1"],
+            "all_flag_f1": all_flag_baseline([label])["f1"],
+            "roc_auc": roc_auc([stream_surprise], [label])["auc"],
+            "windows": window["windows"], "windows_found": window["windows_found"],
+            "episodes": window["episodes"], "episodes_correct": window["episodes_correct"]}
+    return {
+        "labeled_readings": int(sum(int(t.sum()) for t in truth)),
+        "pointwise": pointwise_metrics(flags, truth, threshold),
+        "all_flag_baseline": all_flag_baseline(truth),
+        "roc_auc": roc_auc(surprise, truth),
+        "windowwise": windowwise_metrics(flags, truth, episode_gap),
+        "per_stream": per_stream,
+    }
+
+
+def _write_nab_outputs(scored: Mapping[str, StreamScores], nab_windows: Windows,
+                       out_dir: Path, detector_name: str, nab_data_dir: Path | None) -> dict:
+    """NAB's scores over the corpus and its results files; the report's ``nab`` entries."""
+    from training.nab import PROFILES, ScoredFile, nab_scores, write_nab_results
+    from training.nab_results import write_results_per_input_row
+
+    files = [ScoredFile(key, s.timestamps_ms, s.anomaly_score,
+                        tuple(nab_windows.get(key, ()))) for key, s in scored.items()]
+    results = nab_scores(files, PROFILES)
+    repeated = 0
+    for key, s in scored.items():
+        windows = nab_windows.get(key, ())
+        if nab_data_dir is not None:
+            repeated += write_results_per_input_row(out_dir / "results", detector_name, key,
+                                                    nab_data_dir / key, s.timestamps_ms,
+                                                    s.anomaly_score, windows)
+        else:
+            write_nab_results(out_dir / "results", detector_name, key, s.timestamps_ms,
+                              s.values[:, 0], s.anomaly_score, windows)
+    return {"nab": {name: dataclasses.asdict(result) for name, result in results.items()},
+            "nab_results": {"directory": str(out_dir / "results" / detector_name),
+                            "repeated_rows_scored_zero": repeated}}
+
+
+def _plot_streams(scored: Mapping[str, StreamScores], channels: Sequence[str],
+                  labels: Mapping[str, np.ndarray] | None, test_start: Mapping[str, int],
+                  threshold: float, plots_dir: Path, index_path: Path,
+                  max_plots: int | None) -> list[str]:
+    """Plots of the ``max_plots`` streams most worth a look (None: all), and their index."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    # Labeled and flagged streams first: they are the ones worth a look.
+    ranked = sorted(scored, key=lambda s: (-(labels is not None and s in labels
+                                             and bool(labels[s].any())),
+                                           -int(scored[s].flag.sum())))
+    chosen = ranked if max_plots is None else ranked[:max_plots]
+    entries = []
+    surprise_threshold = -np.log10(1.0 - threshold)
+    for stream in chosen:
+        path = plots_dir / f"{safe_file_name(stream)}.png"
+        label = labels.get(stream) if labels else None
+        plot_stream(scored[stream], channels, label, surprise_threshold, path,
+                    test_start=test_start[stream] or None, standardize=len(channels) > 1)
+        found = int(scored[stream].flag.sum())
+        summary = f"{len(scored[stream].score)} readings, {found} flagged" + (
+            f", {int(label.sum())} labeled anomalous" if label is not None else "")
+        if test_start[stream]:
+            summary += f"; the first {test_start[stream]} trained the model"
+        entries.append((stream, path, summary))
+    write_plot_index(entries, index_path)
+    return [str(path) for _, path, _ in entries]
 
 
 def evaluate_scores(scored: Mapping[str, StreamScores], channels: Sequence[str],
                     labels: Mapping[str, np.ndarray] | None, nab_windows: Windows | None,
                     out_dir: Path, threshold: float, detector_name: str = "cellwatch",
-                    max_plots: int = 12, episode_gap: int = 3) -> dict:
-    """Metrics, NAB score and results files, and plots for scored streams; returns the report."""
-    from training.nab import PROFILES, ScoredFile, nab_scores, write_nab_results
+                    max_plots: int | None = DEFAULT_MAX_PLOTS, episode_gap: int = 3,
+                    plots_dir: Path | None = None,
+                    test_start: Mapping[str, int] | None = None,
+                    nab_data_dir: Path | None = None) -> dict:
+    """Metrics, NAB score and results files, and plots for scored streams; returns the report.
 
+    Args:
+        labels: per stream, a label per reading (True = anomalous); None: no metrics.
+        nab_windows: NAB windows per file key: score with NAB's rules and write results.
+        max_plots: how many streams to plot (None: all), into ``plots_dir`` (default
+            ``out_dir/plots``); ``out_dir/index.md`` links them.
+        test_start: per stream, its first evaluated reading (default 0): earlier readings
+            are plotted but left out of the metrics.
+        nab_data_dir: the NAB data folder, so results files get a row per input row.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = {stream: int((test_start or {}).get(stream, 0)) for stream in scored}
     report: dict = {
         "streams": len(scored),
         "readings": int(sum(len(s.score) for s in scored.values())),
+        "evaluated_readings": int(sum(len(s.score) - start[k] for k, s in scored.items())),
         "flagged_readings": int(sum(int(s.flag.sum()) for s in scored.values())),
+        "threshold": threshold,
+        "episode_gap": episode_gap,
     }
     if labels:
-        streams = [s for s in scored if s in labels]
-        flags = [scored[s].flag for s in streams]
-        truth = [labels[s] for s in streams]
-        report["labeled_readings"] = int(sum(int(t.sum()) for t in truth))
-        report["pointwise"] = pointwise_metrics(flags, truth)
-        report["windowwise"] = windowwise_metrics(flags, truth, episode_gap)
+        report.update(_detection_figures(scored, labels, start, threshold, episode_gap))
     if nab_windows is not None:
-        files = [ScoredFile(key, s.timestamps_ms, s.anomaly_score,
-                            tuple(nab_windows.get(key, ()))) for key, s in scored.items()]
-        results = nab_scores(files, PROFILES)
-        report["nab"] = {name: dataclasses.asdict(result) for name, result in results.items()}
-        for key, s in scored.items():
-            write_nab_results(out_dir / "results", detector_name, key, s.timestamps_ms,
-                              s.values[:, 0], s.anomaly_score, nab_windows.get(key, ()))
-    plots_dir = out_dir / "plots"
-    plots_dir.mkdir(exist_ok=True)
-    # Labeled and flagged streams first: they are the ones worth a look.
-    ranked = sorted(scored, key=lambda s: (-(labels is not None and s in labels
-                                             and bool(labels[s].any())),
-                                           -int(scored[s].flag.sum())))
-    entries = []
-    surprise_threshold = -np.log10(1.0 - threshold)
-    for stream in ranked[:max_plots]:
-        path = plots_dir / f"{_safe_name(stream)}.png"
-        label = labels.get(stream) if labels else None
-        plot_stream(scored[stream], channels, label, surprise_threshold, path)
-        found = int(scored[stream].flag.sum())
-        summary = f"{len(scored[stream].score)} readings, {found} flagged" + (
-            f", {int(label.sum())} labeled anomalous" if label is not None else "")
-        entries.append((stream, path, summary))
-    write_plot_index(entries, out_dir / "index.md")
-    report["plots"] = [str(path) for _, path, _ in entries]
+        report.update(_write_nab_outputs(scored, nab_windows, out_dir, detector_name,
+                                         nab_data_dir))
+    plots_dir = plots_dir if plots_dir is not None else out_dir / "plots"
+    report["plots"] = _plot_streams(scored, channels, labels, start, threshold, plots_dir,
+                                    out_dir / "index.md", max_plots)
+    report["plotted_streams"] = len(report["plots"])
+    report["plots_index"] = str(out_dir / "index.md")
+    report["report_path"] = str(out_dir / "evaluation.json")
     return report
 
 
 def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | None = None,
-                      nab: bool = False, detector_name: str = "cellwatch") -> dict:
+                      nab: bool = False, detector_name: str = "cellwatch",
+                      plots_dir: Path | None = None,
+                      max_plots: int | None = DEFAULT_MAX_PLOTS,
+                      labels_name: str = "the labels", nab_data_dir: Path | None = None) -> dict:
     """Scores ``recording`` with a loaded artifact and evaluates it against its labels.
 
-    Labels come from the recording's ``label`` column, or else from ``windows``. With ``nab``
-    the NAB score is computed from ``windows`` and NAB results files are written.
+    Labels come from the recording's ``label`` column, or else from ``windows`` (named
+    ``labels_name`` in messages), which must name at least one of its streams. With ``nab``
+    the NAB score is computed from ``windows`` and NAB results files are written (a row per
+    input row of the files under ``nab_data_dir``, when given).
     """
+    if windows is not None and not recording.labeled:
+        check_label_keys(windows, list(recording.streams), labels_name)
     filled = recording.filled()
     scored = score_streams(artifact.step, {key: (s.timestamps_ms, s.values)
                                            for key, s in filled.streams.items()})
@@ -287,58 +310,9 @@ def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | Non
     else:
         labels = None
     report = evaluate_scores(scored, recording.channels, labels, windows if nab else None,
-                             out_dir, artifact.metadata.scorer.threshold, detector_name)
+                             out_dir, artifact.metadata.scorer.threshold, detector_name,
+                             max_plots=max_plots, plots_dir=plots_dir,
+                             nab_data_dir=nab_data_dir if nab else None)
+    report["protocol"] = "artifact"
     report["model_version"] = artifact.metadata.model_version
-    return report
-
-
-def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
-                     detector_name: str = "cellwatch", progress=None) -> dict:
-    """NAB's protocol: per file, train only on its probationary period, then stream it all.
-
-    One set of hyperparameters (``options``) serves every file; the normalization, the
-    model and the early stopping see nothing after the probationary period, and the scorer
-    learns online as the worker's does. Results are scored with NAB's rules over the corpus,
-    from each reading's onset (:attr:`StreamScores.anomaly_score`).
-
-    Every file's model is trained from the same seeded initial weights through one
-    :class:`~training.trainer.ModelCache`, so files stay independent (a file scores the same
-    alone or after others) while the model is built and traced once. Cost, measured on 2
-    shared cores: about 2 s of training per file plus the streaming step (~130 us per
-    reading); the 35 files of NAB's labeled corpus here take about 2 to 2.5 minutes.
-    """
-    import time
-
-    from detector.model import step_params
-    from detector.step import StreamingStep
-    from training.nab import probation_rows
-    from training.recordings import Recording, StreamSeries, read_recording
-    from training.trainer import ModelCache, fit
-
-    started = time.monotonic()
-    recording = read_recording([data_dir], "nab").filled()
-    scored: dict[str, StreamScores] = {}
-    per_file = {}
-    # One compiled model serves every file, its weights re-initialized from the seed each time.
-    cache = ModelCache()
-    for index, (key, series) in enumerate(recording.streams.items()):
-        file_started = time.monotonic()
-        probation = probation_rows(len(series))
-        learning = Recording.from_series(recording.channels, [StreamSeries(
-            key, series.timestamps_ms[:probation], series.values[:probation])])
-        fitted = fit(learning, options, cache=cache)
-        step = StreamingStep(step_params(fitted.model), fitted.scaler, options.scorer)
-        scored.update(score_streams(step, {key: (series.timestamps_ms, series.values)}))
-        per_file[key] = {"rows": len(series), "probation_rows": probation,
-                         "epochs": fitted.report["epochs_run"],
-                         "seconds": round(time.monotonic() - file_started, 2)}
-        if progress is not None:
-            progress(index + 1, len(recording.streams), key)
-    labels = {key: labels_from_windows(s.timestamps_ms, windows.get(key, ()))
-              for key, s in recording.streams.items()}
-    report = evaluate_scores(scored, recording.channels, labels, windows, out_dir,
-                             options.scorer.threshold, detector_name)
-    report["protocol"] = "nab"
-    report["files"] = per_file
-    report["seconds"] = round(time.monotonic() - started, 1)
     return report

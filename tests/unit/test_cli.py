@@ -122,3 +122,101 @@ def test_synth_writes_a_readable_labeled_recording(tmp_path: Path) -> None:
     assert len(recording) == 1200 and recording.labeled
     labels = read_labels(tmp_path / "d" / "labels.json")
     assert labels and {label.stream for label in labels} <= set(recording.streams)
+
+
+def write_skab_experiment(path: Path, fault: tuple[int, int], length: int = 600) -> None:
+    """A made-up SKAB file: `;`-separated, a channel name with spaces, labels as 0.0/1.0."""
+    import datetime as dt
+
+    import numpy as np
+
+    rng = np.random.default_rng(fault[0])
+    start = dt.datetime(2020, 3, 9, 10, 0, 0)
+    rows = ["datetime;Pressure;Volume Flow RateRMS;anomaly;changepoint"]
+    for i in range(length):
+        faulty = fault[0] <= i < fault[1]
+        pressure = 1.0 + 0.1 * np.sin(i / 20) + 0.02 * rng.normal() + 3.0 * faulty
+        flow = 32.0 + 0.5 * np.cos(i / 30) + 0.1 * rng.normal()
+        rows.append(f"{start + dt.timedelta(seconds=i):%Y-%m-%d %H:%M:%S};{float(pressure)!r};"
+                    f"{float(flow)!r};{float(faulty)};0.0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+
+
+SMALL_MODEL = {"CELLWATCH_TRAINING_EPOCHS": "2", "CELLWATCH_TRAINING_MEMORY_UNITS": "4",
+               "CELLWATCH_TRAINING_HIDDEN_UNITS": "4"}
+
+
+def test_evaluate_skab_protocol_text_report_and_json(tmp_path: Path) -> None:
+    write_skab_experiment(tmp_path / "skab" / "valve1" / "0.csv", (400, 480))
+    write_skab_experiment(tmp_path / "skab" / "valve1" / "1.csv", (350, 450))
+    out, plots = tmp_path / "out", tmp_path / "every-plot"
+    args = ["evaluate", str(tmp_path / "skab"), "--protocol", "skab", "--train-readings",
+            "200", "--out", str(out)]
+
+    text = run([*args, "--plots", str(plots)], env=SMALL_MODEL)
+    assert text.exit_code == 0, text.output
+    assert "[2/2] valve1/1.csv" in text.stderr and "[2/2]" not in text.stdout
+    lines = text.stdout.splitlines()
+    assert lines[0] == ("protocol skab: 2 streams, 1200 readings, 800 evaluated (the first "
+                        "200 of each stream trained its model)")
+    assert any(line.startswith("point-wise F1 ") and "(flag = likelihood >= 0.999, every "
+               "reading a case)" in line for line in lines)
+    # 80 + 100 of the 800 evaluated readings are labelled: 180 / (180 + 620 / 2).
+    assert any(line.startswith("all-flag baseline F1 0.367 (every reading flagged)")
+               for line in lines)
+    assert any(line.startswith("window-wise F1 ") for line in lines)
+    assert sorted(path.name for path in plots.iterdir()) == ["valve1_0.csv.png",
+                                                            "valve1_1.csv.png"]
+
+    as_json = run([*args, "--json"], env=SMALL_MODEL)
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)  # nothing but the JSON on stdout
+    assert report == json.loads((out / "evaluation.json").read_text())
+    assert report["all_flag_baseline"]["f1"] == 180 / (180 + 620 / 2)
+    assert set(report["per_stream"]) == {"valve1/0.csv", "valve1/1.csv"}
+    # Without --plots, the default folder <out>/plots.
+    assert len(report["plots"]) == 2 and all(
+        Path(path).parent == out / "plots" for path in report["plots"])
+
+
+def test_evaluate_nab_protocol_refuses_nab_root_and_labels_matching_no_file(
+        tmp_path: Path) -> None:
+    data = tmp_path / "NAB" / "data" / "realKnownCause" / "x.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("timestamp,value\n2014-04-01 00:00:00,1\n")
+    labels = tmp_path / "NAB" / "labels" / "combined_windows.json"
+    labels.parent.mkdir()
+    labels.write_text(json.dumps({"realKnownCause/nyc_taxi.csv": []}))
+
+    root = run(["evaluate", str(tmp_path / "NAB"), "--protocol", "nab", "--labels",
+                str(labels), "--out", str(tmp_path / "out")])
+    assert root.exit_code == 1
+    assert "this is NAB's root folder (it holds data/ and labels/)" in root.output
+    assert f"give {tmp_path / 'NAB' / 'data'}" in root.output
+
+    unmatched = run(["evaluate", str(tmp_path / "NAB" / "data"), "--protocol", "nab",
+                     "--labels", str(labels), "--out", str(tmp_path / "out")])
+    assert unmatched.exit_code == 1
+    assert (f"{labels}: none of its 1 keys names one of the 1 files read") in unmatched.output
+    assert "'realKnownCause/nyc_taxi.csv'" in unmatched.output
+    assert "'realKnownCause/x.csv'" in unmatched.output
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run(["evaluate", str(empty), "--protocol", "nab", "--labels", str(labels)])
+    assert nothing.exit_code == 1
+    assert f"{empty}: no .csv files in this directory" in nothing.output
+
+
+def test_evaluate_skab_protocol_takes_its_labels_from_the_files(tmp_path: Path) -> None:
+    labels = tmp_path / "windows.json"
+    labels.write_text("{}")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--protocol", "skab",
+                                       "--labels", str(labels)], env={})
+    assert result.exit_code == 2
+    assert "--protocol skab reads its labels from the files' 'anomaly' column" in result.output
+    other = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--protocol", "nab",
+                                      "--train-readings", "100"], env={})
+    assert other.exit_code == 2
+    assert "--train-readings applies to --protocol skab only" in other.output

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from detector.readings import format_timestamp_ms, parse_timestamp_ms
+from training.recording_parsing import fast_timestamps
 from training.recordings import (
     Recording,
     RecordingError,
     StreamSeries,
-    _fast_timestamps,
     read_recording,
     write_jsonl,
     write_long_csv,
@@ -358,7 +358,7 @@ def test_jsonl_label_and_stream_values(tmp_path):
     )
 
 
-def test_a_directory_is_only_read_as_nab(tmp_path):
+def test_a_directory_is_only_read_as_nab_or_skab(tmp_path):
     write(tmp_path / "d" / "x.csv", f"timestamp,value\n{iso(0)},1\n")
     assert f"{tmp_path / 'd'}: is a directory (expected a long-csv file" in str(
         problems_of(tmp_path / "d", format="long-csv"))
@@ -418,18 +418,18 @@ def test_fast_timestamp_parsing_agrees_with_parse_timestamp_ms():
     rng = np.random.default_rng(3)
     ms = rng.integers(0, 253_402_300_799_999, 5000)
     texts = [format_timestamp_ms(m) for m in ms.tolist()]
-    np.testing.assert_array_equal(_fast_timestamps(texts), ms)
+    np.testing.assert_array_equal(fast_timestamps(texts), ms)
     for shape in (lambda s: s[:-1], lambda s: s[:19], lambda s: s[:19] + "Z",
                   lambda s: s.replace("T", " ")):
         shaped = [shape(text) for text in texts]
-        np.testing.assert_array_equal(_fast_timestamps(shaped),
+        np.testing.assert_array_equal(fast_timestamps(shaped),
                                       [parse_timestamp_ms(t) for t in shaped])
     # Leap day, invalid dates and other shapes are left to parse_timestamp_ms.
-    assert _fast_timestamps(["2024-02-29T12:00:00Z"]).tolist() == [
+    assert fast_timestamps(["2024-02-29T12:00:00Z"]).tolist() == [
         parse_timestamp_ms("2024-02-29T12:00:00Z")]
     for text in ("2023-02-29T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:00+01:00",
                  "1969-12-31T23:59:59Z", "2024-01-01X00:00:00Z"):
-        assert _fast_timestamps([text]) is None
+        assert fast_timestamps([text]) is None
 
 
 def test_many_rows_with_uniform_and_irregular_timestamps_agree(tmp_path):
