@@ -1,11 +1,12 @@
-"""Portability: the tests that compare outputs bit for bit pass with NumPy's BLAS forced to
-other CPU kernels, and the streaming step's outputs do not change with the kernel at all.
+"""Portability: the tests that compare outputs bit for bit pass while this machine computes
+as other CPUs would, and the streaming step's outputs do not change with the BLAS kernel.
 
 A machine with another CPU runs other OpenBLAS kernels, whose float32 products round
-differently (an AMD EPYC without AVX-512 once failed 22 tests that passed elsewhere).
-``OPENBLAS_CORETYPE`` makes this machine run those kernels, so a developer sees here what
-another CPU would show. Each run is a fresh interpreter: OpenBLAS reads the variable when
-it loads.
+differently, and other NumPy SIMD code (an AMD EPYC without AVX-512 once failed 22 tests
+that passed elsewhere). ``OPENBLAS_CORETYPE`` makes this machine run another CPU's BLAS
+kernels, ``NPY_DISABLE_CPU_FEATURES`` NumPy's code for a CPU without AVX-512 (or AVX2), so
+a developer sees here what another CPU would show. Each run is a fresh interpreter: both
+are read when the libraries load.
 """
 
 from __future__ import annotations
@@ -56,6 +57,27 @@ def _kernels() -> list[str]:
     return kernels
 
 
+def _numpy_levels() -> list[str]:
+    """NumPy SIMD dispatch targets this CPU has above x86-64-v2, highest first: disabling
+    them (``NPY_DISABLE_CPU_FEATURES``) runs the code paths of a CPU without them, such as
+    an AMD EPYC without AVX-512."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return [level for level in ("AVX512_SPR", "AVX512_ICL", "X86_V4", "X86_V3")
+            if __cpu_features__.get(level)]
+
+
+def _environments() -> dict[str, dict[str, str]]:
+    """Each a way this machine can compute as another CPU would."""
+    environments = {f"openblas-{kernel}": {"OPENBLAS_CORETYPE": kernel} for kernel in _kernels()}
+    levels = _numpy_levels()
+    for index, level in enumerate(levels):
+        # Disabling a level disables the ones above it too.
+        environments[f"numpy-without-{level}"] = {
+            "NPY_DISABLE_CPU_FEATURES": " ".join(levels[: index + 1])}
+    return environments
+
+
 def _uses_openblas() -> bool:
     config = np.show_config(mode="dicts")
     blas = config.get("Build Dependencies", {}).get("blas", {})
@@ -92,23 +114,24 @@ print(digest.hexdigest())
 """
 
 
-def _run(kernel: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "OPENBLAS_NUM_THREADS": "1",
+def _run(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **environment, "OPENBLAS_NUM_THREADS": "1",
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
                           capture_output=True, timeout=600, check=False)
 
 
-def test_the_step_gives_the_same_bits_with_every_kernel():
+def test_the_step_gives_the_same_bits_with_every_blas_kernel():
     fingerprints = {}
     for kernel in _kernels():
-        run = _run(kernel, "-c", _FINGERPRINT)
+        run = _run({"OPENBLAS_CORETYPE": kernel}, "-c", _FINGERPRINT)
         assert run.returncode == 0, run.stderr
         fingerprints[kernel] = run.stdout.strip()
     assert len(set(fingerprints.values())) == 1, fingerprints
 
 
-@pytest.mark.parametrize("kernel", _kernels())
-def test_comparing_tests_pass_with_kernel(kernel):
-    run = _run(kernel, "-m", "pytest", "-q", "-p", "no:cacheprovider", *COMPARING_TESTS)
+@pytest.mark.parametrize("name", list(_environments()))
+def test_comparing_tests_pass_computing_as_another_cpu(name):
+    run = _run(_environments()[name], "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               *COMPARING_TESTS)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
