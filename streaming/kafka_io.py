@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import __version__ as kafka_version
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -56,6 +57,52 @@ class _ListenerAdapter(AsyncConsumerRebalanceListener):
         self.listener.on_lost(self._partitions(lost))
 
 
+def keep_rejoin_requested_until_joined(consumer: KafkaConsumer) -> bool:
+    """Workaround for a consumer that stops consuming after a rebalance (kafka-python 3.0.12).
+
+    kafka-python decides whether to (re)join the group in ``need_rejoin()``
+    (``kafka/coordinator/consumer.py``; the join loop is ``join_group_async`` in ``base.py``):
+    true when its ``rejoin_needed`` flag is set, or when the group leader sees that the topic
+    metadata changed since its last assignment (``_assignment_snapshot`` differs from
+    ``_metadata_snapshot``). Only the flag is cleared by a completed join; the metadata
+    condition is cleared as a side effect of the leader *starting* its assignment. A
+    ``poll(timeout_ms)`` that ends while the JoinGroup/SyncGroup it started is still in
+    flight leaves that join unfinished, and the next poll re-enters it only while
+    ``need_rejoin()`` holds. So when a rebalance that only the metadata asked for outlives
+    one poll (a slow revoke callback, a loaded machine) and finishes before the next poll,
+    ``need_rejoin()`` is false from then on: the assignment is never applied, the heartbeat
+    (disabled during the join) never resumes, the broker evicts the member after
+    ``session_timeout_ms``, and the consumer polls forever without partitions and without
+    an error.
+
+    The Java client fixed the same flaw in KAFKA-9815 (apache/kafka#8420) by setting the
+    flag whenever the metadata condition asks for a rejoin; this does the same for this
+    consumer's coordinator: once a rejoin is needed it stays needed until a join completes.
+    A join whose task finished unobserved is then sent again (one more, short rebalance)
+    instead of being lost. Harmless with a kafka-python that already behaves so; remove it
+    once kafka-python sets the flag itself.
+
+    Returns whether the workaround is in place (False, with a warning, when kafka-python's
+    internals no longer look as expected).
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    request_rejoin = getattr(coordinator, "request_rejoin", None)
+    if need_rejoin is None or request_rejoin is None:
+        log.warning("kafka-python %s: consumer coordinator without need_rejoin/request_rejoin; "
+                    "the rejoin workaround is not applied", kafka_version)
+        return False
+
+    def rejoin_until_joined() -> bool:
+        if need_rejoin():
+            request_rejoin()  # cleared only by a completed join
+            return True
+        return False
+
+    coordinator.need_rejoin = rejoin_until_joined
+    return True
+
+
 def _offsets(topic: str, next_offsets: Mapping[int, int]) -> dict:
     return {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
             for partition, offset in next_offsets.items()}
@@ -92,13 +139,20 @@ class KafkaReadingSource:
         self._positions: dict[int, int] = {}
         # kafka-python may join the group before it has the topic's metadata, and its
         # assignor then hands out no partitions for good (dpkp/kafka-python#2377); loading the
-        # metadata before subscribing closes that window.
+        # metadata before the first poll (which joins the group) closes that window. Checked
+        # before subscribing: a subscription's metadata request may auto-create the topic.
         if not self._consumer.partitions_for_topic(topic):
             self._consumer.close(autocommit=False)
             raise OutputError(f"the readings topic {topic!r} does not exist or has no "
                               f"partitions")
+        keep_rejoin_requested_until_joined(self._consumer)
         self._consumer.subscribe([topic], listener=_ListenerAdapter(topic, listener,
                                                                     self._consumer))
+        # kafka-python takes its snapshot of the subscribed topics' partitions from metadata
+        # that arrives after subscribing; without a fetch here the first assignment is made
+        # against an empty snapshot, and the next metadata refresh (which the assignment
+        # itself requests) forces a second, needless rebalance right after most starts.
+        self._consumer.topics()
 
     def poll(self, timeout_ms: int, max_records: int) -> list[SourceRecord]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)

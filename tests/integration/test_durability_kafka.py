@@ -1,10 +1,12 @@
 """Durability against a real broker: SIGKILLed workers, a consumer group that loses and gains
 members, and a broker restart. In every case the scores, deduplicated by (stream, ts), equal
-those of one uninterrupted in-process run for every reading, and none is missing."""
+those of one uninterrupted in-process run for every reading, byte for byte, and none is
+missing."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from detector.artifact import load_artifact
+from streaming import worker as worker_module
 from streaming.engine import Reading, ScoringEngine
 from streaming.state_store import StateStore
 from tests.integration.servers import REPO_ROOT, KafkaBroker, free_port
@@ -36,10 +40,9 @@ from tests.integration.streaming_support import (
     worker_settings,
     worker_thread,
 )
+from tests.unit.streaming.conftest import DurabilityFault, FaultyEngine
 
 pytestmark = pytest.mark.integration
-
-TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +126,18 @@ def worker_env(bootstrap: str, artifact: Path, topic: str, prefix: str) -> dict[
 
 
 def reference_scores(artifact: Path, rows: Sequence[tuple[str, int, list[float]]]
-                     ) -> dict[tuple[str, int], dict]:
-    """One uninterrupted run in process: the engine over every reading, in order."""
+                     ) -> dict[tuple[str, int], bytes]:
+    """One uninterrupted run in process: the engine over every reading, in order; each
+    reading's score record."""
     loaded = load_artifact(artifact)
     engine = ScoringEngine(loaded.step, StateStore(loaded.step.layout), CHANNELS,
                            loaded.metadata.model_version)
-    out: dict[tuple[str, int], dict] = {}
+    out: dict[tuple[str, int], bytes] = {}
     for start in range(0, len(rows), 5000):
         batch = [Reading(s, ts, np.asarray(v, np.float32)) for s, ts, v in
                  rows[start:start + 5000]]
-        for _, value in engine.process(batch).scores:
-            record = json.loads(value)
-            out[(record["stream"], record["ts"])] = record
+        for reading, (_, value) in zip(batch, engine.process(batch).scores, strict=True):
+            out[(reading.stream, reading.ts_ms)] = value
     return out
 
 
@@ -158,27 +161,40 @@ def read_everything(bootstrap: str, topic: str, timeout_s: float = 120.0) -> lis
         consumer.close()
 
 
-def assert_equal_to_uninterrupted(bootstrap: str, scores_topic: str,
-                                  expected: dict[tuple[str, int], dict]) -> int:
-    """Deduplicated by key, the published scores equal the reference; returns how many
-    records were read (duplicates included)."""
-    published: dict[tuple[str, int], list[dict]] = {}
-    records = read_everything(bootstrap, scores_topic)
+def score_discrepancies(records: Sequence, expected: dict[tuple[str, int], bytes]
+                        ) -> list[str]:
+    """How the published score records differ from the uninterrupted run's, deduplicated by
+    (stream, ts): a reading never scored or scored without being sent, a record keyed by
+    another stream, or any copy of a record not identical byte for byte (a replayed reading
+    must reproduce the very record). Empty when no reading was lost and none applied twice:
+    one applied twice moves its stream's state, so the stream's next records differ."""
+    published: dict[tuple[str, int], list[bytes]] = {}
+    found: list[str] = []
     for record in records:
         value = json.loads(record.value)
-        assert record.key == value["stream"].encode()
-        published.setdefault((value["stream"], value["ts"]), []).append(value)
-    missing = expected.keys() - published.keys()
-    extra = published.keys() - expected.keys()
-    assert not missing, f"{len(missing)} readings never scored, e.g. {sorted(missing)[:3]}"
-    assert not extra, f"{len(extra)} scores for readings never sent, e.g. {sorted(extra)[:3]}"
-    for key, values in published.items():
-        reference = expected[key]
-        for value in values:
-            for field in ("score", "likelihood", "surprise"):
-                assert abs(value[field] - reference[field]) <= TOLERANCE, (key, field, value,
-                                                                          reference)
-            assert value["flag"] == reference["flag"], (key, value, reference)
+        key = (value["stream"], value["ts"])
+        if record.key != value["stream"].encode():
+            found.append(f"stream {key[0]!r} ts {key[1]}: keyed {record.key!r}")
+        published.setdefault(key, []).append(record.value)
+    found += [f"stream {stream!r} ts {ts}: never scored"
+              for stream, ts in sorted(expected.keys() - published.keys())]
+    found += [f"stream {stream!r} ts {ts}: scored but never sent"
+              for stream, ts in sorted(published.keys() - expected.keys())]
+    for (stream, ts), values in sorted(published.items()):
+        reference = expected.get((stream, ts))
+        for value in sorted(set(values) - {reference}) if reference is not None else ():
+            found.append(f"stream {stream!r} ts {ts}: published {value!r}, uninterrupted "
+                         f"{reference!r}")
+    return found
+
+
+def assert_equal_to_uninterrupted(bootstrap: str, scores_topic: str,
+                                  expected: dict[tuple[str, int], bytes]) -> int:
+    """Deduplicated by key, the published scores equal the reference byte for byte; returns
+    how many records were read (duplicates included)."""
+    records = read_everything(bootstrap, scores_topic)
+    found = score_discrepancies(records, expected)
+    assert not found, f"{len(found)} discrepancies, first:\n" + "\n".join(found[:5])
     return len(records)
 
 
@@ -198,6 +214,44 @@ def all_committed(bootstrap: str, group: str, topic: str) -> bool:
 
 def messages_of(rows) -> list[tuple[bytes, bytes]]:
     return [(stream.encode(), reading_bytes(stream, ts, values)) for stream, ts, values in rows]
+
+
+@pytest.mark.parametrize("fault_kind", [None, "drop", "apply_twice"])
+def test_the_durability_check_reports_a_reading_lost_or_applied_twice(
+        kafka_broker, topic_factory, unique_name, artifact, monkeypatch, fault_kind):
+    """The check the other tests end with, after a worker whose engine mishandles one
+    reading every time it sees it: dropped (never applied nor scored, its offset committed
+    all the same) or applied twice to its stream's state. The worker runs in this process,
+    so that its engine can be replaced; Kafka and everything else are real. Without a fault
+    the check finds nothing; with one it names the stream and the reading."""
+    bootstrap = kafka_broker.bootstrap
+    topic = topic_factory(partitions=2, purpose="readings")
+    prefix = unique_name("fault")
+    streams = 20
+    rows = readings(streams=streams, per_stream=30, seed=26)
+    produce(bootstrap, topic, messages_of(rows))
+    expected = reference_scores(artifact, rows)
+    stream, faulty_ts, _ = rows[10 * streams + 3]  # the 11th reading of stream-003
+    following_ts = rows[11 * streams + 3][1]
+    if fault_kind is not None:
+        monkeypatch.setattr(worker_module, "ScoringEngine", functools.partial(
+            FaultyEngine, fault=DurabilityFault(fault_kind, stream, faulty_ts)))
+
+    with worker_thread(worker_settings(bootstrap, artifact, topic, prefix)) as running:
+        registry = running["endpoint"].registry
+        wait_until(lambda: (registry.get_sample_value("cellwatch_readings_consumed_total")
+                            or 0) >= len(rows), 120, "every reading consumed")
+    found = score_discrepancies(read_everything(bootstrap, f"{prefix}-scores"), expected)
+
+    if fault_kind is None:
+        assert found == []
+        return
+    assert found, "the check missed the fault"
+    assert all(line.startswith(f"stream {stream!r} ts ") for line in found), found
+    if fault_kind == "drop":
+        assert found[0] == f"stream {stream!r} ts {faulty_ts}: never scored", found
+    else:  # the doubly applied reading's own score is right; the next one is not
+        assert found[0].startswith(f"stream {stream!r} ts {following_ts}: "), found
 
 
 def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
@@ -346,24 +400,18 @@ def test_transactions_give_read_committed_consumers_each_score_once(
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)  # the last stable offsets: all committed
-        seen: dict[tuple[str, int], int] = {}
-        values: dict[tuple[str, int], dict] = {}
+        records: list = []
         deadline = time.monotonic() + 120
         while any(consumer.position(tp) < ends[tp] for tp in partitions):
             assert time.monotonic() < deadline, "scores not read within 120 s"
             for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    value = json.loads(record.value)
-                    key = (value["stream"], value["ts"])
-                    seen[key] = seen.get(key, 0) + 1
-                    values[key] = value
+                records.extend(batch)
     finally:
         consumer.close()
-    assert seen.keys() == expected.keys()
+    found = score_discrepancies(records, expected)
+    assert not found, f"{len(found)} discrepancies, first:\n" + "\n".join(found[:5])
+    seen = Counter((json.loads(r.value)["stream"], json.loads(r.value)["ts"]) for r in records)
     assert max(seen.values()) == 1, "a read_committed consumer saw a score twice"
-    for key, value in values.items():
-        for field in ("score", "likelihood", "surprise"):
-            assert abs(value[field] - expected[key][field]) <= TOLERANCE, (key, field)
 
 
 def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(

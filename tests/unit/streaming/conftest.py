@@ -15,7 +15,7 @@ import pytest
 
 from detector.scorer import ScorerConfig
 from detector.step import StreamingStep
-from streaming.engine import Reading
+from streaming.engine import BatchResult, Reading, ScoringEngine
 from streaming.ports import OutputError
 from streaming.replay import reading_message
 
@@ -101,6 +101,76 @@ def readings_of(values: np.ndarray, streams: Sequence[str] | None = None, *,
             out.append(Reading(names[s], t0_ms + t * STEP_MS, values[s, t].astype(np.float32),
                                partition, first_offset + len(out)))
     return out
+
+
+# Deliberate durability faults ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DurabilityFault:
+    """One reading the engine mishandles, every time it processes it.
+
+    ``kind`` is ``"drop"`` (never applied nor scored, yet counted as handled, so the worker
+    commits its offset: a lost reading) or ``"apply_twice"`` (scored once, but applied twice
+    to its stream's state: a reading applied twice).
+    """
+
+    kind: str
+    stream: str
+    ts_ms: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("drop", "apply_twice"):
+            raise ValueError(f"kind: expected 'drop' or 'apply_twice', received {self.kind!r}")
+
+
+class FaultyEngine(ScoringEngine):
+    """The real scoring engine with one :class:`DurabilityFault`, to show that a durability
+    check catches a lost or doubly applied reading. The worker builds it in place of its
+    engine (``streaming.worker.ScoringEngine``); everything else is the real path."""
+
+    def __init__(self, *args, fault: DurabilityFault, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fault = fault
+
+    def process(self, readings: Sequence[Reading]) -> BatchResult:
+        fault = self.fault
+        target = next((i for i, r in enumerate(readings)
+                       if r.stream == fault.stream and r.ts_ms == fault.ts_ms), None)
+        if target is None:
+            return super().process(readings)
+        if fault.kind == "drop":
+            result = super().process([*readings[:target], *readings[target + 1:]])
+            # Positions refer to the caller's list, which still holds the dropped reading.
+            result.rejected = [(position + (position >= target), rejection)
+                               for position, rejection in result.rejected]
+            result.skipped += 1  # as a broken "already applied" check would count it
+            return result
+        real_step = self.step
+        self.step = _ApplyingTwice(real_step, readings[target])
+        try:
+            return super().process(readings)
+        finally:
+            self.step = real_step
+
+
+class _ApplyingTwice:
+    """The real step; the round holding ``reading`` applies it a second time to its stream's
+    state, right after the application that scored it."""
+
+    def __init__(self, step: StreamingStep, reading: Reading) -> None:
+        self.step = step
+        self.layout = step.layout
+        self.reading = reading
+
+    def __call__(self, values, timestamps_ms, state):
+        result, new_state = self.step(values, timestamps_ms, state)
+        matches = np.flatnonzero((np.asarray(timestamps_ms) == self.reading.ts_ms)
+                                 & np.all(np.asarray(values) == self.reading.values, axis=1))
+        for i in matches.tolist():
+            _, again = self.step(values[i:i + 1], timestamps_ms[i:i + 1], new_state[i:i + 1])
+            new_state[i] = again[0]
+        return result, new_state
 
 
 # In-memory ports ----------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from streaming.worker import ModelInfo, Worker, WorkerConfig
 from tests.unit.streaming.conftest import (
     CHANNELS,
     MODEL_VERSION,
+    DurabilityFault,
     FakeRecord,
     FakeRecordSink,
+    FaultyEngine,
     SentRecord,
     readings_of,
     record_of,
@@ -212,8 +214,11 @@ def scores_by_key(broker: Broker) -> dict[bytes, set[bytes]]:
 
 
 def run_worker(step, broker, partitions=(0, 1), crash_at=None, clock=None,
-               transactional=False) -> Worker:
+               transactional=False, fault: DurabilityFault | None = None) -> Worker:
     worker = make_worker(step, broker, transactional=transactional)
+    if fault is not None:
+        worker.engine = FaultyEngine(step, worker.store, CHANNELS, MODEL_VERSION,
+                                     CONFIG.episode_gap, clock=worker.clock, fault=fault)
     stop = threading.Event()
     source = BrokerSource(broker, worker, partitions, stop, crash_at, clock)
     if crash_at is None:
@@ -227,6 +232,48 @@ def run_worker(step, broker, partitions=(0, 1), crash_at=None, clock=None,
 # Crashes ------------------------------------------------------------------------------------
 
 
+def describe(key: bytes) -> str:
+    stream, ts = key.decode().rsplit("@", 1)
+    return f"stream {stream!r} ts {ts}"
+
+
+def durability_discrepancies(step: StreamingStep, readings: Sequence[Reading], broker: Broker,
+                             last: Worker) -> list[str]:
+    """How an interrupted run differs from one uninterrupted run of the same readings: a
+    score missing, extra or not identical byte for byte (a replay must reproduce the very
+    record), or a stream whose final state is not identical. Empty when no reading was lost
+    and none applied twice."""
+    expected = reference(step, readings)
+    published = scores_by_key(broker)
+    found = [f"{describe(key)}: never scored" for key in sorted(expected.keys() -
+                                                                  published.keys())]
+    found += [f"{describe(key)}: scored but never sent" for key in sorted(published.keys() -
+                                                                           expected.keys())]
+    for key in sorted(expected.keys() & published.keys()):
+        for value in sorted(published[key] - {expected[key]}):
+            found.append(f"{describe(key)}: published {value!r}, uninterrupted "
+                         f"{expected[key]!r}")
+    uninterrupted = ScoringEngine(step, StateStore(step.layout), CHANNELS, MODEL_VERSION,
+                                  CONFIG.episode_gap)
+    uninterrupted.process(readings)
+    for stream in sorted({reading.stream for reading in readings}):
+        row = last.store.row_of(stream)
+        if row is None or last.store.encode_record(row) != uninterrupted.store.encode_record(
+                uninterrupted.store.row_of(stream)):
+            found.append(f"stream {stream!r}: final state differs from the uninterrupted run's")
+    return found
+
+
+def crash_and_recover(step: StreamingStep, broker: Broker, crash_points: Sequence[int],
+                      clock: list[float], transactional: bool,
+                      fault: DurabilityFault | None = None) -> Worker:
+    """Workers that crash at the given polls, then one that runs to the end (returned)."""
+    for crash_at in crash_points:
+        run_worker(step, broker, crash_at=crash_at, clock=clock, transactional=transactional,
+                   fault=fault)
+    return run_worker(step, broker, clock=clock, transactional=transactional, fault=fault)
+
+
 @pytest.mark.parametrize("transactional", [False, True])
 @pytest.mark.parametrize("crash_points", [[2], [4, 3], [6, 2, 5], [9, 8, 6, 4]])
 def test_crashes_neither_lose_nor_double_apply_a_reading(
@@ -234,23 +281,41 @@ def test_crashes_neither_lose_nor_double_apply_a_reading(
         crash_points: list[int], transactional: bool) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)
-    for crash_at in crash_points:
-        run_worker(step, broker, crash_at=crash_at, clock=fake_monotonic,
-                   transactional=transactional)
-    last = run_worker(step, broker, clock=fake_monotonic, transactional=transactional)
-
-    expected = reference(step, readings)
-    published = scores_by_key(broker)
-    assert set(published) == set(expected)  # nothing missing, nothing extra
-    for key, values in published.items():
-        assert values == {expected[key]}, key  # replays reproduce identical records
-    # The last worker's states equal the uninterrupted run's, byte for byte.
-    uninterrupted = ScoringEngine(step, StateStore(step.layout), CHANNELS, MODEL_VERSION, 3)
-    uninterrupted.process(readings)
-    for stream in "abcd":
-        assert last.store.encode_record(last.store.row_of(stream)) == \
-            uninterrupted.store.encode_record(uninterrupted.store.row_of(stream))
+    last = crash_and_recover(step, broker, crash_points, fake_monotonic, transactional)
+    found = durability_discrepancies(step, readings, broker, last)
+    assert not found, f"{len(found)} discrepancies, first:\n" + "\n".join(found[:5])
     assert broker.committed == {0: 60, 1: 60}
+
+
+# The same crashes and the same check, with one reading of stream "b" mishandled by the
+# engine every time it is processed: the check must name that stream and reading.
+FAULTY_STREAM = "b"
+FAULTY_READING = 12  # of 30: readings of the stream come after it
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+@pytest.mark.parametrize("kind", ["drop", "apply_twice"])
+def test_the_crash_check_reports_a_reading_lost_or_applied_twice(
+        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float], kind: str,
+        transactional: bool) -> None:
+    readings = all_readings(recorded)
+    of_stream = [r for r in readings if r.stream == FAULTY_STREAM]
+    faulty, following = of_stream[FAULTY_READING], of_stream[FAULTY_READING + 1]
+    broker = Broker(readings)
+    last = crash_and_recover(step, broker, [6, 2, 5], fake_monotonic, transactional,
+                             DurabilityFault(kind, faulty.stream, faulty.ts_ms))
+
+    found = durability_discrepancies(step, readings, broker, last)
+    assert found, "the check missed the fault"
+    assert all(f"stream {FAULTY_STREAM!r}" in line for line in found), found
+    assert "stream 'b': final state differs from the uninterrupted run's" in found
+    about_scores = [line for line in found if "final state" not in line]
+    if kind == "drop":
+        assert about_scores[:1] == [f"stream 'b' ts {faulty.ts_ms}: never scored"], found
+    else:  # the doubly applied reading's own score is right; the next one is not
+        assert about_scores, "the check missed the scores that followed the fault"
+        assert about_scores[0].startswith(f"stream 'b' ts {following.ts_ms}: published "), found
+    assert broker.committed == {0: 60, 1: 60}  # the worker believed it handled everything
 
 
 def test_a_restart_skips_what_the_checkpoint_reflects(
