@@ -1,6 +1,6 @@
 """Readings per second of the vectorized streaming step, next to a per-reading Keras call.
 
-For 100,000 streams, batches of 1, 64, 1,024 and 16,384 random streams are gathered from the
+For 100,000 streams (``--streams``), batches of 1, 64, 1,024 and 16,384 random streams are gathered from the
 state table, advanced by one reading and scattered back, as the worker does. The NumPy step
 and the same math compiled as a TensorFlow function (the exported SavedModel step) are both
 measured, on one core (BLAS and TensorFlow limited to one thread), so the faster one can be
@@ -33,18 +33,17 @@ from detector.model import ForecasterConfig, build_forecaster, step_params  # no
 from detector.scorer import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
 
-STREAMS = 100_000
 CHANNELS = 4
-BATCH_SIZES = (1, 64, 1024, 16384)
 
 
-def measure(advance, batch: int, seconds: float, rng: np.random.Generator) -> float:
+def measure(advance, streams_total: int, batch: int, seconds: float,
+            rng: np.random.Generator) -> float:
     """Readings per second of gather -> advance -> scatter over random unique streams."""
     done = 0
     start = time.perf_counter()
     while True:
-        streams = rng.choice(STREAMS, size=batch, replace=False) if batch > 1 else \
-            rng.integers(0, STREAMS, size=1)
+        streams = rng.choice(streams_total, size=batch, replace=False) if batch > 1 else \
+            rng.integers(0, streams_total, size=1)
         advance(streams)
         done += batch
         elapsed = time.perf_counter() - start
@@ -80,6 +79,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--keras-readings", type=int, default=300)
+    parser.add_argument("--streams", type=int, default=100_000, help="streams in the table")
+    parser.add_argument("--batches", default="1,64,1024,16384",
+                        help="comma-separated batch sizes (each at most --streams)")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -92,9 +94,13 @@ def main() -> None:
     step = StreamingStep(step_params(model), scaler, ScorerConfig())
     exported = ExportedStep(step)
 
-    states = step.layout.initial(STREAMS)
-    values = rng.normal(size=(STREAMS, CHANNELS)).astype(np.float32)
-    timestamps = 1_700_000_000_000 + rng.integers(0, 10**9, size=STREAMS)
+    streams_total = args.streams
+    batch_sizes = [int(size) for size in args.batches.split(",")]
+    if any(not 1 <= size <= streams_total for size in batch_sizes):
+        parser.error(f"--batches: each size must be between 1 and --streams ({streams_total})")
+    states = step.layout.initial(streams_total)
+    values = rng.normal(size=(streams_total, CHANNELS)).astype(np.float32)
+    timestamps = 1_700_000_000_000 + rng.integers(0, 10**9, size=streams_total)
 
     def numpy_advance(streams):
         _, states[streams] = step(values[streams], timestamps[streams], states[streams])
@@ -104,7 +110,7 @@ def main() -> None:
         states[streams] = out["state"].numpy()
 
     report = {
-        "streams": STREAMS,
+        "streams": streams_total,
         "channels": CHANNELS,
         "threads": 1,
         "state_bytes_per_stream": step.layout.record_bytes,
@@ -112,17 +118,18 @@ def main() -> None:
         "numpy_step_readings_per_second": {},
         "tf_function_step_readings_per_second": {},
     }
-    for batch in BATCH_SIZES:
+    for batch in batch_sizes:
         report["numpy_step_readings_per_second"][str(batch)] = round(
-            measure(numpy_advance, batch, args.seconds, rng))
-        tensorflow_advance(rng.integers(0, STREAMS, size=batch))  # trace once, untimed
+            measure(numpy_advance, streams_total, batch, args.seconds, rng))
+        tensorflow_advance(rng.integers(0, streams_total, size=batch))  # trace once, untimed
         report["tf_function_step_readings_per_second"][str(batch)] = round(
-            measure(tensorflow_advance, batch, args.seconds, rng))
+            measure(tensorflow_advance, streams_total, batch, args.seconds, rng))
     report["keras_per_reading_readings_per_second"] = round(
         keras_per_reading(model, config, args.keras_readings, rng), 1)
-    best = max(report["numpy_step_readings_per_second"]["16384"],
-               report["tf_function_step_readings_per_second"]["16384"])
-    report["speedup_at_16384_vs_keras_per_reading"] = round(
+    largest = str(max(batch_sizes))
+    best = max(report["numpy_step_readings_per_second"][largest],
+               report["tf_function_step_readings_per_second"][largest])
+    report[f"speedup_at_{largest}_vs_keras_per_reading"] = round(
         best / report["keras_per_reading_readings_per_second"], 1)
 
     if args.json:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from detector.exact_product import ExactKernel, exact_matmul
-from detector.features import clock_features
+from detector.features import clock_features, hour_of_day
 
 # Activations the step can evaluate outside Keras; each takes (ops, x).
 ACTIVATIONS = {
@@ -70,10 +70,28 @@ class NumpyOps:
     where = staticmethod(np.where)
     logical_and = staticmethod(np.logical_and)
     logical_not = staticmethod(np.logical_not)
+    logical_or = staticmethod(np.logical_or)
 
     @staticmethod
     def matmul(a, b):
         return exact_matmul(a, b if isinstance(b, ExactKernel) else ExactKernel.of(b))
+
+    @staticmethod
+    def indicator(condition):
+        """1.0 where ``condition`` holds, else 0.0, as float32."""
+        return condition.astype(np.float32)
+
+    @staticmethod
+    def equal(a, b):
+        return np.equal(a, b)
+
+    @staticmethod
+    def reshape(x, shape):
+        return np.reshape(x, shape)
+
+    @staticmethod
+    def hour_of_day(timestamps_ms):
+        return hour_of_day(timestamps_ms)
 
     @staticmethod
     def concat(arrays, axis=-1):
@@ -97,14 +115,30 @@ class NumpyOps:
         return np.argmax(x, axis=axis).astype(np.int32)
 
     @staticmethod
-    def max(x, axis):
-        return np.max(x, axis=axis)
+    def max_of_rows(x):
+        # Column by column: a reduction over a few channels costs more per row than this.
+        largest = x[:, 0]
+        for column in range(1, x.shape[1]):
+            largest = np.maximum(largest, x[:, column])
+        return largest
+
+    @staticmethod
+    def take_rows(table, index):
+        """``table[b, index[b]]`` for every row ``b`` of a ``[B, K, ...]`` table."""
+        return table[np.arange(table.shape[0]), index]
+
+    @staticmethod
+    def add_to_rows(table, index, delta):
+        """A copy of ``table`` with ``delta[b]`` added at ``table[b, index[b]]``."""
+        table = table.copy()
+        table[np.arange(table.shape[0]), index] += delta
+        return table
 
     @staticmethod
     def sigmoid(x):
-        # exp of -|x| never overflows, for either sign.
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+        # The same function as 1 / (1 + exp(-x)), in one transcendental call that cannot
+        # overflow for either sign.
+        return np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * x))
 
     @staticmethod
     def softplus(x):
@@ -112,7 +146,8 @@ class NumpyOps:
 
     @staticmethod
     def elu(x):
-        return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))).astype(np.float32)
+        # x where positive, exp(x) - 1 where not: one of the two terms is always 0.
+        return np.maximum(x, np.float32(0.0)) + np.expm1(np.minimum(x, np.float32(0.0)))
 
     @staticmethod
     def clock(timestamps_ms):

@@ -82,15 +82,16 @@ def exact_matmul(rows: np.ndarray, kernel: ExactKernel) -> np.ndarray:
         rows: float32 ``[B, K]``, finite, and within the kernel's input bound if it has one.
         kernel: ``W`` as made by :meth:`ExactKernel.of`.
     """
-    rows = np.asarray(rows, dtype=np.float32)
     if kernel.row_unit is None:
         unit = _integer_unit(np.max(np.abs(rows), axis=1).astype(np.float64), ROW_BITS)
-        # Multiplying by a power of two and rounding to a whole number are exact.
-        integers = np.rint(rows * (1.0 / unit).astype(np.float32)[:, None])
+        inverse = (1.0 / unit)[:, None]
         scale = (unit * kernel.unit)[:, None]
     else:
-        integers = np.rint(rows * np.float32(1.0 / kernel.row_unit))
+        inverse = 1.0 / kernel.row_unit
         scale = kernel.row_unit * kernel.unit
-    product = integers.astype(np.float64) @ kernel.integers
+    # Multiplying by a power of two and rounding to a whole number are exact.
+    integers = np.multiply(rows, inverse, dtype=np.float64)
+    np.rint(integers, out=integers)
+    product = integers @ kernel.integers
     return np.multiply(product, scale, out=np.empty(product.shape, np.float32),
                        casting="same_kind")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from detector.features import CLOCK_HARMONICS
+from detector.features import CLOCK_HARMONICS, MS_PER_DAY
 from detector.forecaster_step import StepParams
 from detector.step import StreamingStep, advance
 
@@ -30,6 +30,7 @@ class TensorFlowOps:
     sigmoid = staticmethod(tf.sigmoid)
     logical_and = staticmethod(tf.logical_and)
     logical_not = staticmethod(tf.logical_not)
+    logical_or = staticmethod(tf.logical_or)
 
     @staticmethod
     def maximum(a, b):
@@ -38,6 +39,32 @@ class TensorFlowOps:
     @staticmethod
     def minimum(a, b):
         return tf.minimum(a, tf.cast(b, tf.float32))
+
+    @staticmethod
+    def equal(a, b):
+        return tf.equal(a, b)
+
+    @staticmethod
+    def reshape(x, shape):
+        return tf.reshape(x, shape)
+
+    @staticmethod
+    def take_rows(table, index):
+        return tf.gather(table, index, batch_dims=1)
+
+    @staticmethod
+    def add_to_rows(table, index, delta):
+        rows = tf.range(tf.shape(index)[0])
+        return tf.tensor_scatter_nd_add(table, tf.stack([rows, index], axis=1), delta)
+
+    @staticmethod
+    def hour_of_day(timestamps_ms):
+        return tf.cast(tf.math.floordiv(tf.math.floormod(timestamps_ms, MS_PER_DAY),
+                                        MS_PER_DAY // 24), tf.int32)
+
+    @staticmethod
+    def indicator(condition):
+        return tf.cast(condition, tf.float32)
 
     @staticmethod
     def cbrt(x):
@@ -76,8 +103,8 @@ class TensorFlowOps:
         return tf.reduce_mean(x, axis=1)
 
     @staticmethod
-    def max(x, axis):
-        return tf.reduce_max(x, axis=axis)
+    def max_of_rows(x):
+        return tf.reduce_max(x, axis=1)
 
     @staticmethod
     def argmax(x, axis):

@@ -42,6 +42,12 @@ def clock_features(timestamps_ms: np.ndarray) -> np.ndarray:
     return np.stack(features, axis=-1).astype(np.float32)
 
 
+def hour_of_day(timestamps_ms: np.ndarray) -> np.ndarray:
+    """The UTC hour of the day, 0 to 23, as int32, from integer milliseconds."""
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    return ((ts % MS_PER_DAY) // (MS_PER_DAY // 24)).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelScaler:
     """Per-channel robust normalization: ``(x - median) / scale``, clipped for the model.

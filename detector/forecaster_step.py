@@ -105,7 +105,10 @@ def with_exact_kernels(params: StepParams, clip: float) -> StepParams:
         dependency_kernel=ExactKernel.of(params.dependency_kernel, input_bound=window_bound),
         gate_kernel=ExactKernel.of(params.gate_kernel,
                                    input_bound=1.0 if bounded_gates else None),
-        stack=tuple((ExactKernel.of(kernel), bias) for kernel, bias in params.stack),
+        # The first dense layer reads the memory, bounded as the gates' inputs are.
+        stack=tuple((ExactKernel.of(kernel, input_bound=1.0 if index == 0 and bounded_gates
+                                    else None), bias)
+                    for index, (kernel, bias) in enumerate(params.stack)),
         head_kernel=ExactKernel.of(params.head_kernel),
     )
 

@@ -4,31 +4,48 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 3, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels):
+Layout version 3, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels,
+``T`` = 5 tests):
 
-==================  =====  ==============================================================
-field               width  meaning
-==================  =====  ==============================================================
-``input_t1``        D      model input of the previous reading (t-1), zeros before it
-``input_t2``        D      model input of the reading before that (t-2)
-``memory``          M      the memory cell's state after the previous reading
-``forecast_mean``   F      forecast of this reading, normalized units
-``forecast_scale``  F      forecast standard deviation, normalized units
-``score_average``   1      short moving average of raw scores
-``score_mean``      1      long-run mean of ``score_average``
-``score_var``       1      long-run variance of ``score_average``
-``level_mean``      F      long-run mean of each channel's normalized reading
-``level_var``       F      long-run variance of each channel's normalized reading
-``change_short``    F      short-run mean square of each channel's reading-to-reading change
-``change_long``     F      long-run mean square of the same
-``surprise_peak``   1      recent peak surprise, decaying (the onset's reference)
-``count``           1      readings seen, saturating at ``COUNT_CAP``
-==================  =====  ==============================================================
+===========================  =====  =======================================================
+field                        width  meaning
+===========================  =====  =======================================================
+``input_t1``                 D      model input of the previous reading (t-1), zeros before
+``input_t2``                 D      model input of the reading before that (t-2)
+``memory``                   M      the memory cell's state after the previous reading
+``forecast_mean``            F      forecast of this reading, normalized units
+``forecast_scale``           F      forecast standard deviation, normalized units
+``score_average``            1      short moving average of raw scores
+``score_mean``               1      long-run mean of ``score_average``
+``score_var``                1      long-run variance of ``score_average``
+``level_mean``               F      long-run mean of each channel's normalized reading
+``level_var``                F      long-run variance of the same
+``season_mean``              24F    each channel's mean normalized reading per hour of day
+``season_visits``            24     readings learned from in each hour of the day
+``season_var``               F      long-run variance of the deviations from those means
+``change_short``             F      short-run mean square of reading-to-reading changes
+``change_long``              F      long-run mean square of the same
+``repeat_rate``              F      long-run fraction of readings repeating the previous one
+``repeat_follow_hits``       F      repeats that followed a repeat, in completed runs
+``repeat_follow_occasions``  F      repeats that could have been followed, same runs
+``repeat_run``               F      readings in a row, to this one, repeating the previous
+``exceed_rate``              T      per test: long-run rate of surprises above 1
+``uncensored_rate``          T      per test: the same, for surprises between 1 and 3
+``excess_rate``              T      per test: long-run mean of the excess over 1, up to 2
+``evidence_average``         1      short moving average of the single surprises (x ln 10)
+``last_evidence``            1      the previous reading's (for their lag-one correlation)
+``evidence_lag_product``     1      long-run lag-one correlation of those
+``surprise_peak``            1      recent peak surprise, decaying (the onset's reference)
+``flagged_run``              1      readings in a row, up to this one, that were flagged
+``count``                    1      readings seen, saturating at ``COUNT_CAP``
+===========================  =====  =======================================================
 
-Version 3 added ``change_short`` and ``change_long`` (the variability test) and feeds the
-model the clock as whole harmonics. A changelog record of another version is not loaded
-(the worker counts it and starts that stream's learning period again), and an artifact
-written with another layout version fails to load and must be trained again.
+Version 3 added everything from ``season_mean`` to ``flagged_run`` except the peak (the
+season, variability and repeats tests, the calibration and the persistence test, and
+learning only from readings that are not flagged), and feeds the model the clock as whole
+harmonics. A changelog record of another version is not loaded (the worker counts it and
+starts that stream's learning period again), and an artifact written with another layout
+version fails to load and must be trained again.
 
 Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
 """
@@ -89,9 +106,23 @@ class StateLayout:
             ("score_var", 1),
             ("level_mean", self.channels),
             ("level_var", self.channels),
+            ("season_mean", 24 * self.channels),
+            ("season_visits", 24),
+            ("season_var", self.channels),
             ("change_short", self.channels),
             ("change_long", self.channels),
+            ("repeat_rate", self.channels),
+            ("repeat_follow_hits", self.channels),
+            ("repeat_follow_occasions", self.channels),
+            ("repeat_run", self.channels),
+            ("exceed_rate", 5),
+            ("uncensored_rate", 5),
+            ("excess_rate", 5),
+            ("evidence_average", 1),
+            ("last_evidence", 1),
+            ("evidence_lag_product", 1),
             ("surprise_peak", 1),
+            ("flagged_run", 1),
             ("count", 1),
         ]
 

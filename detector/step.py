@@ -50,7 +50,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
         scorer: likelihood settings.
         layout: where each field lives in a state record.
         values: raw readings ``[B, F]``.
-        timestamps_ms: reading times ``[B]`` (int64 ms); used when the model has a clock.
+        timestamps_ms: reading times ``[B]`` (int64 ms).
         state: state records ``[B, S]``, one per reading's stream.
 
     Returns:
@@ -67,8 +67,9 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
         model_input = ops.concat([clipped, encoded], axis=-1)
 
     # Score this reading against what the state expected of it ...
+    hours = ops.hour_of_day(timestamps_ms)
     score, likelihood, surprise, flag, top_channel, onset, statistics = assess(
-        ops, scorer, layout, normalized, clipped, state)
+        ops, scorer, layout, normalized, clipped, hours, state)
     # ... then let the forecaster expect the next one.
     previous_1 = state[:, f["input_t1"]]
     new_memory, change, forecast_scale = forecast(
@@ -94,7 +95,7 @@ class StreamingStep:
 
     Call arguments:
         values: float ``[B, F]`` raw readings, finite, one per stream, in channel order.
-        timestamps_ms: int64 ``[B]`` reading times (required when the model has a clock).
+        timestamps_ms: int64 ``[B]`` reading times (the clock and the season test use them).
         state: float32 ``[B, S]`` the streams' records (``layout.initial(B)`` for new ones).
 
     Returns:
@@ -137,16 +138,17 @@ class StreamingStep:
             raise ValueError(
                 f"state: expected one record per reading ({values.shape[0]}), received "
                 f"{state.shape[0]}")
-        if self.params.uses_clock:
-            if timestamps_ms is None:
-                raise ValueError("timestamps_ms: this model encodes the clock and needs them")
-            timestamps_ms = np.asarray(timestamps_ms, dtype=np.int64)
+        if timestamps_ms is None:
+            raise ValueError("timestamps_ms: the step needs each reading's time")
+        timestamps_ms = np.asarray(timestamps_ms, dtype=np.int64)
+        if timestamps_ms.shape != (values.shape[0],):
+            raise ValueError(f"timestamps_ms: expected [{values.shape[0]}], received "
+                             f"{list(timestamps_ms.shape)}")
         batch = values.shape[0]
         if batch <= self.chunk:
             return self._advance(values, timestamps_ms, state)
         # Beyond a few thousand rows the temporaries leave the CPU cache; chunks keep them in.
-        parts = [self._advance(values[i:i + self.chunk],
-                               None if timestamps_ms is None else timestamps_ms[i:i + self.chunk],
+        parts = [self._advance(values[i:i + self.chunk], timestamps_ms[i:i + self.chunk],
                                state[i:i + self.chunk])
                  for i in range(0, batch, self.chunk)]
         results = [part[0] for part in parts]
@@ -154,7 +156,7 @@ class StreamingStep:
                              for f in dataclasses.fields(StepResult))),
                 np.concatenate([part[1] for part in parts]))
 
-    def _advance(self, values: np.ndarray, timestamps_ms: np.ndarray | None,
+    def _advance(self, values: np.ndarray, timestamps_ms: np.ndarray,
                  state: np.ndarray) -> tuple[StepResult, np.ndarray]:
         score, likelihood, surprise, flag, top, onset, new_state = advance(
             NumpyOps, self._exact_params, self._scaler_arrays, self.scorer, self.layout,

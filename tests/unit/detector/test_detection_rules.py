@@ -47,8 +47,11 @@ def test_a_stuck_channel_is_flagged_on_that_channel(step):
     values[1, 300:, 2] = values[1, 299, 2]  # stream 1's channel 2 freezes
     flags, tops = run(step, values)
     stuck = np.flatnonzero(flags[1, 300:] & (tops[1, 300:] == 2))
-    assert stuck.size and stuck[0] < 30, "lost variance is found within a few spans"
-    assert flags[1, 300:].mean() > 0.8, "and stays flagged while the sensor is stuck"
+    assert stuck.size and stuck[0] < 20, "lost variance is found within a few readings"
+    # It stays flagged for a learning period, after which a lasting change is the new
+    # normal (the statistics learn again).
+    first = 300 + stuck[0]
+    assert flags[1, first:first + SCORER.learning_period].all()
     # Stationary readings, stuck nowhere: the variability test raises nothing.
     quiet = flags[[0, 2, 3], SCORER.learning_period + 1:]
     assert quiet.mean() < 0.01
@@ -57,7 +60,7 @@ def test_a_stuck_channel_is_flagged_on_that_channel(step):
 def test_a_burst_of_variance_is_flagged_on_that_channel(step):
     values = noisy_streams(2, 400, seed=4)
     rng = np.random.default_rng(0)
-    values[0, 300:330, 0] += rng.normal(0, 4, size=30).astype(np.float32)
+    values[0, 300:330, 0] += rng.normal(0, 6, size=30).astype(np.float32)  # as synth's
     flags, tops = run(step, values)
     burst = np.flatnonzero(flags[0, 300:330] & (tops[0, 300:330] == 0))
     assert burst.size >= 10

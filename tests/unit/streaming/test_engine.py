@@ -110,7 +110,8 @@ def test_arrival_order_across_streams_does_not_matter(step: StreamingStep,
 
 def test_engine_equals_the_streaming_step_run_per_stream(step: StreamingStep,
                                                          recorded: np.ndarray) -> None:
-    values = recorded[:, :30]
+    values = recorded[:, :30].copy()
+    values[2, 20, 1] += 40 * values[:, :, 1].std()  # so that some reading is flagged
     readings = readings_of(values)
     engine = make_engine(step)
     result = engine.process(readings[:70])

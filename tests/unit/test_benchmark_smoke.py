@@ -1,0 +1,30 @@
+"""Tiny runs of the benchmarks that need no servers, so they cannot rot between real runs.
+
+The numbers are not checked against targets here (speed targets live in benchmarks/ and its
+README); a smoke run checks that the benchmark runs and reports what it promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_step_throughput_runs_and_reports_json():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/step_throughput.py", "--json", "--seconds", "0.05",
+         "--keras-readings", "3", "--streams", "200", "--batches", "1,64"],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, text=True,
+        capture_output=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["streams"] == 200
+    for kind in ("numpy_step_readings_per_second", "tf_function_step_readings_per_second"):
+        assert set(report[kind]) == {"1", "64"} and min(report[kind].values()) > 0
+    assert report["state_bytes_per_stream"] <= 1024
+    assert report["keras_per_reading_readings_per_second"] > 0
