@@ -1,7 +1,8 @@
 """Readings per second of the vectorized streaming step, next to a per-reading Keras call.
 
-For 100,000 streams (``--streams``), batches of 1, 64, 1,024 and 16,384 random streams are gathered from the
-state table, advanced by one reading and scattered back, as the worker does. The NumPy step
+For 100,000 streams (``--streams``), batches of 1, 64, 1,024 and 16,384 random streams
+(``--batches``) are gathered from the state table, advanced by one reading and scattered
+back, as the worker does. The NumPy step
 and the same math compiled as a TensorFlow function (the exported SavedModel step) are both
 measured, on one core (BLAS and TensorFlow limited to one thread), so the faster one can be
 chosen on evidence. The baseline calls the Keras layers once per reading, as the seed
