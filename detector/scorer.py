@@ -56,9 +56,12 @@ The likelihood is ``1 - tail``; the surprise, ``-log10(tail)``, carries the same
 information with resolution where float32 likelihoods round to 1 (3 is a likelihood of
 0.999); it is capped at 30. A reading is flagged when its likelihood reaches
 ``threshold``. The statistics of normal behaviour (every test's long-run estimates, the
-calibration, the hourly profile, the repeat counts) learn only from readings that are not
-flagged, so a fault stays flagged while it lasts; one that lasts longer than the learning
-period is taken as the new normal and learned from then on.
+hourly profile, the repeat counts) learn only from readings that are not flagged, so a
+fault stays flagged while it lasts; one that lasts longer than the learning period is taken
+as the new normal and learned from then on. The calibration and the persistence test's
+correlation learn from every reading: they describe how often, and how strongly, the tests
+fire on this stream, and a stream whose normal spikes are flagged must still learn that
+they are normal.
 
 The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
 every other reading and during the learning period; the peak follows the surprise up and
@@ -77,10 +80,12 @@ only mildly unusual is found only if it lasts (the persistence test), and not at
 stream whose normal surprises are strongly correlated; an idle signal whose runs of
 repeats are far longer than its history suggests raises false alarms (NAB's
 ``rogue_agent_key_hold``); a fault that lasts longer than the learning period stops being
-flagged then; an anomaly within ``refractory`` readings after a larger one has no onset
-(its surprise and flag still show).
+flagged then, and a long fault of moderate surprises (SKAB's valve faults) teaches the
+calibration that such surprises are normal and can lose its flag earlier; an anomaly
+within ``refractory`` readings after a larger one has no onset (its surprise and flag
+still show).
 Cost: O(channels) per reading, about 30 element-wise operations on the batch;
-``33 * channels + 44`` floats of state (the hourly profile is ``25 * channels + 24`` of them).
+``33 * channels + 47`` floats of state (the hourly profile is ``25 * channels + 24``).
 """
 
 from __future__ import annotations
@@ -467,9 +472,11 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     new_follow_occasions = follow_occasions * fade + ended * previous_run
     # The calibration's and the persistence's, over readings, from the prior's readings;
     # the repeats test's over completed runs (a run of r repeats ends with r - 1 hits), from
-    # the prior's runs, with the surprise the ended run had reached.
-    prior_weight = learn * _running_weight(
-        ops, count + CALIBRATION_PRIOR_READINGS, scorer.history)
+    # the prior's runs, with the surprise the ended run had reached. They describe how the
+    # tests behave on this stream, rare large surprises included, so they learn from every
+    # reading, flagged or not: learning only from unflagged ones would keep a stream whose
+    # normal spikes are flagged from ever learning that they are normal.
+    prior_weight = _running_weight(ops, count + CALIBRATION_PRIOR_READINGS, scorer.history)
     ended_evidence = -ended * (ops.log10(first_chance)
                                + (previous_run - 1.0) * ops.log10(follow_chance))
     ended_surprise = ops.maximum(ops.max_of_rows(ended_evidence) - math.log10(channels), 0.0)

@@ -63,7 +63,8 @@ def test_a_burst_of_variance_is_flagged_on_that_channel(step):
     values[0, 300:330, 0] += rng.normal(0, 6, size=30).astype(np.float32)  # as synth's
     flags, tops = run(step, values)
     burst = np.flatnonzero(flags[0, 300:330] & (tops[0, 300:330] == 0))
-    assert burst.size >= 10
+    # Found early; not along its whole length, as the calibration learns from the burst too.
+    assert burst.size >= 5 and burst[0] < 10, burst
 
 
 def test_the_clock_is_continuous_where_the_day_and_the_week_wrap():

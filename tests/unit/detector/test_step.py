@@ -146,7 +146,7 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             learn_run = previous_flagged_run == 0 or previous_flagged_run > scorer.learning_period
             ended = ((run >= 1) & (change != 0) & learn_run).astype(float) if count >= 1 \
                 else np.zeros(channels)
-            prior_weight = learn * running(count + 100, scorer.history)
+            prior_weight = running(count + 100, scorer.history)  # every reading
             ended_evidence = -ended * (np.log10(first_chance)
                                        + (run - 1) * np.log10(follow_chance))
             run_weight = float(ended.max()) * running(float(np.max(occasions - hits)) + 11,
