@@ -4,6 +4,10 @@
 signature; it evaluates :func:`detector.step.advance`, the same formulas as the NumPy step,
 with TensorFlow operations. A serving system loads it with ``tf.saved_model.load(path)`` and
 calls ``step(values, timestamps_ms, state)``.
+
+Its matrix products are TensorFlow's own float32 products, not the exact ones of the NumPy
+step (:mod:`detector.exact_product`), so its results equal the NumPy step's to float32
+rounding, and may depend in the last bits on the batch; the worker uses the NumPy step.
 """
 
 from __future__ import annotations
