@@ -7,7 +7,6 @@ some of its files.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +14,12 @@ from pathlib import Path
 from training.evaluation import (
     DEFAULT_MAX_PLOTS,
     EvaluationError,
-    StreamScores,
     Windows,
     check_label_keys,
     evaluate_scores,
     labels_from_windows,
-    score_streams,
 )
+from training.prefix_training import options_summary, train_on_prefixes_and_score
 
 
 def refuse_nab_root(data_dir: Path) -> None:
@@ -58,42 +56,23 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
             ``labels_name`` in the message) is a file of ``data_dir``; before any training.
         RecordingError: the folder holds no CSV files, or files that cannot be read.
     """
-    from detector.model import step_params
-    from detector.step import StreamingStep
     from training.nab import probation_rows
-    from training.recordings import Recording, StreamSeries, read_recording
-    from training.trainer import ModelCache, fit
+    from training.recordings import read_recording
 
     started = time.monotonic()
     refuse_nab_root(data_dir)
     recording = read_recording([data_dir], "nab").filled()
     check_label_keys(windows, list(recording.streams), labels_name)
-    scored: dict[str, StreamScores] = {}
-    per_file = {}
-    # One compiled model serves every file, its weights re-initialized from the seed each time.
-    cache = ModelCache()
-    for index, (key, series) in enumerate(recording.streams.items()):
-        file_started = time.monotonic()
-        probation = probation_rows(len(series))
-        learning = Recording.from_series(recording.channels, [StreamSeries(
-            key, series.timestamps_ms[:probation], series.values[:probation])])
-        fitted = fit(learning, options, cache=cache)
-        step = StreamingStep(step_params(fitted.model), fitted.scaler, options.scorer)
-        scored.update(score_streams(step, {key: (series.timestamps_ms, series.values)}))
-        per_file[key] = {"rows": len(series), "probation_rows": probation,
-                         "epochs": fitted.report["epochs_run"],
-                         "seconds": round(time.monotonic() - file_started, 2)}
-        if progress is not None:
-            progress(index + 1, len(recording.streams), key)
+    scored, per_file = train_on_prefixes_and_score(recording, probation_rows, options, progress)
+    for entry in per_file.values():
+        entry["probation_rows"] = entry.pop("prefix_rows")
     labels = {key: labels_from_windows(s.timestamps_ms, windows.get(key, ()))
               for key, s in recording.streams.items()}
     report = evaluate_scores(scored, recording.channels, labels, windows, out_dir,
                              options.scorer.threshold, detector_name, max_plots=max_plots,
                              plots_dir=plots_dir, nab_data_dir=data_dir)
     report["protocol"] = "nab"
-    report["training_options"] = {
-        name: value for name, value in dataclasses.asdict(options).items()
-        if isinstance(value, bool | int | float | str)}
+    report["training_options"] = options_summary(options)
     report["dropped_rows"] = recording.summary.dropped_rows
     report["files"] = per_file
     report["seconds"] = round(time.monotonic() - started, 1)

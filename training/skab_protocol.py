@@ -12,18 +12,12 @@ high), the ROC AUC of the surprise, and window-wise figures; and the same per fi
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from training.evaluation import (
-    DEFAULT_MAX_PLOTS,
-    EvaluationError,
-    StreamScores,
-    evaluate_scores,
-    score_streams,
-)
+from training.evaluation import DEFAULT_MAX_PLOTS, EvaluationError, evaluate_scores
+from training.prefix_training import options_summary, train_on_prefixes_and_score
 
 SKAB_TRAIN_READINGS = 400
 
@@ -55,40 +49,25 @@ def run_skab_protocol(paths: Sequence[Path], out_dir: Path, options,
                       max_plots: int | None = DEFAULT_MAX_PLOTS) -> dict:
     """Runs SKAB's protocol over the files under ``paths`` and returns the report.
 
-    Every file's model starts from the same seeded weights through one
-    :class:`~training.trainer.ModelCache`, as in :func:`training.nab_protocol.
-    run_nab_protocol`, so a file scores the same alone or among others.
+    Every file's model starts from the same seeded weights
+    (:func:`training.prefix_training.train_on_prefixes_and_score`), so a file scores the
+    same alone or among others.
 
     Raises:
         EvaluationError: unlabeled files, or files with no more than ``train_readings``
             readings; before any training.
         RecordingError: files that cannot be read.
     """
-    from detector.model import step_params
-    from detector.step import StreamingStep
-    from training.recordings import Recording, StreamSeries, read_recording
-    from training.trainer import ModelCache, fit
+    from training.recordings import read_recording
 
     started = time.monotonic()
     recording = read_recording(list(paths), data_format)
     _check_protocol_input(recording, train_readings)
-    filled = recording.filled()
-    scored: dict[str, StreamScores] = {}
-    per_file = {}
-    cache = ModelCache()
-    for index, (key, series) in enumerate(filled.streams.items()):
-        file_started = time.monotonic()
-        prefix = Recording.from_series(filled.channels, [StreamSeries(
-            key, series.timestamps_ms[:train_readings], series.values[:train_readings])])
-        fitted = fit(prefix, options, cache=cache)
-        step = StreamingStep(step_params(fitted.model), fitted.scaler, options.scorer)
-        scored.update(score_streams(step, {key: (series.timestamps_ms, series.values)}))
-        per_file[key] = {"rows": len(series), "train_readings": train_readings,
-                         "test_readings": len(series) - train_readings,
-                         "epochs": fitted.report["epochs_run"],
-                         "seconds": round(time.monotonic() - file_started, 2)}
-        if progress is not None:
-            progress(index + 1, len(filled.streams), key)
+    scored, per_file = train_on_prefixes_and_score(
+        recording.filled(), lambda rows: train_readings, options, progress)
+    for entry in per_file.values():
+        entry["train_readings"] = entry.pop("prefix_rows")
+        entry["test_readings"] = entry["rows"] - train_readings
     labels = {key: s.labels for key, s in recording.streams.items()}
     report = evaluate_scores(scored, recording.channels, labels, None, out_dir,
                              options.scorer.threshold, detector_name, max_plots=max_plots,
@@ -96,9 +75,7 @@ def run_skab_protocol(paths: Sequence[Path], out_dir: Path, options,
                              test_start={key: train_readings for key in scored})
     report["protocol"] = "skab"
     report["train_readings"] = train_readings
-    report["training_options"] = {
-        name: value for name, value in dataclasses.asdict(options).items()
-        if isinstance(value, bool | int | float | str)}
+    report["training_options"] = options_summary(options)
     report["files"] = per_file
     report["seconds"] = round(time.monotonic() - started, 1)
     return report

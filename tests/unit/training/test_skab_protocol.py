@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import training.skab_protocol as skab_protocol
+import training.prefix_training as prefix_training
 from training.evaluation import EvaluationError
 from training.skab_protocol import run_skab_protocol
 from training.trainer import TrainingOptions
@@ -54,8 +54,8 @@ def test_metrics_count_only_the_readings_after_each_files_training_prefix(tmp_pa
         scored_lengths.extend(len(timestamps) for timestamps, _ in streams.values())
         return real_score_streams(step, streams)
 
-    real_score_streams = skab_protocol.score_streams
-    monkeypatch.setattr(skab_protocol, "score_streams", recording_lengths)
+    real_score_streams = prefix_training.score_streams
+    monkeypatch.setattr(prefix_training, "score_streams", recording_lengths)
     plots = tmp_path / "pictures"
     report = run_skab_protocol([tmp_path / "skab"], tmp_path / "out", OPTIONS,
                                train_readings=TRAIN, plots_dir=plots, max_plots=None)
