@@ -79,7 +79,8 @@ def exact_matmul(rows: np.ndarray, kernel: ExactKernel) -> np.ndarray:
     """``rows @ W`` as float32 ``[B, N]``, each row's result independent of the other rows.
 
     Args:
-        rows: float32 ``[B, K]``, finite, and within the kernel's input bound if it has one.
+        rows: float32 ``[B, K]``, finite; with a kernel's input bound, values beyond it count
+            as the bound.
         kernel: ``W`` as made by :meth:`ExactKernel.of`.
     """
     if kernel.row_unit is None:
@@ -87,6 +88,11 @@ def exact_matmul(rows: np.ndarray, kernel: ExactKernel) -> np.ndarray:
         inverse = (1.0 / unit)[:, None]
         scale = (unit * kernel.unit)[:, None]
     else:
+        # Inputs are within the bound by construction; a record from elsewhere (a corrupted
+        # checkpoint) is clipped to it, so the integers keep their width and the sums stay
+        # exact whatever the input.
+        bound = kernel.row_unit * 2.0 ** ROW_BITS
+        rows = np.clip(rows, -bound, bound)
         inverse = 1.0 / kernel.row_unit
         scale = kernel.row_unit * kernel.unit
     # Multiplying by a power of two and rounding to a whole number are exact.

@@ -51,6 +51,15 @@ def test_a_fixed_input_bound_gives_the_same_promise(factors):
     np.testing.assert_allclose(whole, bounded.astype(np.float64) @ kernel, atol=2e-6)
 
 
+def test_inputs_beyond_a_fixed_bound_count_as_the_bound(factors):
+    rows, kernel = factors
+    exact = ExactKernel.of(kernel, input_bound=1.0)  # unit 2**-22: integers up to 2**23 = 2.0
+    wild = rows[:50] * 1e6
+    np.testing.assert_array_equal(exact_matmul(wild, exact),
+                                  exact_matmul(np.clip(wild, -2.0, 2.0), exact))
+    np.testing.assert_array_equal(exact_matmul(wild[7:8], exact), exact_matmul(wild, exact)[7:8])
+
+
 def test_kernels_that_cannot_be_exact_are_refused():
     with pytest.raises(ValueError, match="expected a matrix"):
         ExactKernel.of(np.ones(3))
