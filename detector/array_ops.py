@@ -82,10 +82,6 @@ class NumpyOps:
         return condition.astype(np.float32)
 
     @staticmethod
-    def equal(a, b):
-        return np.equal(a, b)
-
-    @staticmethod
     def reshape(x, shape):
         return np.reshape(x, shape)
 

@@ -45,10 +45,6 @@ class TensorFlowOps:
         return tf.minimum(a, tf.cast(b, tf.float32))
 
     @staticmethod
-    def equal(a, b):
-        return tf.equal(a, b)
-
-    @staticmethod
     def reshape(x, shape):
         return tf.reshape(x, shape)
 
