@@ -41,11 +41,13 @@ probability (how often normal behaviour would look at least this unusual):
   surprising to a one-sided residual test), which is why this test exists.
 
 The per-channel tests take their most extreme channel and multiply its tail by the number
-of channels (Bonferroni). The four Gaussian tests are then **calibrated** per stream
-(:func:`calibrate`: peaks over threshold, Pickands 1975 and Siffer et al., KDD 2017): a
-stream whose test surprises itself more often, or more strongly, than a Gaussian tail says
-(heavy tails, a noise-free cycle, a quantized sensor) has that test's surprise lowered to
-match; the correction never raises one. The reading's single surprise is the largest of
+of channels (Bonferroni). Every test is then **calibrated** per stream (:func:`calibrate`:
+peaks over threshold, Pickands 1975 and Siffer et al., KDD 2017): a stream whose test
+surprises itself more often, or more strongly, than the test's model says (a Gaussian tail;
+geometric runs of repeats), as heavy tails, a noise-free cycle or a quantized or idle
+sensor do, has that test's surprise lowered to match; the correction never raises one. The
+four Gaussian tests' calibrations learn reading by reading, the repeats test's from the
+surprise each completed run of repeats had reached. The reading's single surprise is the largest of
 the five, less ``log10(5)`` (Bonferroni over the tests). A **persistence** test adds what
 single readings cannot show: the recent average of the single surprises (each counted up
 to the flag threshold), as Fisher's combination of p-values over an exponential window of
@@ -58,10 +60,11 @@ information with resolution where float32 likelihoods round to 1 (3 is a likelih
 ``threshold``. The statistics of normal behaviour (every test's long-run estimates, the
 hourly profile, the repeat counts) learn only from readings that are not flagged, so a
 fault stays flagged while it lasts; one that lasts longer than the learning period is taken
-as the new normal and learned from then on. The calibration and the persistence test's
-correlation learn from every reading: they describe how often, and how strongly, the tests
-fire on this stream, and a stream whose normal spikes are flagged must still learn that
-they are normal.
+as the new normal and learned from then on. The Gaussian tests' calibrations and the
+persistence test's correlation learn from every reading, flagged or not: they describe how
+often, and how strongly, the tests fire on this stream, and a stream whose normal spikes
+are flagged must still learn that they are normal. (The repeats test's calibration learns
+from the runs the repeat counts learn from.)
 
 The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
 every other reading and during the learning period; the peak follows the surprise up and
@@ -240,6 +243,13 @@ def variance_ratio_z(ops, ratio, short_degrees: int, long_degrees):
 def _running_weight(ops, seen, history: int):
     """A running mean's weight until ``history`` values were seen, then exponential."""
     return ops.maximum(1.0 / ops.maximum(seen, 1.0), 1.0 / history)
+
+
+def _learns(ops, flagged_run, learning_period: int):
+    """1.0 where a reading with this run of flagged readings (0: not flagged) is learned
+    from: unflagged, or flagged for longer than the learning period (the new normal)."""
+    return ops.indicator(ops.logical_or(flagged_run == 0.0,
+                                        flagged_run > float(learning_period)))
 
 
 def calibrate(ops, raw_surprises, exceed_rate, excess_rate, uncensored_rate):
@@ -432,9 +442,9 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     # The long-run statistics describe normal behaviour, so they learn only from readings
     # that are not flagged; an anomaly that lasts longer than the learning period is taken
     # as the new normal and learned from then on.
-    flagged_run = ops.where(flag, state[:, f["flagged_run"]][:, 0] + 1.0, 0.0)
-    learn = ops.indicator(ops.logical_or(ops.logical_not(flag),
-                                         flagged_run > float(scorer.learning_period)))
+    previous_flagged_run = state[:, f["flagged_run"]][:, 0]
+    flagged_run = ops.where(flag, previous_flagged_run + 1.0, 0.0)
+    learn = _learns(ops, flagged_run, scorer.learning_period)
     # The forecast test's: over the averages, from the first forecast.
     weight = learn * _running_weight(ops, count, scorer.history)
     delta = new_average - mean
@@ -463,19 +473,18 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     # A run that just ended joins the follow counts (of its r repeats, r - 1 followed a
     # repeat) unless it ended flagged, and not yet for longer than the learning period.
     # The counts fade over `history` readings.
-    run_flagged = state[:, f["flagged_run"]][:, 0]
-    learn_run = ops.indicator(ops.logical_or(run_flagged == 0.0,
-                                             run_flagged > float(scorer.learning_period)))
+    learn_run = _learns(ops, previous_flagged_run, scorer.learning_period)
     ended = ops.indicator(previous_run >= 1.0) * (1.0 - repeated) * learn_run[:, None]
     fade = 1.0 - 1.0 / scorer.history
     new_follow_hits = follow_hits * fade + ended * (previous_run - 1.0)
     new_follow_occasions = follow_occasions * fade + ended * previous_run
     # The calibration's and the persistence's, over readings, from the prior's readings;
-    # the repeats test's over completed runs (a run of r repeats ends with r - 1 hits), from
-    # the prior's runs, with the surprise the ended run had reached. They describe how the
-    # tests behave on this stream, rare large surprises included, so they learn from every
-    # reading, flagged or not: learning only from unflagged ones would keep a stream whose
-    # normal spikes are flagged from ever learning that they are normal.
+    # the repeats test's over the runs the follow counts learn from (a run of r repeats
+    # ends with r - 1 hits), from the prior's runs, with the surprise the ended run had
+    # reached. The reading-by-reading ones describe how the tests behave on this stream,
+    # rare large surprises included, so they learn from every reading, flagged or not:
+    # learning only from unflagged ones would keep a stream whose normal spikes are flagged
+    # from ever learning that they are normal.
     prior_weight = _running_weight(ops, count + CALIBRATION_PRIOR_READINGS, scorer.history)
     ended_evidence = -ended * (ops.log10(first_chance)
                                + (previous_run - 1.0) * ops.log10(follow_chance))
@@ -499,9 +508,8 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
         new_average[:, None], new_mean[:, None], new_var[:, None], new_level_mean,
         new_level_var, ops.reshape(new_season_block, (-1, SEASON_BINS * channels)),
         new_visits, new_season_var, new_short, new_long, new_rate, new_follow_hits,
-        new_follow_occasions, run,
-        new_exceed_rate,
-        new_uncensored_rate, new_excess_rate, evidence_average[:, None], counted[:, None],
+        new_follow_occasions, run, new_exceed_rate, new_uncensored_rate, new_excess_rate,
+        evidence_average[:, None], counted[:, None],
         new_lag_product[:, None], new_peak[:, None], flagged_run[:, None],
     ], axis=-1)
     return score, likelihood, surprise, flag, top_channel, onset, statistics

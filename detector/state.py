@@ -29,7 +29,8 @@ field                        width  meaning
 ``repeat_follow_hits``       F      repeats that followed a repeat, in completed runs
 ``repeat_follow_occasions``  F      repeats that could have been followed, same runs
 ``repeat_run``               F      readings in a row, to this one, repeating the previous
-``exceed_rate``              T      per test: long-run rate of surprises above 1
+``exceed_rate``              T      per test: long-run rate of surprises above 1 (repeats:
+                                    per completed run)
 ``uncensored_rate``          T      per test: the same, for surprises between 1 and 3
 ``excess_rate``              T      per test: long-run mean of the excess over 1, up to 2
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
