@@ -36,7 +36,7 @@ field                        width  meaning
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
 ``last_evidence``            1      the previous reading's (for their lag-one correlation)
 ``evidence_lag_product``     1      long-run lag-one correlation of those
-``surprise_peak``            1      recent peak surprise, decaying (the onset's reference)
+``surprise_peak``            1      recent peak surprise (doubled when reported), decaying
 ``flagged_run``              1      readings in a row, up to this one, that were flagged
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================

@@ -37,6 +37,7 @@ class StepResult:
     flag: np.ndarray  # bool [B]
     top_channel: np.ndarray  # int32 [B]
     onset: np.ndarray  # float32 [B], the surprise where it tops the recent peak, else 0
+    # (a reported surprise doubles the peak; see detector.scorer)
 
 
 def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout: StateLayout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -130,7 +131,9 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             flag[s, t] = (not learning) and 1.0 - tail >= scorer.threshold
             current = surprise[s, t] if surprises is None else surprises[s, t]
             onset[s, t] = current if current > peak and not learning else 0.0
-            peak = max(peak * 0.5 ** (1.0 / scorer.refractory), current)
+            # A report raises the peak to twice the reported surprise.
+            peak = max(peak * 0.5 ** (1.0 / scorer.refractory),
+                       2.0 * current if onset[s, t] > 0 else current)
             # Statistics learn from readings that are not flagged (or after a long anomaly).
             previous_flagged_run = flagged_run
             flagged_run = flagged_run + 1 if flag[s, t] else 0.0
@@ -220,7 +223,8 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
         recording.timestamps_ms, surprises=surprise.astype(np.float64), clip=step.scaler.clip)
     peak = np.zeros_like(own_onset)  # the peak each surprise is compared with
     for t in range(1, peak.shape[1]):
-        peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, surprise[:, t - 1])
+        raised = np.where(own_onset[:, t - 1] > 0, 2.0, 1.0) * surprise[:, t - 1]
+        peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, raised)
     clear = np.abs(surprise - peak) > 1e-4
     np.testing.assert_allclose(onset[clear], own_onset[clear], atol=1e-6)
     np.testing.assert_allclose(onset, onset_ref, atol=0.15)
@@ -368,8 +372,8 @@ def test_level_tail_and_onset_by_hand(step):
     Gaussian start; the reading's single tail is that times 5 tests; the persistence test
     averages it in; the reading's tail is the smaller times 2. The onset reports the
     surprise only above the stored peak (not above the peak decayed by this reading, and a
-    surprise held at its peak is no onset); the peak and the level statistics update as
-    documented."""
+    surprise held at its peak is no onset); a reported surprise raises the peak to twice
+    itself; the peak and the level statistics update as documented."""
     scaler = step.scaler
     normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
     raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
@@ -393,8 +397,10 @@ def test_level_tail_and_onset_by_hand(step):
         assert result.surprise[0] == pytest.approx(expected, abs=1e-3)
         assert result.flag[0]
         assert result.onset[0] == (pytest.approx(expected, abs=1e-3) if expect_onset else 0.0)
+        # A reported surprise raises the peak to twice itself.
+        raised = 2 * expected if expect_onset else expected
         assert new[0, f["surprise_peak"]][0] == pytest.approx(
-            max(expected, peak * decay), abs=1e-3)
+            max(raised, peak * decay), abs=1e-3)
         # Flagged: the statistics of normal behaviour do not learn from it.
         np.testing.assert_array_equal(new[0, f["level_mean"]], 0.0)
         np.testing.assert_array_equal(new[0, f["level_var"]], 1.0)
@@ -414,3 +420,22 @@ def test_a_held_level_shift_has_one_onset(forecaster, scorer):
     assert onset[50] == surprise[50] > 5
     assert surprise[51] > 1.3  # still a likelihood over 0.95 ...
     assert np.all(onset[51:55] == 0.0)  # ... but no new onset within a refractory period
+
+
+def test_a_climbing_surprise_is_reported_when_it_doubles(forecaster, scorer):
+    """A stream drifts further from its level with every reading: its surprise climbs for
+    many readings, and the onset reports it only when the surprise has doubled since the
+    last report, a few times instead of at every reading."""
+    _, model = forecaster
+    quiet = make_recording(streams=2, steps=120, seed=21)
+    slow = dataclasses.replace(scorer, refractory=1000)
+    step = StreamingStep(step_params(model), scaler_for(quiet), slow)
+    quiet.values[0, 50:, :] += 0.5 * np.arange(70)[:, None] * quiet.values[0, :50].std(axis=0)
+    results, _ = run_step(step, quiet)
+    onset = np.array([r.onset[0] for r in results])[50:]
+    surprise = np.array([r.surprise[0] for r in results])[50:]
+    climbing = np.flatnonzero(surprise > 1.0)
+    assert len(climbing) > 20 and surprise[-1] > 4 * surprise[climbing[0]]
+    reports = onset[onset > 0]
+    assert 2 <= len(reports) <= 4  # log2 of the climb, not one per reading
+    assert np.all(reports[1:] >= 2.0 * reports[:-1] * slow.peak_decay ** 70)
