@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 3, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels,
+Layout version 4, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels,
 ``T`` = 5 tests):
 
 ===========================  =====  =======================================================
@@ -18,6 +18,8 @@ field                        width  meaning
 ``score_average``            1      short moving average of raw scores
 ``score_mean``               1      long-run mean of ``score_average``
 ``score_var``                1      long-run variance of ``score_average``
+``scale_ratio``              F      long-run mean square of the model's standardized
+                                    residuals (the forecast scale's recalibration)
 ``level_mean``               F      long-run mean of each channel's normalized reading
 ``level_var``                F      long-run variance of the same
 ``season_mean``              24F    each channel's mean normalized reading per hour of day
@@ -41,12 +43,12 @@ field                        width  meaning
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 3 added everything from ``season_mean`` to ``flagged_run`` except the peak (the
-season, variability and repeats tests, the calibration and the persistence test, and
-learning only from readings that are not flagged), and feeds the model the clock as whole
-harmonics. A changelog record of another version is not loaded (the worker counts it and
-starts that stream's learning period again), and an artifact written with another layout
-version fails to load and must be trained again.
+Version 4 added ``scale_ratio``. Version 3 added everything from ``season_mean`` to
+``flagged_run`` except the peak (the season, variability and repeats tests, the calibration
+and the persistence test, and learning only from readings that are not flagged), and feeds
+the model the clock as whole harmonics. A changelog record of another version is not loaded
+(the worker counts it and starts that stream's learning period again), and an artifact
+written with another layout version fails to load and must be trained again.
 
 Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
 """
@@ -57,7 +59,7 @@ import dataclasses
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 3
+STATE_LAYOUT_VERSION = 4
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -105,6 +107,7 @@ class StateLayout:
             ("score_average", 1),
             ("score_mean", 1),
             ("score_var", 1),
+            ("scale_ratio", self.channels),
             ("level_mean", self.channels),
             ("level_var", self.channels),
             ("season_mean", 24 * self.channels),
