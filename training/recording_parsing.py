@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gc
 import heapq
+import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +71,42 @@ class Source:
         location = self.name if line is None else f"{self.name}:{line}"
         self.problems.add(self.index, line or 0,
                           f"{location}: {where}: {text}" if where else f"{location}: {text}")
+
+
+class JsonTextError(ValueError):
+    """Text that ``json.loads`` cannot turn into a value; ``line`` and ``column`` say where
+    when the decoder knows."""
+
+    def __init__(self, reason: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.line, self.column = reason, line, column
+
+
+def load_json(text: str) -> object:
+    """``json.loads`` whose every failure is a :class:`JsonTextError`.
+
+    Besides malformed text, hostile input fails ``json.loads`` in two more ways, the ones the
+    Kafka message parser (``streaming.messages``) also catches: an integer of more digits than
+    Python converts (a ValueError that is no JSONDecodeError) and nesting deeper than the
+    recursion limit (RecursionError).
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first_error:
+        error = first_error
+        try:  # again without the line break, for the decoder's column at the end of a line
+            json.loads(text.rstrip("\r\n"))
+        except json.JSONDecodeError as retried:
+            error = retried
+        except (ValueError, RecursionError):
+            pass
+        raise JsonTextError(error.msg, error.lineno, error.colno) from None
+    except ValueError:
+        raise JsonTextError(f"an integer of more than {sys.get_int_max_str_digits()} "
+                            f"digits") from None
+    except RecursionError:
+        raise JsonTextError("nested too deeply (arrays or objects within each other, "
+                            f"about {sys.getrecursionlimit()} levels or more)") from None
 
 
 def show(value: object, limit: int = 60) -> str:

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cellwatch.cli import main
@@ -220,3 +221,24 @@ def test_evaluate_skab_protocol_takes_its_labels_from_the_files(tmp_path: Path) 
                                       "--train-readings", "100"], env={})
     assert other.exit_code == 2
     assert "--train-readings applies to --protocol skab only" in other.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[" * 100_000 + "]" * 100_000, "labels.json: invalid JSON: nested too deeply"),
+    ('{"a.csv": [["2024-01-01", ' + "9" * 5000 + "]]}",
+     "labels.json: invalid JSON: an integer of more than 4300 digits"),
+    ('{"a.csv": [1, 2]}', "labels.json: 'a.csv': window 0: expected [start, end] timestamp"),
+    ("{\n  oops\n}", "labels.json:2: invalid JSON: Expecting property name enclosed in double "
+                     "quotes at column 3"),
+])
+def test_evaluate_with_a_hostile_labels_file_names_file_line_and_problem(
+        tmp_path: Path, text: str, expected: str) -> None:
+    data = tmp_path / "a.csv"
+    data.write_text("timestamp,value\n2024-01-01 00:00:00,1.0\n")
+    labels = tmp_path / "labels.json"
+    labels.write_text(text)
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--labels", str(labels),
+                                       "--out", str(tmp_path / "eval")], env={})
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
