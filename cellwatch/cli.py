@@ -171,6 +171,7 @@ def user_errors() -> Iterator[None]:
     from detector.artifact import ArtifactError
     from streaming.ports import OutputError, TopicSetupError
     from training.evaluation import EvaluationError
+    from training.output_destinations import OutputPathError
     from training.recordings import RecordingError
     from training.trainer import TrainingError
 
@@ -178,7 +179,7 @@ def user_errors() -> Iterator[None]:
         yield
     except OutputError as error:
         raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, EvaluationError, RecordingError, TrainingError,
+    except (ArtifactError, EvaluationError, OutputPathError, RecordingError, TrainingError,
             TopicSetupError) as error:
         raise _UserError(str(error)) from None
 
@@ -206,10 +207,15 @@ _format_option = click.option(
 def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length: int,
           interval_s: int, anomaly_rate: float, **_flags: Any) -> None:
     """Write a labeled synthetic multi-stream recording."""
+    from training.output_destinations import check_output_directory
     from training.recordings import write_long_csv
     from training.synthetic import generate, write_labels
 
     settings = build_settings(ctx)
+    with user_errors():
+        # labels.json is written last: its presence marks an earlier synth's output.
+        check_output_directory(out_dir, "synth output directory",
+                               ["readings.csv", "labels.json"], marker="labels.json")
     recording, labels = generate(streams=streams, channels=channels, length=length,
                                  interval_s=interval_s, seed=settings.training.seed,
                                  anomaly_rate=anomaly_rate)
@@ -237,11 +243,13 @@ def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length
 def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags: Any) -> None:
     """Train a model on recorded data and write the model artifact."""
     from cellwatch.wiring import training_options
+    from training.output_destinations import check_artifact_destination
     from training.recordings import read_recording
     from training.trainer import train as train_model
 
     settings = build_settings(ctx)
     with user_errors():
+        check_artifact_destination(settings.model.artifact)  # before reading the data
         recording = read_recording(list(data), data_format)
         click.echo(recording.summary.describe())
         # A progress bar on a terminal; one line per epoch in logs.
@@ -291,6 +299,7 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     from training.evaluation import DEFAULT_MAX_PLOTS, evaluate_artifact, read_label_windows
     from training.evaluation_report import report_lines
     from training.nab_protocol import run_nab_protocol
+    from training.output_destinations import check_output_directory
     from training.recordings import read_recording
     from training.skab_protocol import SKAB_TRAIN_READINGS, run_skab_protocol
 
@@ -305,6 +314,13 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
         click.echo(f"[{done}/{total}] {key}", err=True)
 
     with user_errors():
+        # evaluation.json is written last: its presence marks an earlier evaluation.
+        check_output_directory(out_dir, "report directory (--out)",
+                               ["evaluation.json", "index.md", "plots", "results"],
+                               marker="evaluation.json")
+        if plots_dir is not None:
+            check_output_directory(plots_dir, "plots directory (--plots)", [],
+                                   marker="index.md")
         windows = read_label_windows(labels_path) if labels_path else None
         labels_name = str(labels_path)
         if protocol == "nab":
@@ -417,12 +433,20 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
     from streaming.kafka_io import KafkaRecordSink, ensure_topic
     from streaming.replay import replay_to_kafka, score_in_process
     from streaming.state_store import StateStore
+    from training.output_destinations import check_output_file, replaced_when_complete
     from training.recordings import read_recording
 
     if (topic is None) == (score_path is None):
         raise click.UsageError("give exactly one of --to-kafka TOPIC and --score-to FILE")
     settings = build_settings(ctx)
+    anomalies_path = None
+    if score_path is not None:
+        anomalies_path = score_path.with_name(score_path.stem + ".anomalies.jsonl")
     with user_errors():
+        for path, what in ((score_path, "scores file (--score-to)"),
+                           (anomalies_path, "anomaly episodes file")):
+            if path is not None:
+                check_output_file(path, what, data)
         recording = read_recording(list(data), data_format).filled()
         readings = ((r.stream, r.timestamp_ms, r.values) for r in recording.readings())
         with click.progressbar(length=len(recording), label="replaying",
@@ -449,8 +473,9 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
                                        artifact.metadata.channels,
                                        artifact.metadata.model_version,
                                        settings.worker.anomaly_episode_gap)
-                anomalies_path = score_path.with_name(score_path.stem + ".anomalies.jsonl")
-                with score_path.open("wb") as scores_out, anomalies_path.open("wb") as events:
+                # Written aside and renamed into place: a failed run leaves no half file.
+                with replaced_when_complete(score_path) as scores_out, \
+                        replaced_when_complete(anomalies_path) as events:
                     stats = score_in_process(readings, engine, scores_out, events,
                                              settings.worker.max_poll_records, progress)
                 summary = (f"scored {stats.scored} readings ({stats.rejected} rejected), "

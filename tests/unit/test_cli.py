@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -242,3 +243,131 @@ def test_evaluate_with_a_hostile_labels_file_names_file_line_and_problem(
     assert result.exit_code == 1, result.output
     assert expected in result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ output destinations
+
+READINGS_CSV = "stream,timestamp,x\na,1000,1.0\na,2000,2.0\n"
+
+
+def test_train_refuses_a_directory_that_is_not_an_artifact_before_reading_data(
+        tmp_path: Path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    # The data is a FIFO no one writes: reading it would block, so the refusal must come first.
+    data = tmp_path / "r.csv"
+    os.mkfifo(data)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(out)], env={})
+    assert result.exit_code == 1, result.output
+    assert f"model artifact {out}: exists and is not a cellwatch model artifact" in result.output
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "r.csv"]
+
+
+def test_train_refuses_a_file_and_the_current_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(existing)], env={})
+    assert result.exit_code == 1
+    assert "exists and is not a directory" in result.output
+    assert existing.read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", "."], env={})
+    assert result.exit_code == 1
+    assert "expected the path of the directory to write" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "r.csv"]
+
+
+def _fake_artifact(path: Path, extra: str | None = None) -> Path:
+    (path / "step").mkdir(parents=True)
+    (path / "model.keras").write_bytes(b"weights")
+    (path / "step" / "saved_model.pb").write_bytes(b"graph")
+    files = {"model.keras": {}, "step/saved_model.pb": {}}
+    (path / "metadata.json").write_text(json.dumps({"format": "cellwatch-model",
+                                                    "files": files}))
+    if extra:
+        (path / extra).write_text("not the artifact's")
+    return path
+
+
+def test_only_an_earlier_artifact_holding_only_its_own_files_is_replaced(tmp_path: Path) -> None:
+    from training.output_destinations import OutputPathError, check_artifact_destination
+
+    check_artifact_destination(tmp_path / "new" / "model")  # created by the save
+    check_artifact_destination(_fake_artifact(tmp_path / "earlier"))
+    with pytest.raises(OutputPathError, match=r"holds 1 file\(s\) that are not part of the "
+                                              r"artifact, such as 'step/notes.txt'"):
+        check_artifact_destination(_fake_artifact(tmp_path / "mixed", "step/notes.txt"))
+    with pytest.raises(OutputPathError, match="exists and is not a cellwatch model artifact"):
+        check_artifact_destination(tmp_path / "earlier" / "step")
+    checkpoint = tmp_path / "m.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "history.json").write_text("{}")
+    check_artifact_destination(tmp_path / "m")  # an interrupted run's checkpoint: resumed
+    (checkpoint / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputPathError, match=r"m\.checkpoint: holds 'thesis\.tex'"):
+        check_artifact_destination(tmp_path / "m")
+
+
+def test_evaluate_does_not_overwrite_files_of_another_origin(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# my docs")
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--out", str(docs),
+                                       "--artifact", str(tmp_path / "nowhere")], env={})
+    assert result.exit_code == 1
+    assert "already holds index.md" in result.output and "nowhere" not in result.output
+    assert (docs / "index.md").read_text() == "# my docs"
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--out", str(data)], env={})
+    assert result.exit_code == 2 and "is a file" in result.output  # click's own check
+
+
+def test_synth_does_not_overwrite_a_recording_of_another_origin(tmp_path: Path) -> None:
+    (tmp_path / "readings.csv").write_text(READINGS_CSV)
+    result = CliRunner().invoke(main, ["synth", str(tmp_path), "--length", "10"], env={})
+    assert result.exit_code == 1
+    assert "already holds readings.csv" in result.output
+    assert (tmp_path / "readings.csv").read_text() == READINGS_CSV
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # an earlier synth's output is replaced
+        result = CliRunner().invoke(main, ["synth", str(fresh), "--streams", "1",
+                                           "--length", "10"], env={})
+        assert result.exit_code == 0, result.output
+
+
+def test_replay_checks_its_output_files_before_reading(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    result = CliRunner().invoke(main, ["replay", str(data), "--score-to", str(data)], env={})
+    assert result.exit_code == 1
+    assert f"scores file (--score-to) {data}: is the input {data}" in result.output
+    assert data.read_text() == READINGS_CSV
+    # A folder that cannot be created, with input that would block if it were read.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(main, ["replay", str(fifo), "--score-to",
+                                       str(blocker / "scores.jsonl")], env={})
+    assert result.exit_code == 1
+    assert f"cannot be created, {blocker} is not a directory" in result.output
+
+
+def test_an_output_file_replaces_the_old_one_only_when_complete(tmp_path: Path) -> None:
+    from training.output_destinations import replaced_when_complete
+
+    target = tmp_path / "scores.jsonl"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replaced_when_complete(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("scoring failed")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["scores.jsonl"]
+    with replaced_when_complete(tmp_path / "new" / "scores.jsonl") as handle:
+        handle.write(b"new")
+    assert (tmp_path / "new" / "scores.jsonl").read_text() == "new"
