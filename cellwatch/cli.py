@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from cellwatch.logging_setup import configure_logging, mask_secrets_of
 from cellwatch.settings import (
     CONFIG_ENV_VAR,
     Settings,
@@ -91,9 +92,11 @@ def build_settings(ctx: click.Context) -> Settings:
             overrides[key] = value
             origins[key] = f"flag {flags[param_name]}"
     try:
-        return load_settings(invocation.config_path, invocation.environ, overrides, origins)
+        settings = load_settings(invocation.config_path, invocation.environ, overrides, origins)
     except SettingsError as error:
         raise SettingsProblem(error) from None
+    mask_secrets_of(settings)
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -114,14 +117,20 @@ def build_settings(ctx: click.Context) -> Settings:
     show_envvar=True,
     help="Logging verbosity.",
 )
+@click.option(
+    "--kafka-log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    envvar="CELLWATCH_LOG_LEVEL_KAFKA",  # CELLWATCH_KAFKA_* are settings
+    show_envvar=True,
+    help="Logging verbosity of kafka-python (default: --log-level, but at most info; its "
+         "debug lines are protocol traces).",
+)
 @click.version_option(package_name="cellwatch")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_level: str,
+         kafka_log_level: str | None) -> None:
     """cellwatch: streaming time-series anomaly detection on Kafka."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, kafka_log_level)
     ctx.obj = Invocation(config_path=config_path, environ=dict(os.environ))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -371,3 +372,56 @@ def test_an_output_file_replaces_the_old_one_only_when_complete(tmp_path: Path) 
     with replaced_when_complete(tmp_path / "new" / "scores.jsonl") as handle:
         handle.write(b"new")
     assert (tmp_path / "new" / "scores.jsonl").read_text() == "new"
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+@pytest.fixture
+def restored_logging():
+    """The CLI configures the process's logging; give the next tests theirs back."""
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    levels = root.level, kafka.level
+    yield
+    root.setLevel(levels[0])
+    kafka.setLevel(levels[1])
+
+
+SASL_ENV = {"CELLWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CELLWATCH_KAFKA_SASL_MECHANISM": "PLAIN",
+            "CELLWATCH_KAFKA_SASL_USERNAME": "reader",
+            "CELLWATCH_KAFKA_SASL_PASSWORD": "s3cr\\et-hunter2",
+            "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+
+
+def test_debug_logging_never_shows_the_sasl_password(
+        restored_logging, caplog: pytest.LogCaptureFixture) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError
+
+    from cellwatch.settings import load_settings
+    from cellwatch.wiring import kafka_client_options
+
+    result = CliRunner().invoke(main, ["--log-level", "debug", "--kafka-log-level", "debug",
+                                       "config", "show"], env=SASL_ENV)
+    assert result.exit_code == 0, result.output
+    options = kafka_client_options(load_settings(environ=SASL_ENV).kafka)
+    # KafkaAdminClient logs its whole configuration at debug level, then refuses the
+    # unknown option: kafka-python's own log line, without a broker.
+    with pytest.raises(KafkaConfigurationError):
+        KafkaAdminClient(**options, not_an_option=True)
+    logging.getLogger("cellwatch").error("failed with %s", options["sasl_plain_password"])
+    assert "Starting KafkaAdminClient with configuration" in caplog.text
+    assert "failed with **********" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_kafka_logs_at_most_info_unless_asked(restored_logging) -> None:
+    CliRunner().invoke(main, ["--log-level", "debug", "config", "keys"], env={})
+    assert logging.getLogger("cellwatch").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("kafka.conn").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("kafka.conn").isEnabledFor(logging.INFO)
+    CliRunner().invoke(main, ["--log-level", "error", "config", "keys"],
+                       env={"CELLWATCH_LOG_LEVEL_KAFKA": "debug"})
+    assert logging.getLogger("kafka.conn").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("cellwatch").isEnabledFor(logging.WARNING)
