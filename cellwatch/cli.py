@@ -8,7 +8,6 @@ environment variables are the settings' own (``CELLWATCH_<SECTION>_<FIELD>``) an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -17,13 +16,14 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
+from cellwatch.command_errors import SettingsProblem, user_errors
 from cellwatch.logging_setup import configure_logging, mask_secrets_of
 from cellwatch.settings import (
     CONFIG_ENV_VAR,
@@ -43,15 +43,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Flag destinations that carry a setting are named "<section>__<field>".
 _SETTING_SEPARATOR = "__"
-
-
-class SettingsProblem(click.ClickException):
-    """Bad settings end the command with exit code 2 and the loader's message."""
-
-    exit_code = 2
-
-    def __init__(self, error: SettingsError) -> None:
-        super().__init__(f"invalid settings: {error}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,36 +152,6 @@ def config_keys() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for key, env, default, help_text in rows:
         click.echo(f"{key:<{widths[0]}}  {env:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
-
-
-class _UserError(click.ClickException):
-    """A problem with the user's input or files: exit code 1 and the message, no traceback."""
-
-
-class _DeliveryFailure(click.ClickException):
-    """Output records were not acknowledged (exit code 3); nothing of them was committed, so
-    a restart resumes where the last acknowledged batch ended."""
-
-    exit_code = 3
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turns the packages' input errors into one clear line at the command line."""
-    from detector.artifact import ArtifactError
-    from streaming.ports import OutputError, TopicSetupError
-    from training.evaluation import EvaluationError
-    from training.output_destinations import OutputPathError
-    from training.recordings import RecordingError
-    from training.trainer import TrainingError
-
-    try:
-        yield
-    except OutputError as error:
-        raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, EvaluationError, OutputPathError, RecordingError, TrainingError,
-            TopicSetupError) as error:
-        raise _UserError(str(error)) from None
 
 
 DATA_FORMATS = ["auto", "long-csv", "wide-csv", "jsonl", "nab", "skab"]
@@ -436,6 +397,7 @@ def run(ctx: click.Context, **_flags: Any) -> None:
 def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: str | None,
            partitions: int, speed: float, score_path: Path | None, **_flags: Any) -> None:
     """Replay recorded readings into Kafka, or score them in process."""
+    from cellwatch.startup_errors import kafka_startup, wait_for_brokers
     from cellwatch.wiring import kafka_client_options
     from detector.artifact import load_artifact
     from streaming.engine import ScoringEngine
@@ -468,8 +430,11 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
 
             if topic is not None:
                 options = kafka_client_options(settings.kafka)
-                ensure_topic(options, topic, partitions)
-                sink = KafkaRecordSink(options)
+                servers = settings.kafka.bootstrap_servers
+                wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
+                with kafka_startup(servers):
+                    ensure_topic(options, topic, partitions)
+                    sink = KafkaRecordSink(options)
                 try:
                     sent = replay_to_kafka(readings, recording.channels, sink, topic, speed,
                                            progress)

@@ -275,6 +275,10 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = setting(
         10_000, "a worker silent this long leaves the group and its partitions move "
         "(the broker allows 6000 and up by default)", positive=True)
+    startup_timeout_seconds: float = setting(
+        30.0, "how long a command waits at start for a broker to accept a connection, and "
+        "for the Kafka clients to connect, before it gives up with exit code 5",
+        positive=True)
 
     def _cross_check(self) -> None:
         uses_sasl = self.security_protocol.startswith("SASL_")
