@@ -109,6 +109,19 @@ def load_json(text: str) -> object:
                             f"about {sys.getrecursionlimit()} levels or more)") from None
 
 
+def clipped(text: str, limit: int = 200) -> str:
+    """A message that may quote a hostile value (thousands of digits), cut to ``limit``."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def timestamp_reason(error: ValueError) -> str:
+    """Why a timestamp did not parse, short even for a hostile value."""
+    if "integer string conversion" in str(error):  # int() of more than 4300 digits
+        return (f"expected a time between 1970 and 9999, received a number of more than "
+                f"{sys.get_int_max_str_digits()} digits")
+    return clipped(str(error))
+
+
 def show(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -188,7 +201,7 @@ def parse_timestamps(source: Source, raw: Sequence[object], lines: Sequence[int]
                 ms = parse_timestamp_ms(value)
             except ValueError as exc:
                 source.problem(lines[i], where if isinstance(where, str) else where[i],
-                               f"unparsable timestamp ({exc})")
+                               f"unparsable timestamp ({timestamp_reason(exc)})")
                 ok[i] = False
                 continue
             if type(value) is str:
@@ -267,7 +280,7 @@ def parse_timestamp_texts(source: Source, texts: Sequence[str], lines: Sequence[
             try:
                 ms = parse_timestamp_ms(text)
             except ValueError as exc:
-                failures[text] = str(exc)
+                failures[text] = timestamp_reason(exc)
                 ms = -1
             else:
                 if len(cache) >= _TIMESTAMP_CACHE_SIZE:
@@ -330,7 +343,7 @@ def parse_value_column(source: Source, cells: Sequence[str], lines: Sequence[int
     if infinite.any():
         for i in np.flatnonzero(infinite).tolist():
             source.problem(lines[i], where, f"not a finite number (expected {MISSING_HINT}, "
-                                            f"received {cells[i]!r})")
+                                            f"received {show(cells[i])})")
         column[infinite] = math.nan
         bad = infinite if bad is None else bad | infinite
     return column, bad

@@ -332,6 +332,18 @@ def test_jsonl_hostile_numbers_and_nesting_are_problems_of_their_line(tmp_path):
     assert all(len(problem) < 300 for problem in problems)
 
 
+def test_csv_values_of_thousands_of_digits_are_quoted_short(tmp_path):
+    digits = "9" * 5000
+    path = write(tmp_path / "r.csv", f"stream,timestamp,v\na,{iso(0)},1\na,{digits},2\n"
+                                     f"a,{iso(2)},{digits}\n")
+    problems = problems_of(path).problems
+    assert problems[0] == (f"{path}:3: column 'timestamp': unparsable timestamp (expected a "
+                           f"time between 1970 and 9999, received a number of more than 4300 "
+                           f"digits)")
+    assert problems[1].startswith(f"{path}:4: column 'v': not a finite number")
+    assert all(len(problem) < 300 for problem in problems)
+
+
 def test_a_fifo_is_refused_before_anything_is_read(tmp_path):
     good = write(tmp_path / "good.csv", f"stream,timestamp,v\na,{iso(0)},1\n")
     with fed_fifo(tmp_path / "pipe.csv", f"stream,timestamp,v\nb,{iso(0)},1\n") as fifo:
