@@ -29,12 +29,10 @@ from cellwatch.settings import (
     CONFIG_ENV_VAR,
     Settings,
     SettingsError,
-    as_plain_dict,
-    describe_settings,
     env_var_name,
     load_settings,
-    render_toml,
 )
+from cellwatch.settings_display import as_plain_dict, describe_settings, render_toml
 
 if TYPE_CHECKING:
     from training.trainer import TrainingOptions

@@ -14,12 +14,11 @@ from cellwatch.settings import (
     Settings,
     SettingsError,
     WorkerSettings,
-    as_plain_dict,
     env_var_name,
     load_settings,
-    render_toml,
     setting_keys,
 )
+from cellwatch.settings_display import as_plain_dict, render_toml
 from tests.unit.special_files import fed_fifo
 
 
