@@ -26,8 +26,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from detector.artifact import FORMAT, METADATA_FILE
-
 # What `cellwatch train` leaves beside an artifact while it trains (see training.trainer).
 CHECKPOINT_SUFFIX = ".checkpoint"
 _CHECKPOINT_ENTRIES = {"history.json", "backup"}
@@ -61,6 +59,10 @@ def _refuse_unnamed(path: Path, what: str) -> None:
 
 def _artifact_files(path: Path) -> set[str] | None:
     """The files a complete earlier artifact at ``path`` lists, or None if it is none."""
+    # Here, not at the top: detector.artifact imports TensorFlow, which synth, evaluate's
+    # checks and replay do not otherwise need before they work.
+    from detector.artifact import FORMAT, METADATA_FILE
+
     try:
         metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
@@ -98,7 +100,7 @@ def check_artifact_destination(path: Path) -> None:
         if own is None:
             raise OutputPathError(
                 f"{what} {path}: exists and is not a cellwatch model artifact (no valid "
-                f"{METADATA_FILE}); it would be replaced, so choose a path that does not "
+                f"metadata.json); it would be replaced, so choose a path that does not "
                 f"exist yet, or remove it yourself")
         foreign = _foreign_files(path, own)
         if foreign:
