@@ -8,7 +8,6 @@ environment variables are the settings' own (``CELLWATCH_<SECTION>_<FIELD>``) an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -17,23 +16,23 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
+from cellwatch.command_errors import SettingsProblem, user_errors
+from cellwatch.logging_setup import configure_logging, mask_secrets_of
 from cellwatch.settings import (
     CONFIG_ENV_VAR,
     Settings,
     SettingsError,
-    as_plain_dict,
-    describe_settings,
     env_var_name,
     load_settings,
-    render_toml,
 )
+from cellwatch.settings_display import as_plain_dict, describe_settings, render_toml
 
 if TYPE_CHECKING:
     from training.trainer import TrainingOptions
@@ -42,15 +41,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Flag destinations that carry a setting are named "<section>__<field>".
 _SETTING_SEPARATOR = "__"
-
-
-class SettingsProblem(click.ClickException):
-    """Bad settings end the command with exit code 2 and the loader's message."""
-
-    exit_code = 2
-
-    def __init__(self, error: SettingsError) -> None:
-        super().__init__(f"invalid settings: {error}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +81,11 @@ def build_settings(ctx: click.Context) -> Settings:
             overrides[key] = value
             origins[key] = f"flag {flags[param_name]}"
     try:
-        return load_settings(invocation.config_path, invocation.environ, overrides, origins)
+        settings = load_settings(invocation.config_path, invocation.environ, overrides, origins)
     except SettingsError as error:
         raise SettingsProblem(error) from None
+    mask_secrets_of(settings)
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -114,14 +106,20 @@ def build_settings(ctx: click.Context) -> Settings:
     show_envvar=True,
     help="Logging verbosity.",
 )
+@click.option(
+    "--kafka-log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    envvar="CELLWATCH_LOG_LEVEL_KAFKA",  # CELLWATCH_KAFKA_* are settings
+    show_envvar=True,
+    help="Logging verbosity of kafka-python (default: --log-level, but at most info; its "
+         "debug lines are protocol traces).",
+)
 @click.version_option(package_name="cellwatch")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_level: str,
+         kafka_log_level: str | None) -> None:
     """cellwatch: streaming time-series anomaly detection on Kafka."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, kafka_log_level)
     ctx.obj = Invocation(config_path=config_path, environ=dict(os.environ))
 
 
@@ -154,35 +152,6 @@ def config_keys() -> None:
         click.echo(f"{key:<{widths[0]}}  {env:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
 
 
-class _UserError(click.ClickException):
-    """A problem with the user's input or files: exit code 1 and the message, no traceback."""
-
-
-class _DeliveryFailure(click.ClickException):
-    """Output records were not acknowledged (exit code 3); nothing of them was committed, so
-    a restart resumes where the last acknowledged batch ended."""
-
-    exit_code = 3
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turns the packages' input errors into one clear line at the command line."""
-    from detector.artifact import ArtifactError
-    from streaming.ports import OutputError, TopicSetupError
-    from training.evaluation import EvaluationError
-    from training.recordings import RecordingError
-    from training.trainer import TrainingError
-
-    try:
-        yield
-    except OutputError as error:
-        raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, EvaluationError, RecordingError, TrainingError,
-            TopicSetupError) as error:
-        raise _UserError(str(error)) from None
-
-
 DATA_FORMATS = ["auto", "long-csv", "wide-csv", "jsonl", "nab", "skab"]
 _data_argument = click.argument(
     "data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
@@ -206,10 +175,15 @@ _format_option = click.option(
 def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length: int,
           interval_s: int, anomaly_rate: float, **_flags: Any) -> None:
     """Write a labeled synthetic multi-stream recording."""
+    from training.output_destinations import check_output_directory
     from training.recordings import write_long_csv
     from training.synthetic import generate, write_labels
 
     settings = build_settings(ctx)
+    with user_errors():
+        # labels.json is written last: its presence marks an earlier synth's output.
+        check_output_directory(out_dir, "synth output directory",
+                               ["readings.csv", "labels.json"], marker="labels.json")
     recording, labels = generate(streams=streams, channels=channels, length=length,
                                  interval_s=interval_s, seed=settings.training.seed,
                                  anomaly_rate=anomaly_rate)
@@ -237,11 +211,13 @@ def synth(ctx: click.Context, out_dir: Path, streams: int, channels: int, length
 def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags: Any) -> None:
     """Train a model on recorded data and write the model artifact."""
     from cellwatch.wiring import training_options
+    from training.output_destinations import check_artifact_destination
     from training.recordings import read_recording
     from training.trainer import train as train_model
 
     settings = build_settings(ctx)
     with user_errors():
+        check_artifact_destination(settings.model.artifact)  # before reading the data
         recording = read_recording(list(data), data_format)
         click.echo(recording.summary.describe())
         # A progress bar on a terminal; one line per epoch in logs.
@@ -291,6 +267,7 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     from training.evaluation import DEFAULT_MAX_PLOTS, evaluate_artifact, read_label_windows
     from training.evaluation_report import report_lines
     from training.nab_protocol import run_nab_protocol
+    from training.output_destinations import check_output_directory
     from training.recordings import read_recording
     from training.skab_protocol import SKAB_TRAIN_READINGS, run_skab_protocol
 
@@ -305,6 +282,13 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
         click.echo(f"[{done}/{total}] {key}", err=True)
 
     with user_errors():
+        # evaluation.json is written last: its presence marks an earlier evaluation.
+        check_output_directory(out_dir, "report directory (--out)",
+                               ["evaluation.json", "index.md", "plots", "results"],
+                               marker="evaluation.json")
+        if plots_dir is not None:
+            check_output_directory(plots_dir, "plots directory (--plots)", [],
+                                   marker="index.md")
         windows = read_label_windows(labels_path) if labels_path else None
         labels_name = str(labels_path)
         if protocol == "nab":
@@ -411,18 +395,27 @@ def run(ctx: click.Context, **_flags: Any) -> None:
 def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: str | None,
            partitions: int, speed: float, score_path: Path | None, **_flags: Any) -> None:
     """Replay recorded readings into Kafka, or score them in process."""
+    from cellwatch.startup_errors import kafka_startup, wait_for_brokers
     from cellwatch.wiring import kafka_client_options
     from detector.artifact import load_artifact
     from streaming.engine import ScoringEngine
     from streaming.kafka_io import KafkaRecordSink, ensure_topic
     from streaming.replay import replay_to_kafka, score_in_process
     from streaming.state_store import StateStore
+    from training.output_destinations import check_output_file, replaced_when_complete
     from training.recordings import read_recording
 
     if (topic is None) == (score_path is None):
         raise click.UsageError("give exactly one of --to-kafka TOPIC and --score-to FILE")
     settings = build_settings(ctx)
+    anomalies_path = None
+    if score_path is not None:
+        anomalies_path = score_path.with_name(score_path.stem + ".anomalies.jsonl")
     with user_errors():
+        for path, what in ((score_path, "scores file (--score-to)"),
+                           (anomalies_path, "anomaly episodes file")):
+            if path is not None:
+                check_output_file(path, what, data)
         recording = read_recording(list(data), data_format).filled()
         readings = ((r.stream, r.timestamp_ms, r.values) for r in recording.readings())
         with click.progressbar(length=len(recording), label="replaying",
@@ -435,8 +428,11 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
 
             if topic is not None:
                 options = kafka_client_options(settings.kafka)
-                ensure_topic(options, topic, partitions)
-                sink = KafkaRecordSink(options)
+                servers = settings.kafka.bootstrap_servers
+                wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
+                with kafka_startup(servers):
+                    ensure_topic(options, topic, partitions)
+                    sink = KafkaRecordSink(options)
                 try:
                     sent = replay_to_kafka(readings, recording.channels, sink, topic, speed,
                                            progress)
@@ -449,8 +445,9 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
                                        artifact.metadata.channels,
                                        artifact.metadata.model_version,
                                        settings.worker.anomaly_episode_gap)
-                anomalies_path = score_path.with_name(score_path.stem + ".anomalies.jsonl")
-                with score_path.open("wb") as scores_out, anomalies_path.open("wb") as events:
+                # Written aside and renamed into place: a failed run leaves no half file.
+                with replaced_when_complete(score_path) as scores_out, \
+                        replaced_when_complete(anomalies_path) as events:
                     stats = score_in_process(readings, engine, scores_out, events,
                                              settings.worker.max_poll_records, progress)
                 summary = (f"scored {stats.scored} readings ({stats.rejected} rejected), "

@@ -15,8 +15,8 @@ value came from, what was expected and what was received.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 import tomllib
 import types
 import typing
@@ -193,9 +193,11 @@ def _check_constraints(field: dataclasses.Field, value: Any) -> str | None:
     return None
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, Secret):
-        return REDACTED
+def _shown(value: Any, annotation: Any = None) -> str:
+    """How a received value appears in an error: a secret's value never does, whatever its
+    type (a password written as a TOML number is still a password)."""
+    if isinstance(value, Secret) or _optional_inner(annotation)[0] is Secret:
+        return f"a value of type {type(value).__name__} (not shown: a secret)"
     return repr(value)
 
 
@@ -214,14 +216,16 @@ class _Section:
             except TypeError as error:
                 raise SettingsError(
                     f"{key}: expected {_type_name(hints[field.name])}, "
-                    f"received {_shown(value)} ({error})", key=key) from None
+                    f"received {_shown(value, hints[field.name])} ({error})",
+                    key=key) from None
             if coerced != value or type(coerced) is not type(value):
                 # Normalise e.g. lists to tuples so sections stay hashable and comparable.
                 object.__setattr__(self, field.name, coerced)
             problem = _check_constraints(field, coerced)
             if problem:
                 raise SettingsError(
-                    f"{key}: expected {problem}, received {_shown(coerced)}", key=key)
+                    f"{key}: expected {problem}, "
+                    f"received {_shown(coerced, hints[field.name])}", key=key)
         self._cross_check()
 
     def _cross_check(self) -> None:
@@ -229,7 +233,11 @@ class _Section:
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+# The mechanisms cellwatch can authenticate with: user name and password. kafka-python's
+# OAUTHBEARER needs a token provider object and GSSAPI the gssapi package and a Kerberos
+# setup, neither of which settings can supply, so they are refused here instead of failing
+# at every connection attempt.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +274,10 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = setting(
         10_000, "a worker silent this long leaves the group and its partitions move "
         "(the broker allows 6000 and up by default)", positive=True)
+    startup_timeout_seconds: float = setting(
+        30.0, "how long a command waits at start for a broker to accept a connection, and "
+        "for the Kafka clients to connect, before it gives up with exit code 5",
+        positive=True)
 
     def _cross_check(self) -> None:
         uses_sasl = self.security_protocol.startswith("SASL_")
@@ -273,8 +285,7 @@ class KafkaSettings(_Section):
             raise SettingsError(
                 f"kafka.sasl_mechanism: expected one of {', '.join(SASL_MECHANISMS)} because "
                 f"kafka.security_protocol is {self.security_protocol}, received nothing")
-        if (uses_sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-                and (self.sasl_username is None or self.sasl_password is None)):
+        if uses_sasl and (self.sasl_username is None or self.sasl_password is None):
             raise SettingsError(
                 f"kafka.sasl_username and kafka.sasl_password: expected both for SASL "
                 f"mechanism {self.sasl_mechanism}, received "
@@ -288,6 +299,8 @@ class KafkaSettings(_Section):
         if len(set(topics)) != len(topics):
             raise SettingsError(
                 f"kafka topics: expected five different topic names, received {topics}")
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            _check_readable_file(f"kafka.{key}", getattr(self, key))
         for server in self.bootstrap_servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -301,6 +314,23 @@ class KafkaSettings(_Section):
         """The changelog topic: set, or derived from the group (a changelog belongs to one
         group and one readings topic, as a Kafka Streams changelog to one application)."""
         return self.changelog_topic or f"{self.group_id}.state-changelog"
+
+
+def _check_readable_file(key: str, path: Path | None) -> None:
+    # Checked here, so a wrong path stops the command at once with the setting's name,
+    # instead of as a traceback from the TLS library at the first connection attempt.
+    if path is None:
+        return
+    if not path.exists():
+        problem = "not found"
+    elif not path.is_file():
+        problem = "not a regular file"
+    elif not os.access(path, os.R_OK):
+        problem = "not readable by this user"
+    else:
+        return
+    raise SettingsError(f"{key}: expected a readable file, received {str(path)!r} ({problem})",
+                        key=key)
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -466,7 +496,7 @@ def load_settings(
             except TypeError as error:
                 raise SettingsError(
                     f"{key} (from {source}): expected {_type_name(hints[field.name])}, "
-                    f"received {_shown(value)} ({error})") from None
+                    f"received {_shown(value, hints[field.name])} ({error})") from None
         try:
             sections[section_name] = section_type(**values)
         except SettingsError as error:
@@ -480,6 +510,9 @@ def load_settings(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.exists() and not path.is_file():
+        # A FIFO or device would block the read, or never end it.
+        raise SettingsError(f"config file {path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -499,7 +532,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise SettingsError(
                 f"config file {path}: expected [{section_name}] to be a table, "
-                f"received {table!r}")
+                f"received a value of type {type(table).__name__}")
         known = {field.name for field in dataclasses.fields(SECTIONS[section_name])}
         for name, value in table.items():
             if name not in known:
@@ -526,52 +559,3 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
                 f"environment variable {name}: unknown setting; expected one of "
                 f"{', '.join(known)}")
     return found
-
-
-def as_plain_dict(settings: Settings, *, redact: bool = True) -> dict[str, dict[str, Any]]:
-    """The tree as JSON/TOML-ready values; secrets are replaced by a mask unless asked."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Secret):
-            return REDACTED if redact else value.reveal()
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, tuple):
-            return list(value)
-        return value
-
-    return {
-        name: {field.name: plain(getattr(getattr(settings, name), field.name))
-               for field in dataclasses.fields(SECTIONS[name])}
-        for name in SECTIONS
-    }
-
-
-def render_toml(settings: Settings) -> str:
-    """The resolved tree as TOML, secrets redacted; unset optional values are commented out."""
-    lines: list[str] = []
-    for section_name, values in as_plain_dict(settings).items():
-        if lines:
-            lines.append("")
-        lines.append(f"[{section_name}]")
-        for name, value in values.items():
-            if value is None:
-                lines.append(f"# {name} is not set")
-            else:
-                # JSON scalars and string arrays are valid TOML for every type used here.
-                lines.append(f"{name} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def describe_settings() -> list[tuple[str, str, str, str]]:
-    """(key, environment variable, default, help) for every setting, for docs and --help."""
-    rows = []
-    for key in setting_keys():
-        section_name, name = key.split(".")
-        field = next(f for f in dataclasses.fields(SECTIONS[section_name]) if f.name == name)
-        default = field.default
-        shown = "" if default is None else (
-            ",".join(default) if isinstance(default, tuple) else str(default))
-        rows.append((key, env_var_name(key), shown, field.metadata["help"]))
-    return rows
-

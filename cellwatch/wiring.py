@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
+from cellwatch.startup_errors import kafka_startup, metrics_address_error, wait_for_brokers
 from detector.artifact import METADATA_FILE, ModelArtifact, load_artifact
 from streaming.http_endpoint import MetricsEndpoint
 from streaming.kafka_io import (
@@ -40,6 +41,9 @@ def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
         "client_id": kafka.client_id,
         "security_protocol": kafka.security_protocol,
         "request_timeout_ms": kafka.request_timeout_ms,
+        # kafka-python's own wait for a first broker (30 s, an ERROR line per attempt);
+        # wait_for_brokers has waited before any client starts.
+        "bootstrap_timeout_ms": int(kafka.startup_timeout_seconds * 1000),
     }
     if kafka.sasl_mechanism is not None:
         options["sasl_mechanism"] = kafka.sasl_mechanism
@@ -115,48 +119,85 @@ def run_worker(settings: Settings, stop: threading.Event, on_ready=None,
     ``on_ready(endpoint)`` is called once the metrics endpoint listens (tests use it);
     setting ``reload_requested`` (SIGHUP) loads the artifact again.
     """
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    probes = _StartingProbes()
+    endpoint = MetricsEndpoint(registry, host=settings.metrics.host, port=settings.metrics.port,
+                               liveness=probes.liveness, readiness=probes.readiness)
+    # Bound first: a taken port fails at once, before a model is loaded or a topic created.
+    try:
+        endpoint.start()
+    except OSError as error:
+        raise metrics_address_error(settings.metrics.host, settings.metrics.port,
+                                    error) from None
+    try:
+        _serve(settings, stop, endpoint, metrics, probes, on_ready, reload_requested)
+    finally:
+        endpoint.stop()
+    log.info("worker stopped after committing its last batch")
+
+
+class _StartingProbes:
+    """The endpoint's probes while the worker is set up (the endpoint listens first): alive
+    but not ready until the worker exists, then the worker's own."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+
+    def liveness(self) -> tuple[bool, str]:
+        return (True, "starting") if self.worker is None else self.worker.liveness()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.worker is None:
+            return False, "starting: loading the model, connecting to Kafka, setting up topics"
+        return self.worker.readiness()
+
+
+def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
+           metrics: WorkerMetrics, probes: _StartingProbes, on_ready,
+           reload_requested: threading.Event | None) -> None:
     artifact = load_artifact(settings.model.artifact)
     options = kafka_client_options(settings.kafka)
     config = worker_config(settings)
-    co_partitioned = ensure_topics(
-        options, config.readings_topic,
-        [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
-    config = dataclasses.replace(config, co_partitioned=co_partitioned)
+    servers = settings.kafka.bootstrap_servers
+    wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
     changelog = None
-    if config.changelog_topic is not None:
-        partitions = partition_count(options, config.readings_topic)
-        ensure_changelog(options, config.changelog_topic, partitions)
-        changelog = KafkaChangelogReader(options, config.changelog_topic,
-                                         read_committed=settings.worker.transactional)
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
-    sink = KafkaRecordSink(options, transactional_id=transactional_id(settings))
-    worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog)
-    endpoint = MetricsEndpoint(registry, host=settings.metrics.host, port=settings.metrics.port,
-                               liveness=worker.liveness, readiness=worker.readiness)
-    path = settings.model.artifact
-    watcher = ModelWatcher(
-        signature=lambda: artifact_signature(path),
-        load=lambda: model_info(load_artifact(path)),
-        offer=worker.offer_model,
-        on_failure=lambda _error: metrics.record_model_reload("failed"),
-        poll_s=settings.worker.reload_poll_seconds, stop=stop,
-        reload_requested=reload_requested)
-    # TensorFlow and Keras leave ~340k long-lived objects that every full collection would
-    # scan again; freezing them cut the worker's collector time ~9x in the benchmark.
-    gc.freeze()
     try:
-        with endpoint, watcher:
+        with kafka_startup(servers):
+            co_partitioned = ensure_topics(
+                options, config.readings_topic,
+                [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
+            config = dataclasses.replace(config, co_partitioned=co_partitioned)
+            if config.changelog_topic is not None:
+                partitions = partition_count(options, config.readings_topic)
+                ensure_changelog(options, config.changelog_topic, partitions)
+                changelog = KafkaChangelogReader(options, config.changelog_topic,
+                                                 read_committed=settings.worker.transactional)
+            sink = KafkaRecordSink(options, transactional_id=transactional_id(settings))
+        worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog)
+        probes.worker = worker
+        path = settings.model.artifact
+        watcher = ModelWatcher(
+            signature=lambda: artifact_signature(path),
+            load=lambda: model_info(load_artifact(path)),
+            offer=worker.offer_model,
+            on_failure=lambda _error: metrics.record_model_reload("failed"),
+            poll_s=settings.worker.reload_poll_seconds, stop=stop,
+            reload_requested=reload_requested)
+        # TensorFlow and Keras leave ~340k long-lived objects that every full collection
+        # would scan again; freezing them cut the worker's collector time ~9x in the benchmark.
+        gc.freeze()
+        with watcher:
             log.info("metrics on %s/metrics; model %s; consuming %s as group %s",
                      endpoint.url, artifact.metadata.model_version, config.readings_topic,
                      settings.kafka.group_id)
             if on_ready is not None:
                 on_ready(endpoint)
-            source = KafkaReadingSource(
-                options, config.readings_topic, settings.kafka.group_id, worker,
-                session_timeout_ms=settings.kafka.session_timeout_ms)
+            with kafka_startup(servers):
+                source = KafkaReadingSource(
+                    options, config.readings_topic, settings.kafka.group_id, worker,
+                    session_timeout_ms=settings.kafka.session_timeout_ms)
             worker.run(source, stop)
     finally:
         if changelog is not None:
             changelog.close()
-    log.info("worker stopped after committing its last batch")

@@ -39,6 +39,9 @@ def always_ok() -> tuple[bool, str]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 reset most of a burst of connections (265 of 300
+    # concurrent ones) while the accept loop was busy; Linux caps this at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], endpoint: MetricsEndpoint) -> None:
         self.endpoint = endpoint

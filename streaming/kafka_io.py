@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import __version__ as kafka_version
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.ports import OutputError, PartitionListener, SourceRecord, TopicSetupError
@@ -240,17 +240,22 @@ class KafkaRecordSink:
         if self._transactional and not self._in_transaction:
             self._producer.begin_transaction()
             self._in_transaction = True
-        self._pending.append(self._producer.send(topic, value=value, key=key,
-                                                 headers=list(headers) or None,
-                                                 partition=partition))
+        try:
+            future = self._producer.send(topic, value=value, key=key,
+                                         headers=list(headers) or None, partition=partition)
+        except KafkaError as error:  # e.g. too large, or no metadata for the topic
+            raise OutputError(f"output record to {topic!r} not sent: {error!r}") from error
+        self._pending.append(future)
 
     def flush(self, timeout_s: float = 60.0) -> None:
         pending, self._pending = self._pending, []
         try:
             self._producer.flush(timeout=timeout_s)
-        except KafkaError as error:
+        except KafkaTimeoutError as error:
             raise OutputError(f"output records not acknowledged within {timeout_s} s: "
                               f"{error}") from error
+        except KafkaError as error:  # failed at once: no wait to speak of
+            raise OutputError(f"output records not delivered: {error!r}") from error
         failed = [future for future in pending if future.failed()]
         if failed:
             raise OutputError(f"{len(failed)} of {len(pending)} output records failed; first: "

@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from detector.state import StateLayout
 from streaming.messages import RejectReason
 
 PREFIX = "cellwatch_"
@@ -226,6 +227,13 @@ class BatchHistogram(Collector):
         return [family]
 
 
+def state_layout_label(layout: StateLayout) -> str:
+    """``<layout version>/<floats per stream>``, the ``state_layout`` label of ``model_info``:
+    two models whose states cannot be exchanged never share it (the version alone did not
+    tell a 32-unit memory from a 64-unit one)."""
+    return f"{layout.version}/{layout.size}"
+
+
 class WorkerMetrics:
     """Every metric of the streaming worker, registered on ``registry``.
 
@@ -327,7 +335,8 @@ class WorkerMetrics:
         # Model.
         self.model_info = gauge(
             "model_info", "The loaded model: always 1, labelled with its version, training "
-            "time and state layout.", ["version", "trained_at", "state_layout"])
+            "time and state layout (version/floats per stream).",
+            ["version", "trained_at", "state_layout"])
         self.model_trained_timestamp = gauge(
             "model_trained_timestamp_seconds", "Unix time at which the loaded model was trained.")
         self.model_reloads = counter(

@@ -73,7 +73,7 @@ from detector.step import StreamingStep
 from streaming.changelog import ChangelogWriter, restore_states
 from streaming.engine import Reading, ScoringEngine
 from streaming.messages import ReadingParser, Rejection
-from streaming.metrics import WorkerMetrics
+from streaming.metrics import WorkerMetrics, state_layout_label
 from streaming.ports import ChangelogReader, OutputError, ReadingSource, RecordSink, SourceRecord
 from streaming.state_store import StateStore
 
@@ -177,7 +177,7 @@ class Worker:
         # IO thread, which may be waiting for the lock).
         self._lock = threading.Lock()
         metrics.set_model(model.version, model.trained_at, model.trained_at_s,
-                          str(model.step.layout.version))
+                          state_layout_label(model.step.layout))
 
     # Partition listener -------------------------------------------------------------------
 
@@ -513,7 +513,7 @@ class Worker:
                                         self.config.episode_gap, clock=self.clock)
             previous, self.model = self.model, model
             self.metrics.set_model(model.version, model.trained_at, model.trained_at_s,
-                                   str(model.step.layout.version))
+                                   state_layout_label(model.step.layout))
             self.metrics.record_model_reload("kept_state" if kept else "reset_state")
         if kept:
             log.info("model %s replaced by %s; streams keep their states", previous.version,

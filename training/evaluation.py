@@ -130,14 +130,28 @@ def labels_from_windows(timestamps_ms: np.ndarray,
 
 def read_label_windows(path: Path) -> Windows:
     """Windows per stream from NAB's ``combined_windows.json`` or ``cellwatch synth`` labels."""
-    import json
-
     from training.nab import load_windows
+    from training.recording_parsing import JsonTextError, load_json
     from training.synthetic import read_labels
 
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: not a regular file (expected a JSON labels file)")
+    try:
+        document = load_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{path}: cannot be read ({error})") from None
+    except JsonTextError as error:
+        at = "" if error.line is None else f":{error.line}"
+        column = "" if error.column is None else f" at column {error.column}"
+        raise EvaluationError(f"{path}{at}: invalid JSON: {error.reason}{column} (expected "
+                              f"NAB's combined_windows.json or `cellwatch synth` "
+                              f"labels)") from None
     if isinstance(document, dict):
-        return load_windows(path)
+        try:
+            return load_windows(path)
+        except ValueError as error:  # load_windows names the key and window
+            raise EvaluationError(str(error)) from None
     windows: Windows = {}
     for label in read_labels(path):
         windows.setdefault(label.stream, []).append((label.start_ms, label.end_ms))

@@ -5,7 +5,6 @@ Internal to :func:`training.recordings.read_recording`, which documents the form
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -14,8 +13,10 @@ import numpy as np
 from training.recording_parsing import (
     FLUSH_ROWS,
     FileData,
+    JsonTextError,
     Part,
     Source,
+    load_json,
     parse_cell,
     parse_timestamps,
     report_undecodable,
@@ -172,16 +173,12 @@ def read_jsonl(source: Source) -> FileData | None:
                     continue
                 seen_text = True
                 try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as first_error:
-                    error = first_error
-                    try:  # again without the line break, for the decoder's column
-                        json.loads(text.rstrip("\r\n"))
-                    except json.JSONDecodeError as exc:
-                        error = exc
-                    source.problem(number, None, f"invalid JSON: {error.msg} at column "
-                                                 f"{error.colno} (expected one JSON object "
-                                                 f"per line, received {show(text.strip())})")
+                    record = load_json(text)
+                except JsonTextError as error:
+                    at = "" if error.column is None else f" at column {error.column}"
+                    source.problem(number, None, f"invalid JSON: {error.reason}{at} (expected "
+                                                 f"one JSON object per line, received "
+                                                 f"{show(text.strip())})")
                     continue
                 if not isinstance(record, dict):
                     source.problem(number, None, f"not a JSON object (expected "

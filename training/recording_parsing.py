@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gc
 import heapq
+import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +71,55 @@ class Source:
         location = self.name if line is None else f"{self.name}:{line}"
         self.problems.add(self.index, line or 0,
                           f"{location}: {where}: {text}" if where else f"{location}: {text}")
+
+
+class JsonTextError(ValueError):
+    """Text that ``json.loads`` cannot turn into a value; ``line`` and ``column`` say where
+    when the decoder knows."""
+
+    def __init__(self, reason: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.line, self.column = reason, line, column
+
+
+def load_json(text: str) -> object:
+    """``json.loads`` whose every failure is a :class:`JsonTextError`.
+
+    Besides malformed text, hostile input fails ``json.loads`` in two more ways, the ones the
+    Kafka message parser (``streaming.messages``) also catches: an integer of more digits than
+    Python converts (a ValueError that is no JSONDecodeError) and nesting deeper than the
+    recursion limit (RecursionError).
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first_error:
+        error = first_error
+        try:  # again without the line break, for the decoder's column at the end of a line
+            json.loads(text.rstrip("\r\n"))
+        except json.JSONDecodeError as retried:
+            error = retried
+        except (ValueError, RecursionError):
+            pass
+        raise JsonTextError(error.msg, error.lineno, error.colno) from None
+    except ValueError:
+        raise JsonTextError(f"an integer of more than {sys.get_int_max_str_digits()} "
+                            f"digits") from None
+    except RecursionError:
+        raise JsonTextError("nested too deeply (arrays or objects within each other, "
+                            f"about {sys.getrecursionlimit()} levels or more)") from None
+
+
+def clipped(text: str, limit: int = 200) -> str:
+    """A message that may quote a hostile value (thousands of digits), cut to ``limit``."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def timestamp_reason(error: ValueError) -> str:
+    """Why a timestamp did not parse, short even for a hostile value."""
+    if "integer string conversion" in str(error):  # int() of more than 4300 digits
+        return (f"expected a time between 1970 and 9999, received a number of more than "
+                f"{sys.get_int_max_str_digits()} digits")
+    return clipped(str(error))
 
 
 def show(value: object, limit: int = 60) -> str:
@@ -150,7 +201,7 @@ def parse_timestamps(source: Source, raw: Sequence[object], lines: Sequence[int]
                 ms = parse_timestamp_ms(value)
             except ValueError as exc:
                 source.problem(lines[i], where if isinstance(where, str) else where[i],
-                               f"unparsable timestamp ({exc})")
+                               f"unparsable timestamp ({timestamp_reason(exc)})")
                 ok[i] = False
                 continue
             if type(value) is str:
@@ -229,7 +280,7 @@ def parse_timestamp_texts(source: Source, texts: Sequence[str], lines: Sequence[
             try:
                 ms = parse_timestamp_ms(text)
             except ValueError as exc:
-                failures[text] = str(exc)
+                failures[text] = timestamp_reason(exc)
                 ms = -1
             else:
                 if len(cache) >= _TIMESTAMP_CACHE_SIZE:
@@ -292,7 +343,7 @@ def parse_value_column(source: Source, cells: Sequence[str], lines: Sequence[int
     if infinite.any():
         for i in np.flatnonzero(infinite).tolist():
             source.problem(lines[i], where, f"not a finite number (expected {MISSING_HINT}, "
-                                            f"received {cells[i]!r})")
+                                            f"received {show(cells[i])})")
         column[infinite] = math.nan
         bad = infinite if bad is None else bad | infinite
     return column, bad

@@ -125,6 +125,11 @@ def _plan(paths: Sequence[Path], format: str, problems: Problems,
     for path in paths:
         if not path.exists():
             add(path, "unreadable", problem="no such file or directory")
+        elif not path.is_dir() and not path.is_file():
+            # A FIFO or device would block the read, or never end it; refused before any
+            # file is read.
+            add(path, "unreadable", problem="not a regular file (expected a file or a "
+                                            "directory, received a FIFO, socket or device)")
         elif path.is_dir():
             if format not in ("auto", "nab", "skab"):
                 add(path, "unreadable", problem=f"is a directory (expected a {format} file; "

@@ -36,6 +36,7 @@ from detector.artifact import ArtifactMetadata, save_artifact
 from detector.features import ChannelScaler, clock_features
 from detector.model import ForecasterConfig, build_forecaster, gaussian_nll
 from detector.scorer import ScorerConfig
+from training.output_destinations import CHECKPOINT_SUFFIX, check_artifact_destination
 from training.recordings import Recording
 
 log = logging.getLogger(__name__)
@@ -310,12 +311,17 @@ def train(recording: Recording, artifact_path: Path,
 
     Raises:
         TrainingError: the data cannot train a model (too short, no channels, ...).
+        OutputPathError: ``artifact_path`` holds something other than an earlier artifact
+            (checked before training and again before the artifact is written).
     """
     started = time.monotonic()
     artifact_path = Path(artifact_path)
-    checkpoint_dir = artifact_path.parent / f"{artifact_path.name}.checkpoint"
+    # The artifact replaces what is at its path: only an earlier artifact may be there.
+    check_artifact_destination(artifact_path)
+    checkpoint_dir = artifact_path.parent / f"{artifact_path.name}{CHECKPOINT_SUFFIX}"
     fitted = fit(recording, options, checkpoint_dir)
     report = fitted.report
+    check_artifact_destination(artifact_path)  # again: training takes a while
     metadata = save_artifact(artifact_path, fitted.model, recording.channels, fitted.forecaster,
                              fitted.scaler, options.scorer, training=_training_summary(report))
     report["model_version"] = metadata.model_version

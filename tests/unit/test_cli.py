@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cellwatch.cli import main
@@ -220,3 +223,282 @@ def test_evaluate_skab_protocol_takes_its_labels_from_the_files(tmp_path: Path) 
                                       "--train-readings", "100"], env={})
     assert other.exit_code == 2
     assert "--train-readings applies to --protocol skab only" in other.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[" * 100_000 + "]" * 100_000, "labels.json: invalid JSON: nested too deeply"),
+    ('{"a.csv": [["2024-01-01", ' + "9" * 5000 + "]]}",
+     "labels.json: invalid JSON: an integer of more than 4300 digits"),
+    ('{"a.csv": [1, 2]}', "labels.json: 'a.csv': window 0: expected [start, end] timestamp"),
+    ("{\n  oops\n}", "labels.json:2: invalid JSON: Expecting property name enclosed in double "
+                     "quotes at column 3"),
+])
+def test_evaluate_with_a_hostile_labels_file_names_file_line_and_problem(
+        tmp_path: Path, text: str, expected: str) -> None:
+    data = tmp_path / "a.csv"
+    data.write_text("timestamp,value\n2024-01-01 00:00:00,1.0\n")
+    labels = tmp_path / "labels.json"
+    labels.write_text(text)
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--labels", str(labels),
+                                       "--out", str(tmp_path / "eval")], env={})
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ output destinations
+
+READINGS_CSV = "stream,timestamp,x\na,1000,1.0\na,2000,2.0\n"
+
+
+def test_train_refuses_a_directory_that_is_not_an_artifact_before_reading_data(
+        tmp_path: Path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    # The data is a FIFO no one writes: reading it would block, so the refusal must come first.
+    data = tmp_path / "r.csv"
+    os.mkfifo(data)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(out)], env={})
+    assert result.exit_code == 1, result.output
+    assert f"model artifact {out}: exists and is not a cellwatch model artifact" in result.output
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "r.csv"]
+
+
+def test_train_refuses_a_file_and_the_current_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(existing)], env={})
+    assert result.exit_code == 1
+    assert "exists and is not a directory" in result.output
+    assert existing.read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", "."], env={})
+    assert result.exit_code == 1
+    assert "expected the path of the directory to write" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "r.csv"]
+
+
+def _fake_artifact(path: Path, extra: str | None = None) -> Path:
+    (path / "step").mkdir(parents=True)
+    (path / "model.keras").write_bytes(b"weights")
+    (path / "step" / "saved_model.pb").write_bytes(b"graph")
+    files = {"model.keras": {}, "step/saved_model.pb": {}}
+    (path / "metadata.json").write_text(json.dumps({"format": "cellwatch-model",
+                                                    "files": files}))
+    if extra:
+        (path / extra).write_text("not the artifact's")
+    return path
+
+
+def test_only_an_earlier_artifact_holding_only_its_own_files_is_replaced(tmp_path: Path) -> None:
+    from training.output_destinations import OutputPathError, check_artifact_destination
+
+    check_artifact_destination(tmp_path / "new" / "model")  # created by the save
+    check_artifact_destination(_fake_artifact(tmp_path / "earlier"))
+    with pytest.raises(OutputPathError, match=r"holds 1 file\(s\) that are not part of the "
+                                              r"artifact, such as 'step/notes.txt'"):
+        check_artifact_destination(_fake_artifact(tmp_path / "mixed", "step/notes.txt"))
+    with pytest.raises(OutputPathError, match="exists and is not a cellwatch model artifact"):
+        check_artifact_destination(tmp_path / "earlier" / "step")
+    checkpoint = tmp_path / "m.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "history.json").write_text("{}")
+    check_artifact_destination(tmp_path / "m")  # an interrupted run's checkpoint: resumed
+    (checkpoint / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputPathError, match=r"m\.checkpoint: holds 'thesis\.tex'"):
+        check_artifact_destination(tmp_path / "m")
+
+
+def test_evaluate_does_not_overwrite_files_of_another_origin(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# my docs")
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--out", str(docs),
+                                       "--artifact", str(tmp_path / "nowhere")], env={})
+    assert result.exit_code == 1
+    assert "already holds index.md" in result.output and "nowhere" not in result.output
+    assert (docs / "index.md").read_text() == "# my docs"
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--out", str(data)], env={})
+    assert result.exit_code == 2 and "is a file" in result.output  # click's own check
+
+
+def test_synth_does_not_overwrite_a_recording_of_another_origin(tmp_path: Path) -> None:
+    (tmp_path / "readings.csv").write_text(READINGS_CSV)
+    result = CliRunner().invoke(main, ["synth", str(tmp_path), "--length", "10"], env={})
+    assert result.exit_code == 1
+    assert "already holds readings.csv" in result.output
+    assert (tmp_path / "readings.csv").read_text() == READINGS_CSV
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # an earlier synth's output is replaced
+        result = CliRunner().invoke(main, ["synth", str(fresh), "--streams", "1",
+                                           "--length", "10"], env={})
+        assert result.exit_code == 0, result.output
+
+
+def test_replay_checks_its_output_files_before_reading(tmp_path: Path) -> None:
+    data = tmp_path / "r.csv"
+    data.write_text(READINGS_CSV)
+    result = CliRunner().invoke(main, ["replay", str(data), "--score-to", str(data)], env={})
+    assert result.exit_code == 1
+    assert f"scores file (--score-to) {data}: is the input {data}" in result.output
+    assert data.read_text() == READINGS_CSV
+    # A folder that cannot be created, with input that would block if it were read.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(main, ["replay", str(fifo), "--score-to",
+                                       str(blocker / "scores.jsonl")], env={})
+    assert result.exit_code == 1
+    assert f"cannot be created, {blocker} is not a directory" in result.output
+
+
+def test_an_output_file_replaces_the_old_one_only_when_complete(tmp_path: Path) -> None:
+    from training.output_destinations import replaced_when_complete
+
+    target = tmp_path / "scores.jsonl"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replaced_when_complete(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("scoring failed")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["scores.jsonl"]
+    with replaced_when_complete(tmp_path / "new" / "scores.jsonl") as handle:
+        handle.write(b"new")
+    assert (tmp_path / "new" / "scores.jsonl").read_text() == "new"
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+@pytest.fixture
+def restored_logging():
+    """The CLI configures the process's logging; give the next tests theirs back."""
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    levels = root.level, kafka.level
+    yield
+    root.setLevel(levels[0])
+    kafka.setLevel(levels[1])
+
+
+SASL_ENV = {"CELLWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CELLWATCH_KAFKA_SASL_MECHANISM": "PLAIN",
+            "CELLWATCH_KAFKA_SASL_USERNAME": "reader",
+            "CELLWATCH_KAFKA_SASL_PASSWORD": "s3cr\\et-hunter2",
+            "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+
+
+def test_debug_logging_never_shows_the_sasl_password(
+        restored_logging, caplog: pytest.LogCaptureFixture) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError
+
+    from cellwatch.settings import load_settings
+    from cellwatch.wiring import kafka_client_options
+
+    result = CliRunner().invoke(main, ["--log-level", "debug", "--kafka-log-level", "debug",
+                                       "config", "show"], env=SASL_ENV)
+    assert result.exit_code == 0, result.output
+    options = kafka_client_options(load_settings(environ=SASL_ENV).kafka)
+    # KafkaAdminClient logs its whole configuration at debug level, then refuses the
+    # unknown option: kafka-python's own log line, without a broker.
+    with pytest.raises(KafkaConfigurationError):
+        KafkaAdminClient(**options, not_an_option=True)
+    logging.getLogger("cellwatch").error("failed with %s", options["sasl_plain_password"])
+    assert "Starting KafkaAdminClient with configuration" in caplog.text
+    assert "failed with **********" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_kafka_logs_at_most_info_unless_asked(restored_logging) -> None:
+    CliRunner().invoke(main, ["--log-level", "debug", "config", "keys"], env={})
+    assert logging.getLogger("cellwatch").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("kafka.conn").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("kafka.conn").isEnabledFor(logging.INFO)
+    CliRunner().invoke(main, ["--log-level", "error", "config", "keys"],
+                       env={"CELLWATCH_LOG_LEVEL_KAFKA": "debug"})
+    assert logging.getLogger("kafka.conn").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("cellwatch").isEnabledFor(logging.WARNING)
+
+
+# ------------------------------------------------------------------------- start-up
+
+
+@pytest.fixture
+def worker_process_state(restored_logging, monkeypatch: pytest.MonkeyPatch):
+    """`run` installs signal handlers and loads a model; keep the handlers, fake the model
+    (these tests end before a model is used)."""
+    import signal
+
+    import cellwatch.wiring
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    loaded: list[Path] = []
+    monkeypatch.setattr(cellwatch.wiring, "load_artifact", loaded.append)
+    yield loaded
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def test_a_taken_metrics_port_exits_4_before_anything_else(worker_process_state) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["run", "--metrics-port", str(port)],
+                                    env={"CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.exit_code == 4, result.output
+    assert f"metrics endpoint 127.0.0.1:{port}: cannot listen (Address already in use)" in (
+        result.output)
+    assert worker_process_state == []  # no model loaded, no broker contacted
+    assert "Traceback" not in result.output
+
+
+def test_an_unreachable_broker_exits_5_with_one_line_in_bounded_time(
+        worker_process_state) -> None:
+    import time
+
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["run", "--metrics-port", "0"], env={
+        "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "CELLWATCH_KAFKA_STARTUP_TIMEOUT_SECONDS": "1.5"})
+    assert result.exit_code == 5, result.output
+    assert time.monotonic() - started < 10
+    assert ("Error: no Kafka broker accepted a connection within 1.5 s (127.0.0.1:1: "
+            "Connection refused)") in result.output
+    assert len(worker_process_state) == 1 and "Traceback" not in result.output
+
+
+def test_a_listener_that_does_not_speak_kafka_exits_5_naming_the_security_settings(
+        worker_process_state) -> None:
+    # What a TLS or SASL mismatch looks like to kafka-python: the port accepts, the
+    # handshake never completes.
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        result = CliRunner().invoke(main, ["run", "--metrics-port", "0"], env={
+            "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}",
+            "CELLWATCH_KAFKA_STARTUP_TIMEOUT_SECONDS": "1"})
+    assert result.exit_code == 5, result.output
+    assert "cannot start the clients" in result.output
+    assert "kafka.security_protocol" in result.output and "Traceback" not in result.output
+
+
+def test_a_missing_ca_file_is_a_settings_error_before_start(worker_process_state,
+                                                            tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run"], env={
+        "CELLWATCH_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "CELLWATCH_KAFKA_SSL_CAFILE": str(tmp_path / "ca.pem")})
+    assert result.exit_code == 2
+    assert "kafka.ssl_cafile: expected a readable file" in result.output
+    assert "environment variable CELLWATCH_KAFKA_SSL_CAFILE" in result.output

@@ -14,12 +14,12 @@ from cellwatch.settings import (
     Settings,
     SettingsError,
     WorkerSettings,
-    as_plain_dict,
     env_var_name,
     load_settings,
-    render_toml,
     setting_keys,
 )
+from cellwatch.settings_display import as_plain_dict, render_toml
+from tests.unit.special_files import fed_fifo
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -209,3 +209,45 @@ def test_every_key_has_an_environment_variable() -> None:
     assert "kafka.bootstrap_servers" in keys
     assert env_var_name("kafka.bootstrap_servers") == "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS"
     assert len({env_var_name(key) for key in keys}) == len(keys)
+
+
+@pytest.mark.parametrize("key", ["sasl_password", "ssl_password"])
+@pytest.mark.parametrize("value", ["31337", "[\"hunter2\", 31337]", "{ word = \"hunter2\" }"])
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path, key: str, value: str) -> None:
+    config = write_config(tmp_path, f"[kafka]\n{key} = {value}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert f"kafka.{key}" in message and "expected a string (secret)" in message
+    assert "31337" not in message and "hunter2" not in message
+
+
+@pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "GSSAPI"])
+def test_sasl_mechanisms_without_a_password_are_refused(mechanism: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism=mechanism,
+                      sasl_username="u", sasl_password=Secret("p"))
+    message = str(caught.value)
+    assert "kafka.sasl_mechanism" in message and mechanism in message
+    assert "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512" in message
+
+
+def test_tls_files_must_exist_and_be_readable(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    with pytest.raises(SettingsError, match=r"kafka\.ssl_cafile: expected a readable file, "
+                                            r"received '.*ca\.pem' \(not found\)"):
+        KafkaSettings(security_protocol="SSL", ssl_cafile=ca)
+    with pytest.raises(SettingsError, match=r"kafka\.ssl_keyfile: .*\(not a regular file\)"):
+        KafkaSettings(security_protocol="SSL", ssl_keyfile=tmp_path)
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert KafkaSettings(security_protocol="SSL", ssl_cafile=ca).ssl_cafile == ca
+    config = write_config(tmp_path, f"[kafka]\nssl_certfile = {str(tmp_path / 'no.pem')!r}\n")
+    with pytest.raises(SettingsError, match=r"kafka\.ssl_certfile: .*not found.*from config "
+                                            r"file"):
+        load_settings(config)
+
+
+def test_a_config_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    with fed_fifo(tmp_path / "settings.toml", "[kafka]\n") as fifo, pytest.raises(
+            SettingsError, match=r"settings\.toml: not a regular file"):
+        load_settings(fifo)

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from cellwatch.cli import main as cli
-from cellwatch.settings import describe_settings, load_settings
+from cellwatch.settings import load_settings
+from cellwatch.settings_display import describe_settings
 from streaming.http_endpoint import MetricsEndpoint
 from tests.unit.deploy.conftest import http_status
 

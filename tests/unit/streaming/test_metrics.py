@@ -455,3 +455,15 @@ def test_streams_and_durability_helpers(registry: CollectorRegistry,
                  lambda: metrics.set_lag("readings", -1, 0)):
         with pytest.raises(ValueError):
             call()
+
+
+def test_the_state_layout_label_tells_apart_states_that_cannot_be_exchanged() -> None:
+    from detector.state import STATE_LAYOUT_VERSION, StateLayout
+    from streaming.metrics import state_layout_label
+
+    small = StateLayout(channels=3, input_width=9, memory_units=32)
+    large = StateLayout(channels=3, input_width=9, memory_units=64)
+    assert state_layout_label(small) == f"{STATE_LAYOUT_VERSION}/{small.size}"
+    assert state_layout_label(small) != state_layout_label(large)
+    assert state_layout_label(small) == state_layout_label(
+        StateLayout(channels=3, input_width=9, memory_units=32))

@@ -359,7 +359,8 @@ def test_metrics_count_consumed_scored_and_rejected_by_reason(
     assert metric(registry, "cellwatch_output_records_total", topic_role="scores") == 6
     assert metric(registry, "cellwatch_anomaly_score_count") == 6
     assert metric(registry, "cellwatch_model_info", version=MODEL_VERSION,
-                  trained_at="2024-01-01T00:00:00Z", state_layout=str(STATE_LAYOUT_VERSION)) == 1
+                  trained_at="2024-01-01T00:00:00Z",
+                  state_layout=f"{STATE_LAYOUT_VERSION}/{worker.model.step.layout.size}") == 1
 
 
 def test_metrics_count_skipped_readings(worker: Worker, registry: CollectorRegistry,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from detector.readings import format_timestamp_ms, parse_timestamp_ms
+from tests.unit.special_files import fed_fifo
 from training.recording_parsing import fast_timestamps
 from training.recordings import (
     Recording,
@@ -313,6 +314,42 @@ def test_jsonl_invalid_json_reports_the_decoder_message(tmp_path):
         "{\"<channel>\": number, ...}} or {\"stream\": ..., \"ts\": ..., \"<channel>\": number, "
         "...}, optionally \"label\", received [1])",
     )
+
+
+def test_jsonl_hostile_numbers_and_nesting_are_problems_of_their_line(tmp_path):
+    # The limits Python's json decoder hits on hostile input (an integer beyond 4300 digits,
+    # nesting deeper than the recursion limit) are problems of their line, not tracebacks.
+    first = json.dumps({"stream": "a", "ts": iso(0), "v": 1})
+    path = write(tmp_path / "r.jsonl", first + "\n"
+                 + '{"stream": "a", "ts": "' + iso(1) + '", "v": ' + "9" * 5000 + "}\n"
+                 + '{"stream": "a", "ts": "' + iso(2) + '", "v": ' + "[" * 100_000
+                 + "]" * 100_000 + "}\n")
+    problems = problems_of(path).problems
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{path}:2: invalid JSON: an integer of more than 4300 digits "
+                                  f"(expected one JSON object per line, received ")
+    assert problems[1].startswith(f"{path}:3: invalid JSON: nested too deeply")
+    assert all(len(problem) < 300 for problem in problems)
+
+
+def test_csv_values_of_thousands_of_digits_are_quoted_short(tmp_path):
+    digits = "9" * 5000
+    path = write(tmp_path / "r.csv", f"stream,timestamp,v\na,{iso(0)},1\na,{digits},2\n"
+                                     f"a,{iso(2)},{digits}\n")
+    problems = problems_of(path).problems
+    assert problems[0] == (f"{path}:3: column 'timestamp': unparsable timestamp (expected a "
+                           f"time between 1970 and 9999, received a number of more than 4300 "
+                           f"digits)")
+    assert problems[1].startswith(f"{path}:4: column 'v': not a finite number")
+    assert all(len(problem) < 300 for problem in problems)
+
+
+def test_a_fifo_is_refused_before_anything_is_read(tmp_path):
+    good = write(tmp_path / "good.csv", f"stream,timestamp,v\na,{iso(0)},1\n")
+    with fed_fifo(tmp_path / "pipe.csv", f"stream,timestamp,v\nb,{iso(0)},1\n") as fifo:
+        problems = problems_of([good, fifo]).problems
+    assert problems == (f"{fifo}: not a regular file (expected a file or a directory, "
+                        f"received a FIFO, socket or device)",)
 
 
 def test_jsonl_bad_timestamp_and_infinite_value(tmp_path):

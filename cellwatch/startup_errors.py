@@ -1,0 +1,110 @@
+"""What stops a command before it can work, said in one line with a documented exit code.
+
+Exit codes of every command (README.md, "Exit codes"):
+
+- 0: done;
+- 1: a problem with the input: data, labels, model artifact, output path, topics;
+- 2: a usage or settings error (the message names the flag or setting);
+- 3: output records were not delivered to Kafka (nothing of them was committed);
+- 4: the metrics endpoint cannot listen on its address (port taken, address not local);
+- 5: Kafka cannot be reached or refuses us at start: no broker accepts a connection within
+  ``kafka.startup_timeout_seconds``, or the TLS or SASL handshake fails.
+
+The checks run in the order that fails fastest and changes nothing: the metrics port is bound
+before any Kafka client starts (so a second worker on one port does not first create topics),
+and a plain TCP connection to the brokers is tried, with one log line, before kafka-python's
+clients (whose bootstrap logs an ERROR line per attempt) are created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from kafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+EXIT_INPUT_PROBLEM = 1
+EXIT_USAGE_OR_SETTINGS = 2
+EXIT_DELIVERY_FAILURE = 3
+EXIT_METRICS_ADDRESS = 4
+EXIT_KAFKA_UNAVAILABLE = 5
+
+
+class StartupError(RuntimeError):
+    """The environment does not let the command start; ``exit_code`` says which part."""
+
+    exit_code = 1
+
+
+class MetricsAddressError(StartupError):
+    exit_code = EXIT_METRICS_ADDRESS
+
+
+class KafkaUnavailableError(StartupError):
+    exit_code = EXIT_KAFKA_UNAVAILABLE
+
+
+def metrics_address_error(host: str, port: int, error: OSError) -> MetricsAddressError:
+    reason = error.strerror or str(error)
+    return MetricsAddressError(
+        f"metrics endpoint {host}:{port}: cannot listen ({reason}); another process (another "
+        f"worker?) may hold the port: set metrics.port (CELLWATCH_METRICS_PORT) to a free one")
+
+
+def _endpoint(server: str) -> tuple[str, int]:
+    host, _, port = server.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_brokers(servers: Sequence[str], timeout_s: float,
+                     connect: Callable[..., socket.socket] = socket.create_connection,
+                     clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> None:
+    """Returns once one of ``servers`` accepts a TCP connection; raises
+    :class:`KafkaUnavailableError` when none does within ``timeout_s``.
+
+    A broker that is still starting (a compose stack, a pod next to its broker) is waited for,
+    with one log line instead of one per attempt.
+    """
+    deadline = clock() + timeout_s
+    last_errors: dict[str, str] = {}
+    announced = False
+    while True:
+        for server in servers:
+            remaining = max(0.1, min(5.0, deadline - clock()))
+            try:
+                connect(_endpoint(server), timeout=remaining).close()
+                return
+            except OSError as error:
+                last_errors[server] = error.strerror or str(error) or type(error).__name__
+        if clock() >= deadline:
+            reasons = "; ".join(f"{server}: {reason}" for server, reason in last_errors.items())
+            raise KafkaUnavailableError(
+                f"no Kafka broker accepted a connection within {timeout_s:g} s ({reasons}); "
+                f"is the broker running, and is kafka.bootstrap_servers "
+                f"(CELLWATCH_KAFKA_BOOTSTRAP_SERVERS) right?")
+        if not announced:
+            log.info("waiting up to %g s for a Kafka broker at %s", timeout_s,
+                     ", ".join(servers))
+            announced = True
+        sleep(min(1.0, max(0.0, deadline - clock())))
+
+
+@contextlib.contextmanager
+def kafka_startup(servers: Sequence[str]) -> Iterator[None]:
+    """Turns what kafka-python raises while the clients start (a bootstrap that times out,
+    a refused TLS or SASL handshake) into one :class:`KafkaUnavailableError` line."""
+    try:
+        yield
+    except (KafkaError, ssl.SSLError) as error:
+        raise KafkaUnavailableError(
+            f"Kafka at {', '.join(servers)}: cannot start the clients ({error}); the brokers "
+            f"accept connections, so check kafka.security_protocol and the kafka.sasl_* and "
+            f"kafka.ssl_* settings against the listener (the log lines above have "
+            f"kafka-python's reason)") from None

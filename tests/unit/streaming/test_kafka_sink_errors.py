@@ -1,0 +1,60 @@
+"""KafkaRecordSink's failures say what happened: a timeout only when something timed out."""
+
+from __future__ import annotations
+
+import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, UnknownError
+
+from streaming.kafka_io import KafkaRecordSink
+from streaming.ports import OutputError
+
+
+class _FailingProducer:
+    def __init__(self, send_error: Exception | None = None,
+                 flush_error: Exception | None = None) -> None:
+        self.send_error, self.flush_error = send_error, flush_error
+
+    def send(self, topic, **_record):
+        if self.send_error is not None:
+            raise self.send_error
+        return _DoneFuture()
+
+    def flush(self, timeout=None):
+        if self.flush_error is not None:
+            raise self.flush_error
+
+
+class _DoneFuture:
+    def failed(self) -> bool:
+        return False
+
+
+def _sink(producer: _FailingProducer) -> KafkaRecordSink:
+    # The constructor connects to a broker; these tests need only the error handling.
+    sink = object.__new__(KafkaRecordSink)
+    sink._producer, sink._pending = producer, []
+    sink._transactional = sink._in_transaction = False
+    return sink
+
+
+def test_a_failure_at_once_is_not_reported_as_a_timeout() -> None:
+    sink = _sink(_FailingProducer(flush_error=UnknownError("Future not done")))
+    sink.send("scores", b"k", b"v")
+    with pytest.raises(OutputError) as caught:
+        sink.flush(timeout_s=60.0)
+    assert "not delivered" in str(caught.value) and "Future not done" in str(caught.value)
+    assert "within" not in str(caught.value)
+
+
+def test_a_timeout_says_how_long_it_waited() -> None:
+    sink = _sink(_FailingProducer(flush_error=KafkaTimeoutError("Timeout waiting for future")))
+    sink.send("scores", b"k", b"v")
+    with pytest.raises(OutputError, match=r"not acknowledged within 60\.0 s"):
+        sink.flush(timeout_s=60.0)
+
+
+def test_a_send_refused_by_the_producer_is_an_output_error_naming_the_topic() -> None:
+    sink = _sink(_FailingProducer(send_error=MessageSizeTooLargeError("too large")))
+    with pytest.raises(OutputError, match=r"output record to 'scores' not sent: "
+                                          r"MessageSizeTooLargeError"):
+        sink.send("scores", b"k", b"v")
