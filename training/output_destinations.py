@@ -85,8 +85,8 @@ def check_artifact_destination(path: Path) -> None:
     """Refuses an artifact path whose replacement would lose anything but an earlier artifact.
 
     The artifact is swapped into place by renaming (``detector.artifact``), which removes
-    whatever directory was there; so that directory must be a complete cellwatch artifact
-    holding only its own files. Its checkpoint folder beside it (removed after training)
+    whatever directory was there; so that directory must be empty or a complete cellwatch
+    artifact holding only its own files. Its checkpoint folder beside it (removed after training)
     must hold only a checkpoint.
     """
     what = "model artifact"
@@ -95,7 +95,8 @@ def check_artifact_destination(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise OutputPathError(f"{what} {path}: exists and is not a directory; it would be "
                               f"replaced (choose a path that does not exist yet)")
-    if path.exists():
+    # An empty directory (made for the artifact beforehand) loses nothing when replaced.
+    if path.exists() and any(path.iterdir()):
         own = _artifact_files(path)
         if own is None:
             raise OutputPathError(

@@ -299,6 +299,8 @@ def test_only_an_earlier_artifact_holding_only_its_own_files_is_replaced(tmp_pat
     from training.output_destinations import OutputPathError, check_artifact_destination
 
     check_artifact_destination(tmp_path / "new" / "model")  # created by the save
+    (tmp_path / "empty").mkdir()
+    check_artifact_destination(tmp_path / "empty")  # made for it beforehand: nothing lost
     check_artifact_destination(_fake_artifact(tmp_path / "earlier"))
     with pytest.raises(OutputPathError, match=r"holds 1 file\(s\) that are not part of the "
                                               r"artifact, such as 'step/notes.txt'"):
