@@ -126,6 +126,12 @@ _UNCENSORED = 1.0 - math.exp(-CALIBRATION_CENSOR / CALIBRATION_EXCESS)
 MAX_LAG_CORRELATION = 0.95
 # Relative resolution of float32, the floor of every level and change variance.
 RESOLUTION = 1e-6
+# Normalized readings beyond this many normalization scales count as this many: every test
+# already reads such a reading as certain, and the bound keeps every square in the
+# statistics finite in float32 (a deviation of 2e6 over the smallest variance floor,
+# 1e-24, squares to 4e36 < 3.4e38), so one absurd value cannot turn a stream's state
+# into infinities and NaN.
+NORMALIZED_LIMIT = 1.0 / RESOLUTION
 # The tests whose smallest tail is the reading's (the Bonferroni factor).
 TESTS = ("forecast", "level", "season", "variability", "repeats")
 # The season test's bins: the hours of the (UTC) day.

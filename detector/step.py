@@ -23,7 +23,7 @@ import numpy as np
 from detector.array_ops import NumpyOps
 from detector.features import ChannelScaler
 from detector.forecaster_step import StepParams, forecast, with_exact_kernels
-from detector.scorer import ScorerConfig, assess
+from detector.scorer import NORMALIZED_LIMIT, ScorerConfig, assess
 from detector.state import COUNT_CAP, StateLayout
 
 
@@ -59,7 +59,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     """
     median, scale, clip = scaler_arrays
     f = layout.fields
-    normalized = (values - median) / scale
+    normalized = ops.clip((values - median) / scale, -NORMALIZED_LIMIT, NORMALIZED_LIMIT)
     clipped = ops.clip(normalized, -clip, clip)
     model_input = clipped
     if params.uses_clock:

@@ -67,6 +67,26 @@ def test_a_burst_of_variance_is_flagged_on_that_channel(step):
     assert burst.size >= 5 and burst[0] < 10, burst
 
 
+@pytest.mark.parametrize("absurd", [1e30, 3e38, -1e30])
+def test_one_absurd_value_does_not_blind_a_stream(step, absurd):
+    """A single finite but absurd reading (the parser accepts any finite float) leaves the
+    stream's state finite and its scores finite, and a later shift is flagged as on a stream
+    that never saw it."""
+    values = noisy_streams(2, 400, seed=5)
+    values[0, 200, 1] = absurd
+    values[:, 300:320, 0] += 40.0  # 40 noise deviations, on both streams
+    state = step.layout.initial(2)
+    flags, scores = [], []
+    for t in range(values.shape[1]):
+        result, state = step(values[:, t], START_MS + 60_000 * t + np.zeros(2, int), state)
+        flags.append(result.flag)
+        scores.append(result.score)
+        assert np.isfinite(state).all(), f"reading {t}: the state holds inf or NaN"
+    flags = np.stack(flags, axis=1)
+    assert np.isfinite(np.stack(scores)).all()
+    assert flags[0, 200] and flags[0, 300:320].all() and flags[1, 300:320].all()
+
+
 def test_the_clock_is_continuous_where_the_day_and_the_week_wrap():
     sunday_night = START_MS - START_MS % (7 * MS_PER_DAY) + 4 * MS_PER_DAY - 1  # Sun 23:59:59.999
     features = clock_features(np.array([sunday_night, sunday_night + 1, sunday_night + 60_000]))
