@@ -21,12 +21,24 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import __version__ as kafka_version
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.ports import OutputError, PartitionListener, SourceRecord, TopicSetupError
 
 log = logging.getLogger(__name__)
+
+# Errors that say the broker will never take this record, however often it is sent.
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
+                    CorruptRecordError, InvalidTimestampError)
 
 
 class _ListenerAdapter(AsyncConsumerRebalanceListener):
@@ -236,25 +248,41 @@ class KafkaRecordSink:
         return self._transactional
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
+             best_effort: bool = False) -> None:
         if self._transactional and not self._in_transaction:
             self._producer.begin_transaction()
             self._in_transaction = True
-        self._pending.append(self._producer.send(topic, value=value, key=key,
-                                                 headers=list(headers) or None,
-                                                 partition=partition))
+        try:
+            future = self._producer.send(topic, value=value, key=key,
+                                         headers=list(headers) or None, partition=partition)
+        except KafkaError as error:
+            # e.g. the topic's metadata (or the partition) did not appear within max_block_ms:
+            # a delivery failure like any other, not a bug.
+            raise OutputError(f"record for {topic!r} not accepted by the producer: "
+                              f"{error!r}") from error
+        self._pending.append((future, best_effort and not self._transactional))
 
-    def flush(self, timeout_s: float = 60.0) -> None:
+    def flush(self, timeout_s: float = 60.0) -> int:
         pending, self._pending = self._pending, []
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as error:
             raise OutputError(f"output records not acknowledged within {timeout_s} s: "
                               f"{error}") from error
-        failed = [future for future in pending if future.failed()]
-        if failed:
+        failed = [(future, best_effort) for future, best_effort in pending if future.failed()]
+        # In a transaction any failed record fails the commit, so nothing there is dropped.
+        refused = [best_effort and isinstance(future.exception, REFUSED_FOR_GOOD)
+                   for future, best_effort in failed]
+        dropped = [future for (future, _), drop in zip(failed, refused, strict=True) if drop]
+        fatal = [future for (future, _), drop in zip(failed, refused, strict=True) if not drop]
+        if fatal:
             raise OutputError(f"{len(failed)} of {len(pending)} output records failed; first: "
-                              f"{failed[0].exception!r}")
+                              f"{fatal[0].exception!r}")
+        if dropped:
+            log.error("%d dead letters refused by the broker and dropped (first: %r); their "
+                      "readings stay rejected", len(dropped), dropped[0].exception)
+        return len(dropped)
 
     def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
                            group_metadata: object) -> None:

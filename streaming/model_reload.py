@@ -46,6 +46,9 @@ class ModelWatcher:
         self._poll_s = poll_s
         self._stop = stop
         self._requested = reload_requested or threading.Event()
+        # Set on the way out, whatever the stop event says: a worker stopping after an error
+        # has not set it, and waking the thread then must not load a model.
+        self._closing = threading.Event()
         self._seen = signature()
         self._thread = threading.Thread(target=self._run, name="cellwatch-model-watcher",
                                         daemon=True)
@@ -55,8 +58,11 @@ class ModelWatcher:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._requested.set()  # wakes the thread, which then sees the stop event
-        self._thread.join(timeout=30)
+        self._closing.set()
+        self._requested.set()  # wakes the thread, which then sees it is closing
+        # A load in progress is not waited for (the thread is a daemon): it would only delay
+        # the exit, and its model would never be served.
+        self._thread.join(timeout=1)
 
     def check(self) -> bool:
         """One check: loads and offers a model if due; returns whether it offered one."""
@@ -76,8 +82,8 @@ class ModelWatcher:
         return True
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._closing.is_set()):
             self._requested.wait(self._poll_s if self._poll_s > 0 else None)
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing.is_set():
                 return
             self.check()

@@ -65,21 +65,29 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from detector.step import StreamingStep
 from streaming.changelog import ChangelogWriter, restore_states
-from streaming.engine import Reading, ScoringEngine
-from streaming.messages import ReadingParser, Rejection
+from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES, dead_letter, dead_letter_headers
+from streaming.engine import BatchResult, Reading, ScoringEngine
+from streaming.messages import EARLIEST_TS_MS, ReadingParser, Rejection
 from streaming.metrics import WorkerMetrics
-from streaming.ports import ChangelogReader, OutputError, ReadingSource, RecordSink, SourceRecord
+from streaming.ports import (
+    ChangelogReader,
+    OutputError,
+    ReadingSource,
+    RecordSink,
+    SourceRecord,
+    TopicSetupError,
+)
 from streaming.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-_DETAIL_LIMIT = 1000
+__all__ = ["ModelInfo", "Worker", "WorkerConfig", "dead_letter_headers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +112,16 @@ class WorkerConfig:
     # after every batch, and a restarted worker starts every stream's learning period again.
     changelog_topic: str | None = None
     checkpoint_interval_s: float = 10.0
+    # The dead-letter topic's max.message.bytes: every dead letter is cut to fit it.
+    dead_letter_max_bytes: int = DEFAULT_TOPIC_MAX_BYTES
+    # Readings stamped further ahead of the wall clock are rejected as "future".
+    max_future_s: float = 3600.0
+    # Readings with a channel value of larger magnitude are rejected as "out_of_range".
+    max_abs_value: float = 1e15
+    # Longer stream ids (in UTF-8 bytes) are rejected as "stream_id_too_long".
+    max_stream_id_bytes: int = 256
+    # Streams held at most; beyond it the least recently seen are evicted (0: no limit).
+    max_streams: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +135,17 @@ class ModelInfo:
     trained_at_s: float
 
 
-def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tuple[str, bytes]]:
-    """The original headers, then why and where from."""
-    return [*(record.headers or ()),
-            ("cellwatch.reason", str(rejection.reason).encode()),
-            ("cellwatch.detail", rejection.detail[:_DETAIL_LIMIT].encode("utf-8", "replace")),
-            ("cellwatch.source.topic", record.topic.encode()),
-            ("cellwatch.source.partition", str(record.partition).encode()),
-            ("cellwatch.source.offset", str(record.offset).encode())]
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """What one acknowledged batch produced, for the commit and the metrics."""
+
+    result: BatchResult
+    rejected_by_reason: Counter[str]
+    dead_letters: int  # sent, including those the broker refused
+    dropped: int  # dead letters refused for good and dropped
+    evicted: int  # streams evicted beyond max_streams
+    next_offsets: dict[int, int]
+    acknowledged_s: float
 
 
 class Worker:
@@ -138,11 +159,14 @@ class Worker:
         changelog: reads the state changelog for restores; required with
             ``config.changelog_topic``.
         clock: wall clock in seconds; injectable for tests.
+        changelog_check: called before every checkpoint and after a failed one; raises
+            :class:`TopicSetupError` when the changelog is gone or no longer has the shape
+            the checkpoints need (then the worker stops instead of writing into it).
     """
 
     def __init__(self, config: WorkerConfig, model: ModelInfo, sink: RecordSink,
                  metrics: WorkerMetrics, changelog: ChangelogReader | None = None,
-                 clock=time.time) -> None:
+                 clock=time.time, changelog_check: Callable[[], None] | None = None) -> None:
         if (config.changelog_topic is None) != (changelog is None):
             raise ValueError("a changelog topic and a changelog reader go together")
         if sink.transactional and config.changelog_topic is None:
@@ -155,7 +179,11 @@ class Worker:
         self.store = StateStore(model.step.layout)
         self.engine = ScoringEngine(model.step, self.store, model.channels, model.version,
                                     config.episode_gap, clock=clock)
-        self.parser = ReadingParser(model.channels, config.max_message_bytes)
+        self.parser = ReadingParser(model.channels, config.max_message_bytes,
+                                    max_abs_value=config.max_abs_value,
+                                    max_stream_id_bytes=config.max_stream_id_bytes,
+                                    earliest_ts_ms=EARLIEST_TS_MS)
+        self.changelog_check = changelog_check
         self.source: ReadingSource | None = None
         self.changelog = changelog
         self.checkpoints = (ChangelogWriter(config.changelog_topic, sink, config.readings_topic)
@@ -166,6 +194,11 @@ class Worker:
         self._uncommitted: dict[int, int] = {}  # partition -> next offset, processed
         self._tombstones: list[tuple[bytes, int]] = []  # evicted since the last checkpoint
         self._failure: BaseException | None = None  # raised in a callback, re-raised by run
+        # Set once outputs or a checkpoint failed: from then on nothing is checkpointed nor
+        # committed (states advanced by unacknowledged outputs must never reach the changelog:
+        # a restart would skip their readings as applied), and the worker is stopping.
+        self._aborted = False
+        self._fatal: BaseException | None = None  # what stopped the loop (liveness fails)
         self._offered_model: ModelInfo | None = None
         self._joined = False
         self._heartbeat = time.monotonic()
@@ -209,9 +242,12 @@ class Worker:
                     self._abort_transaction(partitions)
                 else:
                     self._revoked.update(partitions)
-                    if self.checkpoints is not None and self._failure is None:
+                    # After a failure (the worker is closing its consumer on the way out) the
+                    # states may hold readings whose outputs were never acknowledged.
+                    if (self.checkpoints is not None and self._failure is None
+                            and not self._aborted):
                         to_commit = self._checkpoint(partitions)
-            except OutputError as error:
+            except (OutputError, TopicSetupError) as error:
                 # Raising here would only reach kafka-python's logger; the loop re-raises it.
                 self._failure = error
                 to_commit = {}
@@ -273,12 +309,16 @@ class Worker:
     # Probes -------------------------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
+        if self._fatal is not None:
+            return False, f"stopping after a fatal error: {self._fatal}"
         silent = time.monotonic() - self._heartbeat
         if silent > self.config.liveness_timeout_s:
             return False, f"main loop silent for {silent:.0f} s"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
+        if self._fatal is not None:
+            return False, f"stopping after a fatal error: {self._fatal}"
         if not self._joined:
             return False, "not yet part of the consumer group"
         if self._to_restore:
@@ -304,6 +344,13 @@ class Worker:
                     self.checkpoint()
                 self._maintain()
             clean = True
+        except BaseException as error:
+            # Unhealthy at once (probes fail while the consumer and producer close), and what
+            # the failed batch advanced is discarded before the close revokes partitions.
+            self._fatal = error
+            with self._lock:
+                self._abort("the worker is stopping after an error")
+            raise
         finally:
             try:
                 if clean:
@@ -318,58 +365,82 @@ class Worker:
         """Scores and publishes one batch; commits it too when there is no changelog."""
         started = time.monotonic()
         with self._lock:
-            readings: list[Reading] = []
-            origin: list[int] = []
-            rejected_by_reason: Counter[str] = Counter()
-            dead_letters = 0
-            next_offsets: dict[int, int] = {}
-            for index, record in enumerate(records):
-                next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
-                                                     record.offset + 1)
-                parsed = self.parser.parse(record.value)
-                if isinstance(parsed, Rejection):
-                    self._dead_letter(record, parsed)
-                    rejected_by_reason[parsed.reason] += 1
-                    dead_letters += 1
-                    continue
-                stream, ts_ms, values = parsed
-                readings.append(Reading(stream, ts_ms, values, record.partition, record.offset,
-                                        record.timestamp))
-                origin.append(index)
-            result = self.engine.process(readings)
-            for position, rejection in result.rejected:
-                self._dead_letter(records[origin[position]], rejection)
-                rejected_by_reason[rejection.reason] += 1
-                dead_letters += 1
-            sink, config = self.sink, self.config
-            # Same partition as the reading: per-stream order holds, and kafka-python's
-            # pure-Python partitioner (a fifth of its send cost) is skipped.
-            co_partitioned = config.co_partitioned
-            for (key, value), partition in zip(result.scores, result.score_partitions,
-                                               strict=True):
-                sink.send(config.scores_topic, key, value,
-                          partition=partition if co_partitioned else None)
-            for (key, value), partition in zip(result.episodes, result.episode_partitions,
-                                               strict=True):
-                sink.send(config.anomalies_topic, key, value,
-                          partition=partition if co_partitioned else None)
-            sink.flush()  # raises OutputError: nothing of this batch gets committed
-            acknowledged_s = self.clock()
-            if self.checkpoints is not None:
-                for partition, offset in next_offsets.items():
-                    self._uncommitted[partition] = max(self._uncommitted.get(partition, 0),
-                                                       offset)
+            if self._aborted:
+                raise RuntimeError("process() after the worker aborted its uncommitted work")
+            try:
+                batch = self._score_and_publish(records)
+            except BaseException:
+                self._abort("outputs of a batch were not acknowledged")
+                raise
         if self.checkpoints is None:
-            self._commit_offsets(next_offsets)
+            self._commit_offsets(batch.next_offsets)
+        self._observe(records, batch, started)
 
+    def _score_and_publish(self, records: Sequence[SourceRecord]) -> _Batch:
+        """Parses, scores, publishes and waits for the acknowledgement of one batch. Caller
+        holds the lock, and aborts the uncommitted work if this raises: the states it
+        advanced have outputs that were never acknowledged."""
+        readings: list[Reading] = []
+        origin: list[int] = []
+        rejected_by_reason: Counter[str] = Counter()
+        dead_letters = 0
+        next_offsets: dict[int, int] = {}
+        latest_ts_ms = int((self.clock() + self.config.max_future_s) * 1000)
+        parser = self.parser
+        for index, record in enumerate(records):
+            next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
+                                                 record.offset + 1)
+            parsed = parser.parse(record.value, latest_ts_ms=latest_ts_ms)
+            if not isinstance(parsed, Rejection):
+                parsed = parser.check_key(record.key, parsed)
+            if isinstance(parsed, Rejection):
+                self._dead_letter(record, parsed)
+                rejected_by_reason[parsed.reason] += 1
+                dead_letters += 1
+                continue
+            stream, ts_ms, values = parsed
+            readings.append(Reading(stream, ts_ms, values, record.partition, record.offset,
+                                    record.timestamp))
+            origin.append(index)
+        result = self.engine.process(readings)
+        for position, rejection in result.rejected:
+            self._dead_letter(records[origin[position]], rejection)
+            rejected_by_reason[rejection.reason] += 1
+            dead_letters += 1
+        sink, config = self.sink, self.config
+        # Same partition as the reading: per-stream order holds, and kafka-python's
+        # pure-Python partitioner (a fifth of its send cost) is skipped.
+        co_partitioned = config.co_partitioned
+        for (key, value), partition in zip(result.scores, result.score_partitions,
+                                           strict=True):
+            sink.send(config.scores_topic, key, value,
+                      partition=partition if co_partitioned else None)
+        for (key, value), partition in zip(result.episodes, result.episode_partitions,
+                                           strict=True):
+            sink.send(config.anomalies_topic, key, value,
+                      partition=partition if co_partitioned else None)
+        dropped = sink.flush()  # raises OutputError: nothing of this batch gets committed
+        acknowledged_s = self.clock()
+        if self.checkpoints is not None:
+            for partition, offset in next_offsets.items():
+                self._uncommitted[partition] = max(self._uncommitted.get(partition, 0), offset)
+        evicted = self._evict_beyond_capacity()
+        return _Batch(result, rejected_by_reason, dead_letters, dropped or 0, evicted,
+                      next_offsets, acknowledged_s)
+
+    def _observe(self, records: Sequence[SourceRecord], batch: _Batch, started: float) -> None:
+        result = batch.result
         self.metrics.record_outputs("scores", len(result.scores))
         self.metrics.record_outputs("anomalies", len(result.episodes))
-        self.metrics.record_outputs("dead_letter", dead_letters)
+        self.metrics.record_outputs("dead_letter", batch.dead_letters - batch.dropped)
+        self.metrics.record_dead_letters_dropped(batch.dropped)
+        self.metrics.record_capacity_evictions(batch.evicted)
         newest = float(result.reading_ts_ms.max()) / 1000 if result.reading_ts_ms.size else None
+        acknowledged_s = batch.acknowledged_s
         self.metrics.observe_batch(
             consumed=len(records),
             scored=len(result.scores),
-            rejected_by_reason=rejected_by_reason,
+            rejected_by_reason=batch.rejected_by_reason,
             flagged=result.flagged,
             episodes_opened=result.episodes_opened,
             scores=result.score,
@@ -384,13 +455,48 @@ class Worker:
         )
 
     def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> None:
-        self.sink.send(self.config.dead_letter_topic, record.key, record.value,
-                       dead_letter_headers(record, rejection))
+        letter = dead_letter(record, rejection, self.config.dead_letter_max_bytes)
+        if letter.truncated:
+            self.metrics.record_dead_letter_truncated()
+        self.sink.send(self.config.dead_letter_topic, letter.key, letter.value, letter.headers,
+                       best_effort=True)
+
+    def _evict_beyond_capacity(self) -> int:
+        """Evicts the least recently seen streams beyond ``max_streams`` (their changelog
+        records get tombstones); returns how many. Caller holds the lock."""
+        if not self.config.max_streams or len(self.store) <= self.config.max_streams:
+            return 0
+        evicted = self.engine.evict_least_recent(self.config.max_streams)
+        if self.checkpoints is not None:
+            self._tombstones.extend(evicted)
+        return len(evicted)
+
+    def _abort(self, why: str) -> None:
+        """Discards everything not yet committed: the states (they may hold readings whose
+        outputs were never acknowledged), the offsets and tombstones waiting for a
+        checkpoint, and an open transaction. Nothing is checkpointed or committed after
+        this; the worker is stopping, and its partitions' next owner (or its own restart)
+        restores the last checkpoint and replays from the committed offsets. Caller holds
+        the lock."""
+        if self._aborted:
+            return
+        self._aborted = True
+        dropped = self.store.rows_in_use()
+        self.store.release(dropped)
+        self._uncommitted.clear()
+        self._tombstones.clear()
+        if self.sink.transactional:
+            try:
+                self.sink.abort_transaction()
+            except OutputError as error:  # the broker aborts it anyway once we are gone
+                log.warning("open transaction not aborted: %s", error)
+        log.error("%s: %d stream states and the offsets since the last checkpoint are "
+                  "discarded, nothing more is checkpointed or committed", why, dropped.size)
 
     def _commit_offsets(self, next_offsets: Mapping[int, int]) -> None:
         """Commits through the consumer. Never with the lock held: the commit needs the
         consumer's IO thread, which may be waiting for the lock in a rebalance callback."""
-        if self.source is None or not next_offsets:
+        if self.source is None or not next_offsets or self._aborted:
             return
         try:
             self.source.commit(next_offsets)
@@ -414,8 +520,12 @@ class Worker:
             return
         with self._lock:
             offsets = self._checkpoint(None)
-            if self.sink.transactional:
-                self._commit_transaction(offsets)
+            if self.sink.transactional and not self._aborted:
+                try:
+                    self._commit_transaction(offsets)
+                except OutputError:
+                    self._abort("a transaction was not committed")
+                    raise
                 return
         self._commit_offsets(offsets)
 
@@ -423,8 +533,18 @@ class Worker:
         """Writes the changed states (of ``partitions``, or all) and waits for their
         acknowledgement; returns the offsets now safe to commit. Caller holds the lock."""
         assert self.checkpoints is not None
+        if self._aborted:
+            return {}
         started = time.perf_counter()
         store = self.store
+        try:
+            # Before anything is sent: records for a partition that a recreated changelog
+            # lacks would block the producer, and a deleted, auto-created one would take
+            # states it then deletes by age.
+            self._check_changelog()
+        except TopicSetupError:
+            self._abort("the state changelog cannot take checkpoints")
+            raise
         if partitions is None:
             rows = store.take_dirty()
             tombstones, self._tombstones = self._tombstones, []
@@ -439,8 +559,10 @@ class Worker:
         try:
             written = self.checkpoints.write(store, rows, tombstones)
             self.sink.flush()
-        except OutputError:
+        except OutputError as error:
             self.metrics.record_checkpoint_failure()
+            self._abort("a checkpoint was not acknowledged")
+            self._check_changelog(cause=error)  # a clearer error when the topic is to blame
             raise
         offsets = {p: self._uncommitted.pop(p) for p in covered}
         self.metrics.observe_checkpoint(time.perf_counter() - started,
@@ -449,6 +571,15 @@ class Worker:
             log.debug("checkpoint: %d states, %d tombstones, %d bytes", written.records,
                       written.tombstones, written.bytes)
         return offsets
+
+    def _check_changelog(self, cause: BaseException | None = None) -> None:
+        if self.changelog_check is None:
+            return
+        try:
+            self.changelog_check()
+        except TopicSetupError as error:
+            self.metrics.record_checkpoint_failure()
+            raise error from cause
 
     def restore_assigned(self, records: Sequence[SourceRecord] = ()) -> Sequence[SourceRecord]:
         """Rebuilds the states of newly assigned partitions from the changelog and moves
