@@ -516,8 +516,8 @@ class WorkerMetrics:
         if role == TopicRole.DEAD_LETTER:
             self.dead_letters.inc(n)
 
-    def record_dead_letter_truncated(self) -> None:
-        self.dead_letters_truncated.inc()
+    def record_dead_letters_truncated(self, n: int) -> None:
+        self.dead_letters_truncated.inc(_count(n, "truncated dead letters"))
 
     def record_dead_letters_dropped(self, n: int) -> None:
         self.dead_letters_dropped.inc(_count(n, "dropped dead letters"))

@@ -3,16 +3,15 @@
 One loop, one batch at a time:
 
 1. poll up to ``max_poll_records`` readings;
-2. parse and validate each; a bad message goes to the dead-letter topic with its original
-   bytes and headers naming the reason, the source topic, partition and offset;
-3. score the good ones with the :class:`~streaming.engine.ScoringEngine` (vectorized across
-   streams, in rounds that keep each stream's order);
-4. publish one score record per reading (keyed by stream) and one event per closed anomaly
-   episode, and wait until the broker acknowledged every output record;
-5. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
+2. validate, score and publish them (:mod:`streaming.batches`): a bad message goes to the
+   dead-letter topic (:mod:`streaming.dead_letters`), the good ones are scored by the
+   :class:`~streaming.engine.ScoringEngine`, one score record per reading and one event per
+   closed anomaly episode are published, and the broker acknowledges every output record;
+3. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
    commit replays the batch, and its records, keyed and built deterministically, are
    reproduced identically);
-6. with a changelog (:mod:`streaming.changelog`), every ``checkpoint_interval_s``: send the
+4. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
+5. with a changelog (:mod:`streaming.checkpoints`), every ``checkpoint_interval_s``: send the
    states of the streams changed since the last checkpoint, wait for their acknowledgement,
    and only then commit the offsets the checkpoint covers. The committed offset is therefore
    never ahead of the checkpointed states: after a crash the states are restored from the
@@ -42,7 +41,9 @@ their states, otherwise every stream starts its learning period again (a warning
 
 Error policy:
 
-* a bad message never stops the worker: it is dead-lettered and counted by reason;
+* a bad message never stops the worker: it is dead-lettered and counted by reason; a dead
+  letter always fits its topic, and one the broker still refuses for good is dropped and
+  counted (stopping would fail again on the same message after every restart);
 * output records that cannot be delivered (after the producer's own retries) stop the worker
   *without* committing, so a restarted worker scores those readings again (exit code 3);
 * a failed offset commit (the group rebalanced meanwhile) is logged and the loop continues:
@@ -50,8 +51,15 @@ Error policy:
   key;
 * a checkpoint that cannot be delivered stops the worker like an output failure (exit 3):
   its offsets are not committed, so a restarted worker restores the previous checkpoint and
-  replays from there;
+  replays from there; a changelog that is gone or has the wrong shape stops it before the
+  checkpoint is sent (:class:`~streaming.ports.TopicSetupError`, exit code 4);
 * anything else is a bug and propagates.
+
+Whatever stops the loop, the work not yet committed is aborted first (:meth:`Worker._abort`):
+the states are dropped and nothing more is checkpointed or committed, since states advanced
+by unacknowledged outputs, once checkpointed (closing the consumer revokes its partitions,
+which checkpoints them), would make a restart skip those readings as already applied. The
+probes fail from that moment.
 
 SIGTERM and SIGINT set the stop event: the batch in hand is finished, flushed and committed,
 checkpointed (with a changelog), then the consumer leaves the group and :meth:`Worker.run`
@@ -64,16 +72,15 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
-
 from detector.step import StreamingStep
-from streaming.changelog import ChangelogWriter, restore_states
-from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES, dead_letter, dead_letter_headers
-from streaming.engine import BatchResult, Reading, ScoringEngine
-from streaming.messages import EARLIEST_TS_MS, ReadingParser, Rejection
+from streaming.batches import observe_batch, publish_batch
+from streaming.changelog import restore_states
+from streaming.checkpoints import Checkpoints, report_restore
+from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES, dead_letter_headers
+from streaming.engine import ScoringEngine
+from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics
 from streaming.ports import (
     ChangelogReader,
@@ -135,19 +142,6 @@ class ModelInfo:
     trained_at_s: float
 
 
-@dataclasses.dataclass(frozen=True)
-class _Batch:
-    """What one acknowledged batch produced, for the commit and the metrics."""
-
-    result: BatchResult
-    rejected_by_reason: Counter[str]
-    dead_letters: int  # sent, including those the broker refused
-    dropped: int  # dead letters refused for good and dropped
-    evicted: int  # streams evicted beyond max_streams
-    next_offsets: dict[int, int]
-    acknowledged_s: float
-
-
 class Worker:
     """Scores one consumer's share of the readings topic.
 
@@ -183,16 +177,14 @@ class Worker:
                                     max_abs_value=config.max_abs_value,
                                     max_stream_id_bytes=config.max_stream_id_bytes,
                                     earliest_ts_ms=EARLIEST_TS_MS)
-        self.changelog_check = changelog_check
         self.source: ReadingSource | None = None
         self.changelog = changelog
-        self.checkpoints = (ChangelogWriter(config.changelog_topic, sink, config.readings_topic)
+        self.checkpoints = (Checkpoints(config.changelog_topic, sink, config.readings_topic,
+                                        metrics, changelog_check)
                             if config.changelog_topic is not None else None)
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()  # revoked, states kept until the next assignment
         self._to_restore: set[int] = set()
-        self._uncommitted: dict[int, int] = {}  # partition -> next offset, processed
-        self._tombstones: list[tuple[bytes, int]] = []  # evicted since the last checkpoint
         self._failure: BaseException | None = None  # raised in a callback, re-raised by run
         # Set once outputs or a checkpoint failed: from then on nothing is checkpointed nor
         # committed (states advanced by unacknowledged outputs must never reach the changelog:
@@ -266,8 +258,8 @@ class Worker:
         self.sink.abort_transaction()
         dropped = self.store.rows_in_use()
         self.store.release(dropped)
-        self._uncommitted.clear()
-        self._tombstones.clear()
+        assert self.checkpoints is not None  # transactions need the changelog
+        self.checkpoints.discard()
         self._revoked.clear()
         kept = self._assigned - set(revoked)
         self._to_restore = set(kept)
@@ -298,9 +290,9 @@ class Worker:
                 dropped += rows.size
                 self._assigned.discard(partition)
                 self._to_restore.discard(partition)
-                self._uncommitted.pop(partition, None)
                 self.metrics.forget_partition(self.config.readings_topic, partition)
-            self._tombstones = [t for t in self._tombstones if t[1] not in partitions]
+            if self.checkpoints is not None:
+                self.checkpoints.forget(partitions)
             self.metrics.set_assigned_partitions(len(self._assigned))
             if kind == "lost":
                 self.metrics.record_rebalance(kind)
@@ -368,98 +360,18 @@ class Worker:
             if self._aborted:
                 raise RuntimeError("process() after the worker aborted its uncommitted work")
             try:
-                batch = self._score_and_publish(records)
+                batch = publish_batch(records, self.parser, self.engine, self.sink,
+                                      self.config, self.clock)
             except BaseException:
+                # The states this batch advanced have outputs that were never acknowledged.
                 self._abort("outputs of a batch were not acknowledged")
                 raise
+            if self.checkpoints is not None:
+                self.checkpoints.processed(batch.next_offsets)
+            evicted = self._evict_beyond_capacity()
         if self.checkpoints is None:
             self._commit_offsets(batch.next_offsets)
-        self._observe(records, batch, started)
-
-    def _score_and_publish(self, records: Sequence[SourceRecord]) -> _Batch:
-        """Parses, scores, publishes and waits for the acknowledgement of one batch. Caller
-        holds the lock, and aborts the uncommitted work if this raises: the states it
-        advanced have outputs that were never acknowledged."""
-        readings: list[Reading] = []
-        origin: list[int] = []
-        rejected_by_reason: Counter[str] = Counter()
-        dead_letters = 0
-        next_offsets: dict[int, int] = {}
-        latest_ts_ms = int((self.clock() + self.config.max_future_s) * 1000)
-        parser = self.parser
-        for index, record in enumerate(records):
-            next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
-                                                 record.offset + 1)
-            parsed = parser.parse(record.value, latest_ts_ms=latest_ts_ms)
-            if not isinstance(parsed, Rejection):
-                parsed = parser.check_key(record.key, parsed)
-            if isinstance(parsed, Rejection):
-                self._dead_letter(record, parsed)
-                rejected_by_reason[parsed.reason] += 1
-                dead_letters += 1
-                continue
-            stream, ts_ms, values = parsed
-            readings.append(Reading(stream, ts_ms, values, record.partition, record.offset,
-                                    record.timestamp))
-            origin.append(index)
-        result = self.engine.process(readings)
-        for position, rejection in result.rejected:
-            self._dead_letter(records[origin[position]], rejection)
-            rejected_by_reason[rejection.reason] += 1
-            dead_letters += 1
-        sink, config = self.sink, self.config
-        # Same partition as the reading: per-stream order holds, and kafka-python's
-        # pure-Python partitioner (a fifth of its send cost) is skipped.
-        co_partitioned = config.co_partitioned
-        for (key, value), partition in zip(result.scores, result.score_partitions,
-                                           strict=True):
-            sink.send(config.scores_topic, key, value,
-                      partition=partition if co_partitioned else None)
-        for (key, value), partition in zip(result.episodes, result.episode_partitions,
-                                           strict=True):
-            sink.send(config.anomalies_topic, key, value,
-                      partition=partition if co_partitioned else None)
-        dropped = sink.flush()  # raises OutputError: nothing of this batch gets committed
-        acknowledged_s = self.clock()
-        if self.checkpoints is not None:
-            for partition, offset in next_offsets.items():
-                self._uncommitted[partition] = max(self._uncommitted.get(partition, 0), offset)
-        evicted = self._evict_beyond_capacity()
-        return _Batch(result, rejected_by_reason, dead_letters, dropped or 0, evicted,
-                      next_offsets, acknowledged_s)
-
-    def _observe(self, records: Sequence[SourceRecord], batch: _Batch, started: float) -> None:
-        result = batch.result
-        self.metrics.record_outputs("scores", len(result.scores))
-        self.metrics.record_outputs("anomalies", len(result.episodes))
-        self.metrics.record_outputs("dead_letter", batch.dead_letters - batch.dropped)
-        self.metrics.record_dead_letters_dropped(batch.dropped)
-        self.metrics.record_capacity_evictions(batch.evicted)
-        newest = float(result.reading_ts_ms.max()) / 1000 if result.reading_ts_ms.size else None
-        acknowledged_s = batch.acknowledged_s
-        self.metrics.observe_batch(
-            consumed=len(records),
-            scored=len(result.scores),
-            rejected_by_reason=batch.rejected_by_reason,
-            flagged=result.flagged,
-            episodes_opened=result.episodes_opened,
-            scores=result.score,
-            likelihoods=result.likelihood,
-            reading_latency_s=acknowledged_s - result.reading_ts_ms / 1000.0,
-            broker_latency_s=acknowledged_s - result.broker_ts_ms[result.broker_ts_ms >= 0]
-            / 1000.0,
-            step_seconds=result.step_seconds if result.step_calls else None,
-            batch_seconds=time.monotonic() - started,
-            newest_reading_ts_s=newest,
-            skipped=result.skipped,
-        )
-
-    def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> None:
-        letter = dead_letter(record, rejection, self.config.dead_letter_max_bytes)
-        if letter.truncated:
-            self.metrics.record_dead_letter_truncated()
-        self.sink.send(self.config.dead_letter_topic, letter.key, letter.value, letter.headers,
-                       best_effort=True)
+        observe_batch(self.metrics, records, batch, evicted, started)
 
     def _evict_beyond_capacity(self) -> int:
         """Evicts the least recently seen streams beyond ``max_streams`` (their changelog
@@ -468,7 +380,7 @@ class Worker:
             return 0
         evicted = self.engine.evict_least_recent(self.config.max_streams)
         if self.checkpoints is not None:
-            self._tombstones.extend(evicted)
+            self.checkpoints.evicted(evicted)
         return len(evicted)
 
     def _abort(self, why: str) -> None:
@@ -483,8 +395,8 @@ class Worker:
         self._aborted = True
         dropped = self.store.rows_in_use()
         self.store.release(dropped)
-        self._uncommitted.clear()
-        self._tombstones.clear()
+        if self.checkpoints is not None:
+            self.checkpoints.discard()
         if self.sink.transactional:
             try:
                 self.sink.abort_transaction()
@@ -531,55 +443,16 @@ class Worker:
 
     def _checkpoint(self, partitions: Sequence[int] | None) -> dict[int, int]:
         """Writes the changed states (of ``partitions``, or all) and waits for their
-        acknowledgement; returns the offsets now safe to commit. Caller holds the lock."""
+        acknowledgement; returns the offsets now safe to commit. A failure aborts the
+        uncommitted work: the states were taken as written. Caller holds the lock."""
         assert self.checkpoints is not None
         if self._aborted:
             return {}
-        started = time.perf_counter()
-        store = self.store
         try:
-            # Before anything is sent: records for a partition that a recreated changelog
-            # lacks would block the producer, and a deleted, auto-created one would take
-            # states it then deletes by age.
-            self._check_changelog()
-        except TopicSetupError:
-            self._abort("the state changelog cannot take checkpoints")
+            return self.checkpoints.checkpoint(self.store, partitions)
+        except (OutputError, TopicSetupError):
+            self._abort("a checkpoint failed")
             raise
-        if partitions is None:
-            rows = store.take_dirty()
-            tombstones, self._tombstones = self._tombstones, []
-            covered = list(self._uncommitted)
-        else:
-            wanted = set(partitions)
-            rows = np.concatenate([store.take_dirty(p) for p in sorted(wanted)] or
-                                  [np.empty(0, np.int64)])
-            tombstones = [t for t in self._tombstones if t[1] in wanted]
-            self._tombstones = [t for t in self._tombstones if t[1] not in wanted]
-            covered = [p for p in self._uncommitted if p in wanted]
-        try:
-            written = self.checkpoints.write(store, rows, tombstones)
-            self.sink.flush()
-        except OutputError as error:
-            self.metrics.record_checkpoint_failure()
-            self._abort("a checkpoint was not acknowledged")
-            self._check_changelog(cause=error)  # a clearer error when the topic is to blame
-            raise
-        offsets = {p: self._uncommitted.pop(p) for p in covered}
-        self.metrics.observe_checkpoint(time.perf_counter() - started,
-                                        written.records + written.tombstones, written.bytes)
-        if written.records or written.tombstones:
-            log.debug("checkpoint: %d states, %d tombstones, %d bytes", written.records,
-                      written.tombstones, written.bytes)
-        return offsets
-
-    def _check_changelog(self, cause: BaseException | None = None) -> None:
-        if self.changelog_check is None:
-            return
-        try:
-            self.changelog_check()
-        except TopicSetupError as error:
-            self.metrics.record_checkpoint_failure()
-            raise error from cause
 
     def restore_assigned(self, records: Sequence[SourceRecord] = ()) -> Sequence[SourceRecord]:
         """Rebuilds the states of newly assigned partitions from the changelog and moves
@@ -600,15 +473,8 @@ class Worker:
         # lock: the consumer call needs its IO thread, which may be waiting for the lock.
         if self.source is not None:
             self.source.rewind(partitions)
-        seconds = time.perf_counter() - started
-        self.metrics.observe_restore(seconds, result.records_read)
+        report_restore(self.metrics, result, partitions, time.perf_counter() - started)
         self.metrics.set_streams(len(self.store), self.store.nbytes)
-        log.info("restored %d stream states of partitions %s from %d changelog records in "
-                 "%.2f s", result.streams_restored, partitions, result.records_read, seconds)
-        if result.incompatible:
-            log.warning("%d changelog records were written for another state layout or "
-                        "readings topic and not loaded (first: %s); those streams start their "
-                        "learning period again", result.incompatible, result.first_incompatible)
         restored = set(partitions)
         return [record for record in records if record.partition not in restored]
 
@@ -665,7 +531,7 @@ class Worker:
             evicted = self.engine.evict_idle(self.config.idle_eviction_s)
             if evicted:
                 if self.checkpoints is not None:
-                    self._tombstones.extend(evicted)
+                    self.checkpoints.evicted(evicted)
                 self.metrics.record_evictions(len(evicted))
                 log.info("evicted %d idle streams", len(evicted))
             self.metrics.set_streams(len(self.store), self.store.nbytes)

@@ -104,7 +104,7 @@ def test_a_changelog_of_the_wrong_shape_stops_the_worker_before_it_writes(
             raise TopicSetupError("state changelog 'changelog': expected 2 partitions, "
                                   "found 1")
 
-    worker.changelog_check = changelog_check
+    worker.checkpoints.check_topic = changelog_check
     stop = threading.Event()
     with pytest.raises(TopicSetupError, match="expected 2 partitions"):
         worker.run(ClosingLikeKafkaSource(broker, worker, (0, 1), stop,
