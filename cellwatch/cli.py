@@ -165,6 +165,13 @@ class _DeliveryFailure(click.ClickException):
     exit_code = 3
 
 
+class _TopicProblem(click.ClickException):
+    """A topic the worker needs is missing or has the wrong shape (exit code 4), at start or
+    while it runs (a changelog deleted and auto-created anew); the message says what to do."""
+
+    exit_code = 4
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turns the packages' input errors into one clear line at the command line."""
@@ -178,8 +185,9 @@ def user_errors() -> Iterator[None]:
         yield
     except OutputError as error:
         raise _DeliveryFailure(str(error)) from None
-    except (ArtifactError, EvaluationError, RecordingError, TrainingError,
-            TopicSetupError) as error:
+    except TopicSetupError as error:
+        raise _TopicProblem(str(error)) from None
+    except (ArtifactError, EvaluationError, RecordingError, TrainingError) as error:
         raise _UserError(str(error)) from None
 
 

@@ -77,7 +77,11 @@ class Checkpoints(ChangelogWriter):
             OutputError: the checkpoint was not acknowledged.
         """
         started = time.perf_counter()
-        self.check(None)
+        if partitions is None:
+            # The loop's checkpoints only: a revoke runs on the consumer's IO thread, where
+            # the check's requests could stall the rebalance; the loop checked at most one
+            # checkpoint interval ago.
+            self.check(None)
         if partitions is None:
             rows = store.take_dirty()
             tombstones, self.tombstones = self.tombstones, []

@@ -33,6 +33,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.ports import OutputError, PartitionListener, SourceRecord, TopicSetupError
+from streaming.topic_checks import changelog_problem, config_value
 
 log = logging.getLogger(__name__)
 
@@ -408,25 +409,10 @@ def ensure_changelog(client_options: Mapping[str, Any], topic: str, partitions: 
             [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
     finally:
         admin.close()
-    if existing != partitions:
-        raise TopicSetupError(
-            f"state changelog {topic!r}: expected {partitions} partitions like the readings "
-            f"topic (a partition's states live in the same-numbered changelog partition), "
-            f"found {existing}; delete it or set kafka.changelog_topic to a new name")
-    policy = _config_value(described, topic, "cleanup.policy") or "delete"
-    if "compact" not in policy.split(","):
-        raise TopicSetupError(
-            f"state changelog {topic!r}: expected cleanup.policy=compact, found "
-            f"cleanup.policy={policy} (stream states would be deleted by age); change it with "
-            f"kafka-configs.sh or set kafka.changelog_topic to a new name")
-
-
-def _config_value(described: Mapping[str, Any], topic: str, key: str) -> str | None:
-    for resources in described.values():
-        entry = resources.get(topic, {}).get(key)
-        if entry is not None:
-            return entry.get("value") if isinstance(entry, Mapping) else str(entry)
-    return None
+    problem = changelog_problem(topic, partitions, existing,
+                                config_value(described, topic, "cleanup.policy"))
+    if problem is not None:
+        raise TopicSetupError(problem)
 
 
 def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
