@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -223,6 +224,13 @@ class KafkaRecordSink:
             consumer offsets. The id must be unique per worker and stable across its
             restarts: a restarted worker with the same id fences its predecessor and aborts
             its open transaction at once.
+
+    Best-effort records (dead letters) go through a producer of their own, without
+    idempotence, when there are no transactions: kafka-python's idempotent producer treats a
+    record the broker refuses for good as fatal and fails every record in flight with it
+    (and the producer for good), so one refused dead letter would fail the outputs too. In
+    a transaction every record must commit together, so there is one producer, and a
+    refused dead letter fails the transaction.
     """
 
     def __init__(self, client_options: Mapping[str, Any], linger_ms: int = 5,
@@ -238,7 +246,11 @@ class KafkaRecordSink:
             max_request_size=8 * 1024 * 1024,
             **extra,
         )
-        self._pending: list[Any] = []
+        self._pending: list[tuple[Any, bool]] = []  # (future, best effort)
+        self._dropped_at_send = 0  # best-effort records the producer refused outright
+        self._best_effort_producer = None if transactional_id is not None else KafkaProducer(
+            **client_options, acks="all", enable_idempotence=False, linger_ms=linger_ms,
+            batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
         self._transactional = transactional_id is not None
         self._in_transaction = False
         if self._transactional:
@@ -254,36 +266,59 @@ class KafkaRecordSink:
         if self._transactional and not self._in_transaction:
             self._producer.begin_transaction()
             self._in_transaction = True
+        best_effort = best_effort and self._best_effort_producer is not None
+        producer = self._best_effort_producer if best_effort else self._producer
         try:
-            future = self._producer.send(topic, value=value, key=key,
-                                         headers=list(headers) or None, partition=partition)
-        except KafkaError as error:
-            # e.g. the topic's metadata (or the partition) did not appear within max_block_ms:
-            # a delivery failure like any other, not a bug.
+            future = producer.send(topic, value=value, key=key, headers=list(headers) or None,
+                                   partition=partition)
+        except REFUSED_FOR_GOOD as error:
+            if not best_effort:
+                raise OutputError(f"record for {topic!r} refused: {error!r}") from error
+            log.error("a dead letter for %s refused by the producer and dropped: %r", topic,
+                      error)
+            self._dropped_at_send += 1
+            return
+        except (KafkaError, ValueError) as error:
+            # The topic's metadata did not arrive within max_block_ms, or the partition is
+            # gone (the topic was recreated with fewer partitions): a delivery failure like
+            # any other, not a bug.
             raise OutputError(f"record for {topic!r} not accepted by the producer: "
                               f"{error!r}") from error
-        self._pending.append((future, best_effort and not self._transactional))
+        self._pending.append((future, best_effort))
 
     def flush(self, timeout_s: float = 60.0) -> int:
         pending, self._pending = self._pending, []
+        dropped, self._dropped_at_send = self._dropped_at_send, 0
+        deadline = time.monotonic() + timeout_s
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as error:
             raise OutputError(f"output records not acknowledged within {timeout_s} s: "
                               f"{error}") from error
-        failed = [(future, best_effort) for future, best_effort in pending if future.failed()]
-        # In a transaction any failed record fails the commit, so nothing there is dropped.
-        refused = [best_effort and isinstance(future.exception, REFUSED_FOR_GOOD)
-                   for future, best_effort in failed]
-        dropped = [future for (future, _), drop in zip(failed, refused, strict=True) if drop]
-        fatal = [future for (future, _), drop in zip(failed, refused, strict=True) if not drop]
-        if fatal:
+        failed: list[BaseException] = []
+        first_dropped: BaseException | None = None
+        for future, best_effort in pending:
+            if not best_effort:
+                if future.failed():
+                    failed.append(future.exception)
+                continue
+            # Awaited one by one, not with the producer's flush(): after splitting a batch
+            # the broker refused as too large, kafka-python's flush() can end in "Future not
+            # done" although every record's own future completes.
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except REFUSED_FOR_GOOD as error:
+                dropped += 1
+                first_dropped = first_dropped or error
+            except KafkaError as error:
+                failed.append(error)
+        if failed:
             raise OutputError(f"{len(failed)} of {len(pending)} output records failed; first: "
-                              f"{fatal[0].exception!r}")
-        if dropped:
-            log.error("%d dead letters refused by the broker and dropped (first: %r); their "
-                      "readings stay rejected", len(dropped), dropped[0].exception)
-        return len(dropped)
+                              f"{failed[0]!r}")
+        if first_dropped is not None:
+            log.error("dead letters refused by the broker and dropped (first: %r); their "
+                      "readings stay rejected", first_dropped)
+        return dropped
 
     def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
                            group_metadata: object) -> None:
@@ -315,6 +350,8 @@ class KafkaRecordSink:
 
     def close(self) -> None:
         # An open transaction is aborted by the broker (or fenced by our successor).
+        if self._best_effort_producer is not None:
+            self._best_effort_producer.close(timeout=10)
         self._producer.close(timeout=10)
 
 
