@@ -74,7 +74,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from detector.step import StreamingStep
 from streaming.batches import observe_batch, publish_batch
 from streaming.changelog import restore_states
 from streaming.checkpoints import Checkpoints, report_restore
@@ -82,6 +81,7 @@ from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES, dead_letter_headers
 from streaming.engine import ScoringEngine
 from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics
+from streaming.model_reload import ModelInfo, swapped_engine
 from streaming.ports import (
     ChangelogReader,
     OutputError,
@@ -129,17 +129,6 @@ class WorkerConfig:
     max_stream_id_bytes: int = 256
     # Streams held at most; beyond it the least recently seen are evicted (0: no limit).
     max_streams: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """The model the worker serves."""
-
-    step: StreamingStep
-    channels: tuple[str, ...]
-    version: str
-    trained_at: str
-    trained_at_s: float
 
 
 class Worker:
@@ -497,28 +486,10 @@ class Worker:
             model, self._offered_model = self._offered_model, None
             if model is None:
                 return
-            if tuple(model.channels) != tuple(self.model.channels):
-                log.error("model %s not loaded: its channels %s differ from the served "
-                          "model's %s", model.version, list(model.channels),
-                          list(self.model.channels))
-                self.metrics.record_model_reload("failed")
-                return
-            kept = model.step.layout == self.store.layout
-            if not kept:
-                self.store.reset_states(model.step.layout)
-            self.engine = ScoringEngine(model.step, self.store, model.channels, model.version,
-                                        self.config.episode_gap, clock=self.clock)
-            previous, self.model = self.model, model
-            self.metrics.set_model(model.version, model.trained_at, model.trained_at_s,
-                                   str(model.step.layout.version))
-            self.metrics.record_model_reload("kept_state" if kept else "reset_state")
-        if kept:
-            log.info("model %s replaced by %s; streams keep their states", previous.version,
-                     model.version)
-        else:
-            log.warning("model %s replaced by %s with another state layout; all %d streams "
-                        "start their learning period again", previous.version, model.version,
-                        len(self.store))
+            engine = swapped_engine(self.model, model, self.store, self.config.episode_gap,
+                                    self.clock, self.metrics)
+            if engine is not None:
+                self.engine, self.model = engine, model
 
     # Housekeeping -------------------------------------------------------------------------
 
