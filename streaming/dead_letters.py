@@ -61,19 +61,14 @@ class DeadLetter:
 
 def dead_letter(record: SourceRecord, rejection: Rejection, topic_max_bytes: int
                 ) -> DeadLetter:
-    """The dead letter of ``record``, at most ``topic_max_bytes`` on the wire.
-
-    Raises:
-        ValueError: ``topic_max_bytes`` leaves no room for the origin headers themselves.
-    """
-    budget = topic_max_bytes - _FRAMING_BYTES
+    """The dead letter of ``record``, at most ``topic_max_bytes`` on the wire (unless the
+    topic takes less than the reason and origin headers alone: then it carries nothing else,
+    and the broker may still refuse it)."""
     key, value = record.key, record.value
     original = list(record.headers or ())
     origin = _origin_headers(record, rejection)
     fixed = _headers_bytes(origin) + 2 * _headers_bytes([("cellwatch.truncated", b"value,")])
-    if fixed > budget:
-        raise ValueError(f"a dead letter needs about {fixed + _FRAMING_BYTES} bytes; the "
-                         f"dead-letter topic takes {topic_max_bytes}")
+    budget = max(topic_max_bytes - _FRAMING_BYTES, fixed)
     size = len(key or b"") + len(value or b"") + _headers_bytes(original) + fixed
     if size <= budget:
         return DeadLetter(key, value, [*original, *origin], truncated=False)

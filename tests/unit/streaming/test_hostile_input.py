@@ -119,6 +119,15 @@ def test_huge_headers_and_key_are_cut_after_the_value() -> None:
     assert len(letter.key) + sum(len(n) + len(v) for n, v in letter.headers) <= 8000 - 1024
 
 
+def test_a_dead_letter_topic_too_small_for_the_headers_gets_the_headers_only() -> None:
+    source = record(3, b"v" * 100, b"k", headers=[("h", b"x")])
+    letter = dead_letter(source, Rejection(RejectReason.INVALID_JSON, "not JSON"), 100)
+    headers = dict(letter.headers)
+    assert headers["cellwatch.reason"] == b"invalid_json"
+    assert headers["cellwatch.truncated"] == b"value,headers,key"
+    assert (letter.key, letter.value) == (b"", b"")
+
+
 def test_a_dead_letter_the_broker_refuses_is_dropped_not_fatal(
         step: StreamingStep, sink: FakeRecordSink, registry: CollectorRegistry,
         recorded: np.ndarray) -> None:
