@@ -3,6 +3,7 @@ outputs were not acknowledged, and nothing at all into a changelog of the wrong 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -10,16 +11,25 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from detector.step import StreamingStep
+from streaming.changelog import restore_states
+from streaming.metrics import WorkerMetrics
 from streaming.ports import OutputError, TopicSetupError
+from streaming.state_store import StateStore
+from streaming.worker import Worker
+from tests.unit.streaming.conftest import record_of
 from tests.unit.streaming.test_durability import (
     CHANGELOG,
+    CONFIG,
     Broker,
+    BrokerChangelog,
     BrokerSink,
     BrokerSource,
     all_readings,
+    assign,
     durability_discrepancies,
     fake_monotonic,  # noqa: F401 (a fixture)
     make_worker,
+    model_of,
     run_worker,
 )
 
@@ -114,3 +124,28 @@ def test_a_changelog_of_the_wrong_shape_stops_the_worker_before_it_writes(
     assert broker.committed == {0: 8, 1: 6}  # what the first checkpoint covered, no more
     assert registry.get_sample_value("cellwatch_checkpoint_failures_total") == 1
     assert not worker.liveness()[0]
+
+
+def test_streams_evicted_beyond_max_streams_get_tombstones_and_stay_away(
+        step: StreamingStep, recorded: np.ndarray) -> None:
+    readings = all_readings(recorded)  # streams a, b on partition 0; c, d on partition 1
+    broker = Broker(readings)
+    registry = CollectorRegistry()
+    config = dataclasses.replace(CONFIG, max_streams=3)
+    worker = Worker(config, model_of(step), BrokerSink(broker), WorkerMetrics(registry),
+                    changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
+    assign(worker, [0, 1])
+    a0, b0 = readings[0], readings[1]
+    c0, d0 = readings[60], readings[61]
+    worker.process([record_of(r) for r in (a0, b0, c0)])
+    worker.checkpoint()
+    worker.process([record_of(d0)])  # a is the least recently used: evicted
+    worker.checkpoint()
+    assert "a" not in worker.store and len(worker.store) == 3
+    tombstone, newest = broker.on(CHANGELOG)[-2:]
+    assert (tombstone.key, tombstone.value, tombstone.partition) == (b"a", None, 0)
+    assert newest.key == b"d"
+    restored = StateStore(step.layout)
+    restore_states(restored, BrokerChangelog(broker).read([0, 1]), "readings", now_s=0.0)
+    assert sorted(restored.stream_of(r) for r in restored.rows_in_use()) == ["b", "c", "d"]
+    assert registry.get_sample_value("cellwatch_stream_capacity_evictions_total") == 1
