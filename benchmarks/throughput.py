@@ -366,6 +366,12 @@ class _TimedSource:
     def lag(self):
         return self._source.lag()
 
+    def rewind(self, partitions) -> None:
+        self._source.rewind(partitions)
+
+    def group_metadata(self):
+        return self._source.group_metadata()
+
     def close(self) -> None:
         self._source.close()
 
