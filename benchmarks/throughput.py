@@ -366,6 +366,12 @@ class _TimedSource:
     def lag(self):
         return self._source.lag()
 
+    def rewind(self, partitions) -> None:
+        self._source.rewind(partitions)
+
+    def group_metadata(self):
+        return self._source.group_metadata()
+
     def close(self) -> None:
         self._source.close()
 
@@ -375,15 +381,20 @@ class _TimedSink:
         self._sink = sink
         self._t = timings
 
-    def send(self, topic, key, value, headers=(), partition=None) -> None:
+    @property
+    def transactional(self) -> bool:
+        return self._sink.transactional
+
+    def send(self, topic, key, value, headers=(), partition=None, best_effort=False) -> None:
         started = time.perf_counter()
-        self._sink.send(topic, key, value, headers, partition)
+        self._sink.send(topic, key, value, headers, partition, best_effort)
         self._t.send += time.perf_counter() - started
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         started = time.perf_counter()
-        self._sink.flush()
+        dropped = self._sink.flush()
         self._t.flush += time.perf_counter() - started
+        return dropped
 
     def close(self) -> None:
         self._sink.close()
@@ -392,13 +403,20 @@ class _TimedSink:
 class _TimedParser:
     def __init__(self, parser, timings: Timings) -> None:
         self._parse = parser.parse
+        self._check_key = parser.check_key
         self._t = timings
 
-    def parse(self, raw):
+    def parse(self, raw, **options):
         started = time.perf_counter()
-        parsed = self._parse(raw)
+        parsed = self._parse(raw, **options)
         self._t.parse += time.perf_counter() - started
         return parsed
+
+    def check_key(self, key, parsed):
+        started = time.perf_counter()
+        checked = self._check_key(key, parsed)
+        self._t.parse += time.perf_counter() - started
+        return checked
 
 
 def _instrument(worker, timings: Timings) -> None:

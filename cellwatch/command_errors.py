@@ -15,6 +15,7 @@ from cellwatch.settings import SettingsError
 # Duplicated from cellwatch.startup_errors, which imports kafka-python: `--help` stays fast.
 _EXIT_USAGE_OR_SETTINGS = 2
 _EXIT_DELIVERY_FAILURE = 3
+_EXIT_TOPIC_PROBLEM = 6
 
 
 class SettingsProblem(click.ClickException):
@@ -35,6 +36,13 @@ class DeliveryFailure(click.ClickException):
     a restart resumes where the last acknowledged batch ended."""
 
     exit_code = _EXIT_DELIVERY_FAILURE
+
+
+class TopicProblem(click.ClickException):
+    """A topic the worker needs is missing or has the wrong shape (exit code 6), at start or
+    while it runs (a changelog deleted and auto-created anew); the message says what to do."""
+
+    exit_code = _EXIT_TOPIC_PROBLEM
 
 
 class StartupFailure(click.ClickException):
@@ -63,6 +71,8 @@ def user_errors() -> Iterator[None]:
         raise StartupFailure(str(error), error.exit_code) from None
     except OutputError as error:
         raise DeliveryFailure(str(error)) from None
-    except (ArtifactError, EvaluationError, OutputPathError, RecordingError, TrainingError,
-            TopicSetupError) as error:
+    except TopicSetupError as error:
+        raise TopicProblem(str(error)) from None
+    except (ArtifactError, EvaluationError, OutputPathError, RecordingError,
+            TrainingError) as error:
         raise InputProblem(str(error)) from None

@@ -368,6 +368,18 @@ class WorkerSettings(_Section):
     transactional: bool = setting(
         False, "commit outputs, states and offsets in Kafka transactions (exactly-once for "
         "read_committed consumers; needs checkpoints)")
+    max_future_seconds: float = setting(
+        3600.0, "readings stamped further ahead of the worker's clock are dead-lettered as "
+        "future (they would lock their stream out)", positive=True)
+    max_abs_value: float = setting(
+        1e15, "readings with a channel value of larger magnitude are dead-lettered as "
+        "out_of_range", positive=True)
+    max_stream_id_bytes: int = setting(
+        256, "longer stream ids (UTF-8) are dead-lettered as stream_id_too_long",
+        positive=True)
+    max_streams: int = setting(
+        0, "most streams one worker holds; beyond it the least recently seen are evicted "
+        "(0: no limit)", minimum=0)
     reload_poll_seconds: float = setting(
         5.0, "how often the model artifact is checked for a new model (0: only on SIGHUP)",
         minimum=0)

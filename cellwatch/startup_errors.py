@@ -3,12 +3,15 @@
 Exit codes of every command (README.md, "Exit codes"):
 
 - 0: done;
-- 1: a problem with the input: data, labels, model artifact, output path, topics;
+- 1: a problem with the input: data, labels, model artifact, output path;
 - 2: a usage or settings error (the message names the flag or setting);
 - 3: output records were not delivered to Kafka (nothing of them was committed);
 - 4: the metrics endpoint cannot listen on its address (port taken, address not local);
 - 5: Kafka cannot be reached or refuses us at start: no broker accepts a connection within
-  ``kafka.startup_timeout_seconds``, or the TLS or SASL handshake fails.
+  ``kafka.startup_timeout_seconds``, or the TLS or SASL handshake fails;
+- 6: a topic the worker needs is missing or has the wrong shape, at start or while it runs
+  (e.g. the changelog deleted and auto-created with one partition and no compaction); the
+  message says what to do. A restart exits the same way until an operator fixes the topic.
 
 The checks run in the order that fails fastest and changes nothing: the metrics port is bound
 before any Kafka client starts (so a second worker on one port does not first create topics),
@@ -34,6 +37,7 @@ EXIT_USAGE_OR_SETTINGS = 2
 EXIT_DELIVERY_FAILURE = 3
 EXIT_METRICS_ADDRESS = 4
 EXIT_KAFKA_UNAVAILABLE = 5
+EXIT_TOPIC_PROBLEM = 6
 
 
 class StartupError(RuntimeError):

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
 from cellwatch.startup_errors import kafka_startup, metrics_address_error, wait_for_brokers
 from detector.artifact import METADATA_FILE, ModelArtifact, load_artifact
+from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES
 from streaming.http_endpoint import MetricsEndpoint
 from streaming.kafka_io import (
     KafkaChangelogReader,
@@ -28,6 +29,7 @@ from streaming.kafka_io import (
 )
 from streaming.metrics import WorkerMetrics
 from streaming.model_reload import ModelWatcher
+from streaming.topic_checks import ChangelogCheck, topic_max_message_bytes
 from streaming.worker import ModelInfo, Worker, WorkerConfig
 from training.trainer import TrainingOptions
 
@@ -74,6 +76,10 @@ def worker_config(settings: Settings) -> WorkerConfig:
         episode_gap=worker.anomaly_episode_gap,
         changelog_topic=kafka.state_changelog_topic if worker.checkpoints else None,
         checkpoint_interval_s=worker.checkpoint_interval_seconds,
+        max_future_s=worker.max_future_seconds,
+        max_abs_value=worker.max_abs_value,
+        max_stream_id_bytes=worker.max_stream_id_bytes,
+        max_streams=worker.max_streams,
     )
 
 
@@ -161,20 +167,25 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
     config = worker_config(settings)
     servers = settings.kafka.bootstrap_servers
     wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
-    changelog = None
+    changelog = changelog_check = None
     try:
         with kafka_startup(servers):
             co_partitioned = ensure_topics(
                 options, config.readings_topic,
                 [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
-            config = dataclasses.replace(config, co_partitioned=co_partitioned)
+            config = dataclasses.replace(
+                config, co_partitioned=co_partitioned,
+                dead_letter_max_bytes=topic_max_message_bytes(
+                    options, config.dead_letter_topic) or DEFAULT_TOPIC_MAX_BYTES)
             if config.changelog_topic is not None:
                 partitions = partition_count(options, config.readings_topic)
                 ensure_changelog(options, config.changelog_topic, partitions)
                 changelog = KafkaChangelogReader(options, config.changelog_topic,
                                                  read_committed=settings.worker.transactional)
+                changelog_check = ChangelogCheck(options, config.changelog_topic, partitions)
             sink = KafkaRecordSink(options, transactional_id=transactional_id(settings))
-        worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog)
+        worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog,
+                        changelog_check=changelog_check)
         probes.worker = worker
         path = settings.model.artifact
         watcher = ModelWatcher(
@@ -201,3 +212,5 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
     finally:
         if changelog is not None:
             changelog.close()
+        if changelog_check is not None:
+            changelog_check.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 
@@ -62,8 +63,17 @@ class BatchResult:
 
 
 def _number(value: float) -> str:
+    """A JSON number, or ``null`` for a non-finite value: JSON has no NaN or infinity, and a
+    record carrying Python's ``inf`` or ``NaN`` literals would break strict consumers."""
     # Seven significant digits hold a float32 exactly enough and print the same every time.
-    return format(float(value), ".7g")
+    value = float(value)
+    return format(value, ".7g") if math.isfinite(value) else "null"
+
+
+def _number_or_none(value: float) -> float | None:
+    """The value as :func:`_number` writes it, for ``json.dumps``; None for non-finite."""
+    text = _number(value)
+    return None if text == "null" else float(text)
 
 
 class ScoringEngine:
@@ -95,6 +105,8 @@ class ScoringEngine:
         self.clock = clock
         self._channel_json = [json.dumps(name) for name in self.channels]
         self._version_json = json.dumps(model_version)
+        # Readings applied so far: orders the streams by their last use for eviction.
+        self._readings_seen = int(store.last_used.max(initial=0)) + 1
 
     def process(self, readings: Sequence[Reading]) -> BatchResult:
         """Scores ``readings`` (in arrival order); rejects or skips those it must."""
@@ -169,6 +181,7 @@ class ScoringEngine:
                     offsets[members])
                 store.partition[round_rows] = partitions[members]
                 store.last_seen_s[round_rows] = now_s
+                store.last_used[round_rows] = self._readings_seen + members
                 store.dirty[round_rows] = True
                 score[members] = result.score
                 likelihood[members] = result.likelihood
@@ -176,6 +189,7 @@ class ScoringEngine:
                 opened += self._update_episodes(round_rows, ts[members], result, episodes_out,
                                                 episode_partitions)
                 self._format_scores(members, round_rows, ts[members], result, scores_out)
+            self._readings_seen += count
         return BatchResult(
             scores=scores_out, episodes=episodes_out,
             score_partitions=[readings[i].partition for i in accepted],
@@ -245,13 +259,14 @@ class ScoringEngine:
             "start_ts": int(store.episode_start_ms[row]),
             "peak_ts": int(store.episode_peak_ms[row]),
             "end_ts": int(store.episode_end_ms[row]),
-            "peak_score": float(_number(store.episode_peak_score[row])),
-            "peak_likelihood": float(_number(store.episode_peak_likelihood[row])),
+            "peak_score": _number_or_none(store.episode_peak_score[row]),
+            "peak_likelihood": _number_or_none(store.episode_peak_likelihood[row]),
             "flagged_readings": int(store.episode_readings[row]),
             "channels": channels,
             "model_version": self.model_version,
         }
-        return store.stream_of(row).encode(), json.dumps(event, separators=(",", ":")).encode()
+        return store.stream_of(row).encode(), json.dumps(event, separators=(",", ":"),
+                                                         allow_nan=False).encode()
 
     def evict_idle(self, max_idle_s: float) -> list[tuple[bytes, int]]:
         """Forgets streams silent for longer than ``max_idle_s``; returns their Kafka keys
@@ -260,4 +275,18 @@ class ScoringEngine:
         rows = store.idle_rows(self.clock(), max_idle_s)
         evicted = [(store.record_key(row)[0], int(store.partition[row])) for row in rows.tolist()]
         store.release(rows)
+        return evicted
+
+    def evict_least_recent(self, max_streams: int) -> list[tuple[bytes, int]]:
+        """Forgets the least recently used streams beyond ``max_streams`` (a stream is used
+        when a reading of it is applied); returns their Kafka keys and partitions."""
+        store = self.store
+        rows = store.rows_in_use()
+        excess = rows.size - max_streams
+        if excess <= 0:
+            return []
+        oldest = rows[np.argpartition(store.last_used[rows], excess - 1)[:excess]]
+        evicted = [(store.record_key(row)[0], int(store.partition[row]))
+                   for row in oldest.tolist()]
+        store.release(oldest)
         return evicted

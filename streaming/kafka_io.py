@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,12 +22,26 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import __version__ as kafka_version
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.ports import OutputError, PartitionListener, SourceRecord, TopicSetupError
+from streaming.topic_checks import changelog_problem, config_value
 
 log = logging.getLogger(__name__)
+
+# Errors that say the broker will never take this record, however often it is sent.
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
+                    CorruptRecordError, InvalidTimestampError)
 
 
 class _ListenerAdapter(AsyncConsumerRebalanceListener):
@@ -210,6 +225,13 @@ class KafkaRecordSink:
             consumer offsets. The id must be unique per worker and stable across its
             restarts: a restarted worker with the same id fences its predecessor and aborts
             its open transaction at once.
+
+    Best-effort records (dead letters) go through a producer of their own, without
+    idempotence, when there are no transactions: kafka-python's idempotent producer treats a
+    record the broker refuses for good as fatal and fails every record in flight with it
+    (and the producer for good), so one refused dead letter would fail the outputs too. In
+    a transaction every record must commit together, so there is one producer, and a
+    refused dead letter fails the transaction.
     """
 
     def __init__(self, client_options: Mapping[str, Any], linger_ms: int = 5,
@@ -225,7 +247,11 @@ class KafkaRecordSink:
             max_request_size=8 * 1024 * 1024,
             **extra,
         )
-        self._pending: list[Any] = []
+        self._pending: list[tuple[Any, bool]] = []  # (future, best effort)
+        self._dropped_at_send = 0  # best-effort records the producer refused outright
+        self._best_effort_producer = None if transactional_id is not None else KafkaProducer(
+            **client_options, acks="all", enable_idempotence=False, linger_ms=linger_ms,
+            batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
         self._transactional = transactional_id is not None
         self._in_transaction = False
         if self._transactional:
@@ -236,19 +262,35 @@ class KafkaRecordSink:
         return self._transactional
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
+             best_effort: bool = False) -> None:
         if self._transactional and not self._in_transaction:
             self._producer.begin_transaction()
             self._in_transaction = True
+        best_effort = best_effort and self._best_effort_producer is not None
+        producer = self._best_effort_producer if best_effort else self._producer
         try:
-            future = self._producer.send(topic, value=value, key=key,
-                                         headers=list(headers) or None, partition=partition)
-        except KafkaError as error:  # e.g. too large, or no metadata for the topic
-            raise OutputError(f"output record to {topic!r} not sent: {error!r}") from error
-        self._pending.append(future)
+            future = producer.send(topic, value=value, key=key, headers=list(headers) or None,
+                                   partition=partition)
+        except REFUSED_FOR_GOOD as error:
+            if not best_effort:
+                raise OutputError(f"record for {topic!r} refused: {error!r}") from error
+            log.error("a dead letter for %s refused by the producer and dropped: %r", topic,
+                      error)
+            self._dropped_at_send += 1
+            return
+        except (KafkaError, ValueError) as error:
+            # The topic's metadata did not arrive within max_block_ms, or the partition is
+            # gone (the topic was recreated with fewer partitions): a delivery failure like
+            # any other, not a bug.
+            raise OutputError(f"record for {topic!r} not accepted by the producer: "
+                              f"{error!r}") from error
+        self._pending.append((future, best_effort))
 
-    def flush(self, timeout_s: float = 60.0) -> None:
+    def flush(self, timeout_s: float = 60.0) -> int:
         pending, self._pending = self._pending, []
+        dropped, self._dropped_at_send = self._dropped_at_send, 0
+        deadline = time.monotonic() + timeout_s
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaTimeoutError as error:
@@ -256,10 +298,30 @@ class KafkaRecordSink:
                               f"{error}") from error
         except KafkaError as error:  # failed at once: no wait to speak of
             raise OutputError(f"output records not delivered: {error!r}") from error
-        failed = [future for future in pending if future.failed()]
+        failed: list[BaseException] = []
+        first_dropped: BaseException | None = None
+        for future, best_effort in pending:
+            if not best_effort:
+                if future.failed():
+                    failed.append(future.exception)
+                continue
+            # Awaited one by one, not with the producer's flush(): after splitting a batch
+            # the broker refused as too large, kafka-python's flush() can end in "Future not
+            # done" although every record's own future completes.
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except REFUSED_FOR_GOOD as error:
+                dropped += 1
+                first_dropped = first_dropped or error
+            except KafkaError as error:
+                failed.append(error)
         if failed:
             raise OutputError(f"{len(failed)} of {len(pending)} output records failed; first: "
-                              f"{failed[0].exception!r}")
+                              f"{failed[0]!r}")
+        if first_dropped is not None:
+            log.error("dead letters refused by the broker and dropped (first: %r); their "
+                      "readings stay rejected", first_dropped)
+        return dropped
 
     def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
                            group_metadata: object) -> None:
@@ -291,6 +353,8 @@ class KafkaRecordSink:
 
     def close(self) -> None:
         # An open transaction is aborted by the broker (or fenced by our successor).
+        if self._best_effort_producer is not None:
+            self._best_effort_producer.close(timeout=10)
         self._producer.close(timeout=10)
 
 
@@ -385,25 +449,10 @@ def ensure_changelog(client_options: Mapping[str, Any], topic: str, partitions: 
             [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
     finally:
         admin.close()
-    if existing != partitions:
-        raise TopicSetupError(
-            f"state changelog {topic!r}: expected {partitions} partitions like the readings "
-            f"topic (a partition's states live in the same-numbered changelog partition), "
-            f"found {existing}; delete it or set kafka.changelog_topic to a new name")
-    policy = _config_value(described, topic, "cleanup.policy") or "delete"
-    if "compact" not in policy.split(","):
-        raise TopicSetupError(
-            f"state changelog {topic!r}: expected cleanup.policy=compact, found "
-            f"cleanup.policy={policy} (stream states would be deleted by age); change it with "
-            f"kafka-configs.sh or set kafka.changelog_topic to a new name")
-
-
-def _config_value(described: Mapping[str, Any], topic: str, key: str) -> str | None:
-    for resources in described.values():
-        entry = resources.get(topic, {}).get(key)
-        if entry is not None:
-            return entry.get("value") if isinstance(entry, Mapping) else str(entry)
-    return None
+    problem = changelog_problem(topic, partitions, existing,
+                                config_value(described, topic, "cleanup.policy"))
+    if problem is not None:
+        raise TopicSetupError(problem)
 
 
 def ensure_topics(client_options: Mapping[str, Any], source_topic: str,

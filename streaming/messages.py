@@ -4,9 +4,26 @@ A reading is a JSON object, UTF-8, keyed by its stream id::
 
     {"stream": "pump-7", "ts": 1706702400000, "values": {"temperature": 21.5, "pressure": 1.01}}
 
-``ts`` is epoch milliseconds or RFC 3339 text; ``values`` has one finite number per channel of
-the model, no more and no fewer. Anything else is rejected with one of
-the :class:`RejectReason` values and goes to the dead-letter topic with the original bytes.
+``ts`` is epoch **milliseconds** (a JSON integer) or RFC 3339 text; ``values`` has one finite
+number per channel of the model, no more and no fewer. The Kafka key is the stream id, UTF-8.
+Anything else is rejected with one of the :class:`RejectReason` values and goes to the
+dead-letter topic with the original bytes.
+
+Checks a worker configures (the parser's defaults leave them off):
+
+* ``earliest_ts_ms``: a time before it is ``implausible_ts``. The worker sets 10^11 ms
+  (1973-03-03): epoch *seconds* of any date since 1973 fall before it, so a producer sending
+  seconds is told so instead of having its readings read as January 1970.
+* ``latest_ts_ms`` (per call, from the wall clock plus ``worker.max_future_seconds``): a
+  later time is ``future``. A reading from year 9999 would otherwise become its stream's
+  last time and every later reading would be ``out_of_order``.
+* ``max_abs_value``: a channel value of larger magnitude is ``out_of_range`` (a value such as
+  1e30 would poison the stream's state).
+* ``max_stream_id_bytes``: a longer stream id (UTF-8) is ``stream_id_too_long``: ids are
+  kept in memory per stream and sent with every output record.
+* :meth:`ReadingParser.check_key`: a record whose Kafka key is not its stream id (null, or
+  another stream's) is ``key_mismatch``. Streams are partitioned by key; a stream seen in
+  two partitions would get a state, and a changelog record, in each.
 """
 
 from __future__ import annotations
@@ -35,7 +52,15 @@ class RejectReason(enum.StrEnum):
     OVERSIZED = "oversized"
     OUT_OF_ORDER = "out_of_order"
     DUPLICATE = "duplicate"
+    FUTURE = "future"
+    IMPLAUSIBLE_TS = "implausible_ts"
+    OUT_OF_RANGE = "out_of_range"
+    KEY_MISMATCH = "key_mismatch"
+    STREAM_ID_TOO_LONG = "stream_id_too_long"
 
+# Before 1973-03-03T09:46:40Z: where epoch seconds of any date since 1973 land if they are
+# read as milliseconds.
+EARLIEST_TS_MS = 100_000_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,15 +77,37 @@ class ReadingParser:
     Args:
         channels: the model's channel names, in model order.
         max_message_bytes: larger messages are rejected before they are decoded.
+        max_abs_value: larger channel magnitudes are ``out_of_range`` (None: no bound
+            besides float32's).
+        max_stream_id_bytes: longer stream ids are ``stream_id_too_long`` (None: no bound).
+        earliest_ts_ms: earlier reading times are ``implausible_ts`` (None: no bound).
     """
 
-    def __init__(self, channels: Sequence[str], max_message_bytes: int) -> None:
+    def __init__(self, channels: Sequence[str], max_message_bytes: int, *,
+                 max_abs_value: float | None = None, max_stream_id_bytes: int | None = None,
+                 earliest_ts_ms: int | None = None) -> None:
         self.channels = tuple(channels)
         self.max_message_bytes = max_message_bytes
+        self.max_abs_value = math.inf if max_abs_value is None else max_abs_value
+        self.max_stream_id_bytes = max_stream_id_bytes
+        self.earliest_ts_ms = earliest_ts_ms
         self._channel_set = frozenset(self.channels)
 
-    def parse(self, raw: bytes | None) -> tuple[str, int, np.ndarray] | Rejection:
-        """``(stream, ts_ms, values[F] float32)`` or the :class:`Rejection`."""
+    def check_key(self, key: bytes | None, parsed: tuple[str, int, np.ndarray]
+                  ) -> tuple[str, int, np.ndarray] | Rejection:
+        """``parsed`` if the record's Kafka ``key`` is its stream id, else ``key_mismatch``."""
+        stream = parsed[0]
+        if key is None or key != stream.encode():
+            shown = "null" if key is None else repr(key[:100].decode("utf-8", "replace"))
+            return Rejection(RejectReason.KEY_MISMATCH,
+                             f"record key {shown} is not the stream id {stream[:100]!r}; "
+                             f"key each reading by its stream id")
+        return parsed
+
+    def parse(self, raw: bytes | None, *, latest_ts_ms: int | None = None
+              ) -> tuple[str, int, np.ndarray] | Rejection:
+        """``(stream, ts_ms, values[F] float32)`` or the :class:`Rejection`; a reading
+        later than ``latest_ts_ms`` is ``future``."""
         reason = RejectReason
         if raw is None:
             return Rejection(reason.MISSING_FIELD, "message has no value (a tombstone)")
@@ -89,10 +136,14 @@ class ReadingParser:
             return Rejection(reason.WRONG_TYPE,
                              f"field stream: expected a non-empty string, received {stream!r}")
         try:
-            stream.encode("utf-8")
+            stream_bytes = len(stream.encode("utf-8"))
         except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
             return Rejection(reason.INVALID_UTF8,
                              f"field stream: {stream!r} has no UTF-8 form (lone surrogate)")
+        if self.max_stream_id_bytes is not None and stream_bytes > self.max_stream_id_bytes:
+            return Rejection(reason.STREAM_ID_TOO_LONG,
+                             f"field stream: {stream_bytes} bytes (UTF-8), more than the "
+                             f"{self.max_stream_id_bytes} allowed; starts {stream[:100]!r}")
         try:
             ts_ms = parse_timestamp_ms(message["ts"])
         except ValueError as error:
@@ -119,5 +170,21 @@ class ReadingParser:
                 # Python's json accepts NaN and Infinity; float32 cannot hold beyond 3.4e38.
                 return Rejection(reason.NON_FINITE, f"channel {name!r}: expected a finite "
                                                     f"number, received {value!r}")
+            if abs(value) > self.max_abs_value:
+                return Rejection(reason.OUT_OF_RANGE,
+                                 f"channel {name!r}: {value!r} is beyond the allowed "
+                                 f"magnitude {self.max_abs_value:g} (worker.max_abs_value)")
             row[index] = value
+        # Time checks last: the message is otherwise good, so the detail is about time only.
+        if self.earliest_ts_ms is not None and ts_ms < self.earliest_ts_ms:
+            numeric = (isinstance(message["ts"], int | float)
+                       or str(message["ts"]).strip().isdigit())
+            unit = " (epoch seconds? ts is epoch milliseconds)" if numeric else ""
+            return Rejection(reason.IMPLAUSIBLE_TS,
+                             f"field ts: {message['ts']!r} is before 1973-03-03, the earliest "
+                             f"reading time accepted{unit}")
+        if latest_ts_ms is not None and ts_ms > latest_ts_ms:
+            return Rejection(reason.FUTURE,
+                             f"field ts: {message['ts']!r} ({ts_ms} ms) is ahead of the "
+                             f"worker's clock by more than worker.max_future_seconds")
         return stream, ts_ms, row

@@ -323,6 +323,10 @@ class WorkerMetrics:
             "state_store_bytes", "Bytes of per-stream state held by this worker.")
         self.stream_evictions = counter(
             "stream_evictions_total", "Streams whose state was evicted after being idle.")
+        self.stream_capacity_evictions = counter(
+            "stream_capacity_evictions_total",
+            "Streams whose state was evicted, least recently seen first, because the worker "
+            "held more than worker.max_streams streams.")
         self.last_processed_reading_timestamp = gauge(
             "last_processed_reading_timestamp_seconds",
             "Newest reading timestamp processed, in Unix seconds.")
@@ -363,6 +367,14 @@ class WorkerMetrics:
             "restore_records_total", "State records read from the changelog by restores.")
         self.dead_letters = counter(
             "dead_letters_total", "Records written to the dead-letter topic.")
+        self.dead_letters_truncated = counter(
+            "dead_letters_truncated_total",
+            "Dead letters whose value (then headers, then key) was cut to fit the dead-letter "
+            "topic's max.message.bytes.")
+        self.dead_letters_dropped = counter(
+            "dead_letters_dropped_total",
+            "Dead letters the broker refused for good (too large or invalid for the topic) "
+            "and that were dropped instead of stopping the worker.")
         self.output_records = counter(
             "output_records_total", "Records produced to the output topics, by topic role.",
             ["topic_role"])
@@ -512,6 +524,15 @@ class WorkerMetrics:
         self.output_records.labels(role).inc(n)
         if role == TopicRole.DEAD_LETTER:
             self.dead_letters.inc(n)
+
+    def record_dead_letters_truncated(self, n: int) -> None:
+        self.dead_letters_truncated.inc(_count(n, "truncated dead letters"))
+
+    def record_dead_letters_dropped(self, n: int) -> None:
+        self.dead_letters_dropped.inc(_count(n, "dropped dead letters"))
+
+    def record_capacity_evictions(self, n: int) -> None:
+        self.stream_capacity_evictions.inc(_count(n, "capacity evictions"))
 
     def record_dead_letters(self, n: int) -> None:
         """Records written to the dead-letter topic (same as ``record_outputs("dead_letter")``)."""

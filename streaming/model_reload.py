@@ -13,12 +13,59 @@ has, and the watcher tries again when the signature changes again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from detector.step import StreamingStep
+from streaming.engine import ScoringEngine
+from streaming.metrics import WorkerMetrics, state_layout_label
+from streaming.state_store import StateStore
+
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """The model the worker serves."""
+
+    step: StreamingStep
+    channels: tuple[str, ...]
+    version: str
+    trained_at: str
+    trained_at_s: float
+
+
+def swapped_engine(current: ModelInfo, offered: ModelInfo, store: StateStore,
+                   episode_gap: int, clock: Callable[[], float], metrics: WorkerMetrics
+                   ) -> ScoringEngine | None:
+    """The engine that serves ``offered`` in place of ``current`` over ``store``, or None
+    when it cannot (other channels: refused, the current model stays). With the same state
+    layout the streams keep their states; otherwise every stream starts its learning period
+    again (its last reading time and offset stay, so nothing is applied twice)."""
+    if tuple(offered.channels) != tuple(current.channels):
+        log.error("model %s not loaded: its channels %s differ from the served model's %s",
+                  offered.version, list(offered.channels), list(current.channels))
+        metrics.record_model_reload("failed")
+        return None
+    kept = offered.step.layout == store.layout
+    if not kept:
+        store.reset_states(offered.step.layout)
+    engine = ScoringEngine(offered.step, store, offered.channels, offered.version,
+                           episode_gap, clock=clock)
+    metrics.set_model(offered.version, offered.trained_at, offered.trained_at_s,
+                      state_layout_label(offered.step.layout))
+    metrics.record_model_reload("kept_state" if kept else "reset_state")
+    if kept:
+        log.info("model %s replaced by %s; streams keep their states", current.version,
+                 offered.version)
+    else:
+        log.warning("model %s replaced by %s with another state layout; all %d streams start "
+                    "their learning period again", current.version, offered.version,
+                    len(store))
+    return engine
 
 
 class ModelWatcher:
@@ -46,6 +93,9 @@ class ModelWatcher:
         self._poll_s = poll_s
         self._stop = stop
         self._requested = reload_requested or threading.Event()
+        # Set on the way out, whatever the stop event says: a worker stopping after an error
+        # has not set it, and waking the thread then must not load a model.
+        self._closing = threading.Event()
         self._seen = signature()
         self._thread = threading.Thread(target=self._run, name="cellwatch-model-watcher",
                                         daemon=True)
@@ -55,8 +105,11 @@ class ModelWatcher:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._requested.set()  # wakes the thread, which then sees the stop event
-        self._thread.join(timeout=30)
+        self._closing.set()
+        self._requested.set()  # wakes the thread, which then sees it is closing
+        # A load in progress is not waited for (the thread is a daemon): it would only delay
+        # the exit, and its model would never be served.
+        self._thread.join(timeout=1)
 
     def check(self) -> bool:
         """One check: loads and offers a model if due; returns whether it offered one."""
@@ -76,8 +129,8 @@ class ModelWatcher:
         return True
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._closing.is_set()):
             self._requested.wait(self._poll_s if self._poll_s > 0 else None)
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing.is_set():
                 return
             self.check()

@@ -69,11 +69,17 @@ class RecordSink(Protocol):
     """Publishes output records; :meth:`flush` returns only when all are acknowledged."""
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
-        """Queues one record; ``partition`` None lets the key choose it."""
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
+             best_effort: bool = False) -> None:
+        """Queues one record; ``partition`` None lets the key choose it. A ``best_effort``
+        record (a dead letter) that the broker refuses for good (too large or invalid for its
+        topic) is dropped by :meth:`flush` instead of failing it: retrying could never
+        deliver it, and failing would stop the worker on the same record after every
+        restart."""
 
-    def flush(self) -> None:
-        """Waits for every record sent so far; raises :class:`OutputError` if any failed."""
+    def flush(self) -> int:
+        """Waits for every record sent so far; raises :class:`OutputError` if any failed,
+        except best-effort records refused for good: returns how many of those it dropped."""
 
     @property
     def transactional(self) -> bool:

@@ -15,6 +15,7 @@ send only those.
 from __future__ import annotations
 
 import json
+import sys
 import typing
 from collections.abc import Sequence
 
@@ -35,6 +36,10 @@ _SIDECAR_FIELDS = (
 )
 
 
+def _keys_size(keys: tuple[bytes, str]) -> int:
+    return sys.getsizeof(keys) + sys.getsizeof(keys[0]) + sys.getsizeof(keys[1])
+
+
 def checkpoint_dtype(layout: StateLayout) -> np.dtype:
     """The packed record of one stream in a checkpoint: state vector, then sidecar."""
     return np.dtype([("state", "<f4", (layout.size,)), *_SIDECAR_FIELDS])
@@ -53,6 +58,8 @@ class StateStore:
         last_offset: int64 source offset of that reading (-1 for none).
         partition: int32 source partition of the stream.
         last_seen_s: float64 wall time the stream was last seen (eviction clock).
+        last_used: int64 sequence number of the stream's last applied reading (the order of
+            least-recently-used eviction; 0 for a restored stream).
         episode_*: the open anomaly episode (``episode_start_ms == NO_EPISODE`` when none).
         dirty: bool, changed since the last :meth:`take_dirty`.
     """
@@ -64,7 +71,7 @@ class StateStore:
         "episode_peak_ms": (np.int64, NO_EPISODE), "episode_peak_score": (np.float32, 0.0),
         "episode_peak_likelihood": (np.float32, 0.0), "episode_readings": (np.int32, 0),
         "episode_quiet": (np.int32, 0), "episode_channel_mask": (np.uint64, 0),
-        "dirty": (bool, False),
+        "dirty": (bool, False), "last_used": (np.int64, 0),
     }
 
     def __init__(self, layout: StateLayout, initial_capacity: int = 1024) -> None:
@@ -77,6 +84,7 @@ class StateStore:
         self._stream_of: list[str | None] = [None] * self._capacity
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
         self._record_keys: list[tuple[bytes, str] | None] = [None] * self._capacity
+        self._text_bytes = 0  # the stream ids and their cached keys, as Python objects
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -86,7 +94,17 @@ class StateStore:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays (allocated capacity), the figure exported as a metric."""
+        """Bytes held for the streams, the figure exported as a metric: the arrays
+        (allocated capacity), the stream ids and their cached Kafka keys and JSON literals
+        (Python objects, which for long ids outweigh the state), and the containers that
+        index them."""
+        containers = (sys.getsizeof(self._row_of) + sys.getsizeof(self._stream_of)
+                      + sys.getsizeof(self._record_keys) + sys.getsizeof(self._free))
+        return self.array_bytes + containers + self._text_bytes
+
+    @property
+    def array_bytes(self) -> int:
+        """Bytes of the state and bookkeeping arrays (allocated capacity)."""
         arrays = sum(getattr(self, name).nbytes for name in self._ARRAYS)
         return int(self.state.nbytes + arrays)
 
@@ -107,6 +125,7 @@ class StateStore:
             stream = self.stream_of(row)
             keys = (stream.encode(), json.dumps(stream))
             self._record_keys[row] = keys
+            self._text_bytes += _keys_size(keys)
         return keys
 
     def row_for(self, stream: str, partition: int) -> int:
@@ -117,6 +136,7 @@ class StateStore:
         if not self._free:
             self._grow()
         row = self._free.pop()
+        self._text_bytes += sys.getsizeof(stream)
         self._row_of[stream] = row
         self._stream_of[row] = stream
         self.partition[row] = partition
@@ -140,6 +160,10 @@ class StateStore:
             if stream is None:
                 continue
             del self._row_of[stream]
+            self._text_bytes -= sys.getsizeof(stream)
+            keys = self._record_keys[row]
+            if keys is not None:
+                self._text_bytes -= _keys_size(keys)
             self._stream_of[row] = None
             self._record_keys[row] = None
             self.state[row] = 0.0

@@ -3,16 +3,15 @@
 One loop, one batch at a time:
 
 1. poll up to ``max_poll_records`` readings;
-2. parse and validate each; a bad message goes to the dead-letter topic with its original
-   bytes and headers naming the reason, the source topic, partition and offset;
-3. score the good ones with the :class:`~streaming.engine.ScoringEngine` (vectorized across
-   streams, in rounds that keep each stream's order);
-4. publish one score record per reading (keyed by stream) and one event per closed anomaly
-   episode, and wait until the broker acknowledged every output record;
-5. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
+2. validate, score and publish them (:mod:`streaming.batches`): a bad message goes to the
+   dead-letter topic (:mod:`streaming.dead_letters`), the good ones are scored by the
+   :class:`~streaming.engine.ScoringEngine`, one score record per reading and one event per
+   closed anomaly episode are published, and the broker acknowledges every output record;
+3. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
    commit replays the batch, and its records, keyed and built deterministically, are
    reproduced identically);
-6. with a changelog (:mod:`streaming.changelog`), every ``checkpoint_interval_s``: send the
+4. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
+5. with a changelog (:mod:`streaming.checkpoints`), every ``checkpoint_interval_s``: send the
    states of the streams changed since the last checkpoint, wait for their acknowledgement,
    and only then commit the offsets the checkpoint covers. The committed offset is therefore
    never ahead of the checkpointed states: after a crash the states are restored from the
@@ -42,7 +41,9 @@ their states, otherwise every stream starts its learning period again (a warning
 
 Error policy:
 
-* a bad message never stops the worker: it is dead-lettered and counted by reason;
+* a bad message never stops the worker: it is dead-lettered and counted by reason; a dead
+  letter always fits its topic, and one the broker still refuses for good is dropped and
+  counted (stopping would fail again on the same message after every restart);
 * output records that cannot be delivered (after the producer's own retries) stop the worker
   *without* committing, so a restarted worker scores those readings again (exit code 3);
 * a failed offset commit (the group rebalanced meanwhile) is logged and the loop continues:
@@ -50,8 +51,15 @@ Error policy:
   key;
 * a checkpoint that cannot be delivered stops the worker like an output failure (exit 3):
   its offsets are not committed, so a restarted worker restores the previous checkpoint and
-  replays from there;
+  replays from there; a changelog that is gone or has the wrong shape stops it before the
+  checkpoint is sent (:class:`~streaming.ports.TopicSetupError`, exit code 6);
 * anything else is a bug and propagates.
+
+Whatever stops the loop, the work not yet committed is aborted first (:meth:`Worker._abort`):
+the states are dropped and nothing more is checkpointed or committed, since states advanced
+by unacknowledged outputs, once checkpointed (closing the consumer revokes its partitions,
+which checkpoints them), would make a restart skip those readings as already applied. The
+probes fail from that moment.
 
 SIGTERM and SIGINT set the stop event: the batch in hand is finished, flushed and committed,
 checkpointed (with a changelog), then the consumer leaves the group and :meth:`Worker.run`
@@ -64,22 +72,29 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
-
-from detector.step import StreamingStep
-from streaming.changelog import ChangelogWriter, restore_states
-from streaming.engine import Reading, ScoringEngine
-from streaming.messages import ReadingParser, Rejection
+from streaming.batches import observe_batch, publish_batch
+from streaming.changelog import restore_states
+from streaming.checkpoints import Checkpoints, report_restore
+from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES, dead_letter_headers
+from streaming.engine import ScoringEngine
+from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics, state_layout_label
-from streaming.ports import ChangelogReader, OutputError, ReadingSource, RecordSink, SourceRecord
+from streaming.model_reload import ModelInfo, swapped_engine
+from streaming.ports import (
+    ChangelogReader,
+    OutputError,
+    ReadingSource,
+    RecordSink,
+    SourceRecord,
+    TopicSetupError,
+)
 from streaming.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-_DETAIL_LIMIT = 1000
+__all__ = ["ModelInfo", "Worker", "WorkerConfig", "dead_letter_headers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,27 +119,16 @@ class WorkerConfig:
     # after every batch, and a restarted worker starts every stream's learning period again.
     changelog_topic: str | None = None
     checkpoint_interval_s: float = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """The model the worker serves."""
-
-    step: StreamingStep
-    channels: tuple[str, ...]
-    version: str
-    trained_at: str
-    trained_at_s: float
-
-
-def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tuple[str, bytes]]:
-    """The original headers, then why and where from."""
-    return [*(record.headers or ()),
-            ("cellwatch.reason", str(rejection.reason).encode()),
-            ("cellwatch.detail", rejection.detail[:_DETAIL_LIMIT].encode("utf-8", "replace")),
-            ("cellwatch.source.topic", record.topic.encode()),
-            ("cellwatch.source.partition", str(record.partition).encode()),
-            ("cellwatch.source.offset", str(record.offset).encode())]
+    # The dead-letter topic's max.message.bytes: every dead letter is cut to fit it.
+    dead_letter_max_bytes: int = DEFAULT_TOPIC_MAX_BYTES
+    # Readings stamped further ahead of the wall clock are rejected as "future".
+    max_future_s: float = 3600.0
+    # Readings with a channel value of larger magnitude are rejected as "out_of_range".
+    max_abs_value: float = 1e15
+    # Longer stream ids (in UTF-8 bytes) are rejected as "stream_id_too_long".
+    max_stream_id_bytes: int = 256
+    # Streams held at most; beyond it the least recently seen are evicted (0: no limit).
+    max_streams: int = 0
 
 
 class Worker:
@@ -138,11 +142,14 @@ class Worker:
         changelog: reads the state changelog for restores; required with
             ``config.changelog_topic``.
         clock: wall clock in seconds; injectable for tests.
+        changelog_check: called before every checkpoint and after a failed one; raises
+            :class:`TopicSetupError` when the changelog is gone or no longer has the shape
+            the checkpoints need (then the worker stops instead of writing into it).
     """
 
     def __init__(self, config: WorkerConfig, model: ModelInfo, sink: RecordSink,
                  metrics: WorkerMetrics, changelog: ChangelogReader | None = None,
-                 clock=time.time) -> None:
+                 clock=time.time, changelog_check: Callable[[], None] | None = None) -> None:
         if (config.changelog_topic is None) != (changelog is None):
             raise ValueError("a changelog topic and a changelog reader go together")
         if sink.transactional and config.changelog_topic is None:
@@ -155,17 +162,24 @@ class Worker:
         self.store = StateStore(model.step.layout)
         self.engine = ScoringEngine(model.step, self.store, model.channels, model.version,
                                     config.episode_gap, clock=clock)
-        self.parser = ReadingParser(model.channels, config.max_message_bytes)
+        self.parser = ReadingParser(model.channels, config.max_message_bytes,
+                                    max_abs_value=config.max_abs_value,
+                                    max_stream_id_bytes=config.max_stream_id_bytes,
+                                    earliest_ts_ms=EARLIEST_TS_MS)
         self.source: ReadingSource | None = None
         self.changelog = changelog
-        self.checkpoints = (ChangelogWriter(config.changelog_topic, sink, config.readings_topic)
+        self.checkpoints = (Checkpoints(config.changelog_topic, sink, config.readings_topic,
+                                        metrics, changelog_check)
                             if config.changelog_topic is not None else None)
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()  # revoked, states kept until the next assignment
         self._to_restore: set[int] = set()
-        self._uncommitted: dict[int, int] = {}  # partition -> next offset, processed
-        self._tombstones: list[tuple[bytes, int]] = []  # evicted since the last checkpoint
         self._failure: BaseException | None = None  # raised in a callback, re-raised by run
+        # Set once outputs or a checkpoint failed: from then on nothing is checkpointed nor
+        # committed (states advanced by unacknowledged outputs must never reach the changelog:
+        # a restart would skip their readings as applied), and the worker is stopping.
+        self._aborted = False
+        self._fatal: BaseException | None = None  # what stopped the loop (liveness fails)
         self._offered_model: ModelInfo | None = None
         self._joined = False
         self._heartbeat = time.monotonic()
@@ -209,9 +223,12 @@ class Worker:
                     self._abort_transaction(partitions)
                 else:
                     self._revoked.update(partitions)
-                    if self.checkpoints is not None and self._failure is None:
+                    # After a failure (the worker is closing its consumer on the way out) the
+                    # states may hold readings whose outputs were never acknowledged.
+                    if (self.checkpoints is not None and self._failure is None
+                            and not self._aborted):
                         to_commit = self._checkpoint(partitions)
-            except OutputError as error:
+            except (OutputError, TopicSetupError) as error:
                 # Raising here would only reach kafka-python's logger; the loop re-raises it.
                 self._failure = error
                 to_commit = {}
@@ -230,8 +247,8 @@ class Worker:
         self.sink.abort_transaction()
         dropped = self.store.rows_in_use()
         self.store.release(dropped)
-        self._uncommitted.clear()
-        self._tombstones.clear()
+        assert self.checkpoints is not None  # transactions need the changelog
+        self.checkpoints.discard()
         self._revoked.clear()
         kept = self._assigned - set(revoked)
         self._to_restore = set(kept)
@@ -262,9 +279,9 @@ class Worker:
                 dropped += rows.size
                 self._assigned.discard(partition)
                 self._to_restore.discard(partition)
-                self._uncommitted.pop(partition, None)
                 self.metrics.forget_partition(self.config.readings_topic, partition)
-            self._tombstones = [t for t in self._tombstones if t[1] not in partitions]
+            if self.checkpoints is not None:
+                self.checkpoints.forget(partitions)
             self.metrics.set_assigned_partitions(len(self._assigned))
             if kind == "lost":
                 self.metrics.record_rebalance(kind)
@@ -273,12 +290,16 @@ class Worker:
     # Probes -------------------------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
+        if self._fatal is not None:
+            return False, f"stopping after a fatal error: {self._fatal}"
         silent = time.monotonic() - self._heartbeat
         if silent > self.config.liveness_timeout_s:
             return False, f"main loop silent for {silent:.0f} s"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
+        if self._fatal is not None:
+            return False, f"stopping after a fatal error: {self._fatal}"
         if not self._joined:
             return False, "not yet part of the consumer group"
         if self._to_restore:
@@ -304,6 +325,13 @@ class Worker:
                     self.checkpoint()
                 self._maintain()
             clean = True
+        except BaseException as error:
+            # Unhealthy at once (probes fail while the consumer and producer close), and what
+            # the failed batch advanced is discarded before the close revokes partitions.
+            self._fatal = error
+            with self._lock:
+                self._abort("the worker is stopping after an error")
+            raise
         finally:
             try:
                 if clean:
@@ -318,79 +346,58 @@ class Worker:
         """Scores and publishes one batch; commits it too when there is no changelog."""
         started = time.monotonic()
         with self._lock:
-            readings: list[Reading] = []
-            origin: list[int] = []
-            rejected_by_reason: Counter[str] = Counter()
-            dead_letters = 0
-            next_offsets: dict[int, int] = {}
-            for index, record in enumerate(records):
-                next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
-                                                     record.offset + 1)
-                parsed = self.parser.parse(record.value)
-                if isinstance(parsed, Rejection):
-                    self._dead_letter(record, parsed)
-                    rejected_by_reason[parsed.reason] += 1
-                    dead_letters += 1
-                    continue
-                stream, ts_ms, values = parsed
-                readings.append(Reading(stream, ts_ms, values, record.partition, record.offset,
-                                        record.timestamp))
-                origin.append(index)
-            result = self.engine.process(readings)
-            for position, rejection in result.rejected:
-                self._dead_letter(records[origin[position]], rejection)
-                rejected_by_reason[rejection.reason] += 1
-                dead_letters += 1
-            sink, config = self.sink, self.config
-            # Same partition as the reading: per-stream order holds, and kafka-python's
-            # pure-Python partitioner (a fifth of its send cost) is skipped.
-            co_partitioned = config.co_partitioned
-            for (key, value), partition in zip(result.scores, result.score_partitions,
-                                               strict=True):
-                sink.send(config.scores_topic, key, value,
-                          partition=partition if co_partitioned else None)
-            for (key, value), partition in zip(result.episodes, result.episode_partitions,
-                                               strict=True):
-                sink.send(config.anomalies_topic, key, value,
-                          partition=partition if co_partitioned else None)
-            sink.flush()  # raises OutputError: nothing of this batch gets committed
-            acknowledged_s = self.clock()
+            if self._aborted:
+                raise RuntimeError("process() after the worker aborted its uncommitted work")
+            try:
+                batch = publish_batch(records, self.parser, self.engine, self.sink,
+                                      self.config, self.clock)
+            except BaseException:
+                # The states this batch advanced have outputs that were never acknowledged.
+                self._abort("outputs of a batch were not acknowledged")
+                raise
             if self.checkpoints is not None:
-                for partition, offset in next_offsets.items():
-                    self._uncommitted[partition] = max(self._uncommitted.get(partition, 0),
-                                                       offset)
+                self.checkpoints.processed(batch.next_offsets)
+            evicted = self._evict_beyond_capacity()
         if self.checkpoints is None:
-            self._commit_offsets(next_offsets)
+            self._commit_offsets(batch.next_offsets)
+        observe_batch(self.metrics, records, batch, evicted, started)
 
-        self.metrics.record_outputs("scores", len(result.scores))
-        self.metrics.record_outputs("anomalies", len(result.episodes))
-        self.metrics.record_outputs("dead_letter", dead_letters)
-        newest = float(result.reading_ts_ms.max()) / 1000 if result.reading_ts_ms.size else None
-        self.metrics.observe_batch(
-            consumed=len(records),
-            scored=len(result.scores),
-            rejected_by_reason=rejected_by_reason,
-            flagged=result.flagged,
-            episodes_opened=result.episodes_opened,
-            scores=result.score,
-            likelihoods=result.likelihood,
-            reading_latency_s=acknowledged_s - result.reading_ts_ms / 1000.0,
-            broker_latency_s=acknowledged_s - result.broker_ts_ms[result.broker_ts_ms >= 0]
-            / 1000.0,
-            step_seconds=result.step_seconds if result.step_calls else None,
-            batch_seconds=time.monotonic() - started,
-            newest_reading_ts_s=newest,
-            skipped=result.skipped,
-        )
+    def _evict_beyond_capacity(self) -> int:
+        """Evicts the least recently seen streams beyond ``max_streams`` (their changelog
+        records get tombstones); returns how many. Caller holds the lock."""
+        if not self.config.max_streams or len(self.store) <= self.config.max_streams:
+            return 0
+        evicted = self.engine.evict_least_recent(self.config.max_streams)
+        if self.checkpoints is not None:
+            self.checkpoints.evicted(evicted)
+        return len(evicted)
 
-    def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> None:
-        self.sink.send(self.config.dead_letter_topic, record.key, record.value,
-                       dead_letter_headers(record, rejection))
+    def _abort(self, why: str) -> None:
+        """Discards everything not yet committed: the states (they may hold readings whose
+        outputs were never acknowledged), the offsets and tombstones waiting for a
+        checkpoint, and an open transaction. Nothing is checkpointed or committed after
+        this; the worker is stopping, and its partitions' next owner (or its own restart)
+        restores the last checkpoint and replays from the committed offsets. Caller holds
+        the lock."""
+        if self._aborted:
+            return
+        self._aborted = True
+        dropped = self.store.rows_in_use()
+        self.store.release(dropped)
+        if self.checkpoints is not None:
+            self.checkpoints.discard()
+        if self.sink.transactional:
+            try:
+                self.sink.abort_transaction()
+            except OutputError as error:  # the broker aborts it anyway once we are gone
+                log.warning("open transaction not aborted: %s", error)
+        log.error("%s: %d stream states and the offsets since the last checkpoint are "
+                  "discarded, nothing more is checkpointed or committed", why, dropped.size)
 
     def _commit_offsets(self, next_offsets: Mapping[int, int]) -> None:
         """Commits through the consumer. Never with the lock held: the commit needs the
         consumer's IO thread, which may be waiting for the lock in a rebalance callback."""
-        if self.source is None or not next_offsets:
+        if self.source is None or not next_offsets or self._aborted:
             return
         try:
             self.source.commit(next_offsets)
@@ -414,41 +421,27 @@ class Worker:
             return
         with self._lock:
             offsets = self._checkpoint(None)
-            if self.sink.transactional:
-                self._commit_transaction(offsets)
+            if self.sink.transactional and not self._aborted:
+                try:
+                    self._commit_transaction(offsets)
+                except OutputError:
+                    self._abort("a transaction was not committed")
+                    raise
                 return
         self._commit_offsets(offsets)
 
     def _checkpoint(self, partitions: Sequence[int] | None) -> dict[int, int]:
         """Writes the changed states (of ``partitions``, or all) and waits for their
-        acknowledgement; returns the offsets now safe to commit. Caller holds the lock."""
+        acknowledgement; returns the offsets now safe to commit. A failure aborts the
+        uncommitted work: the states were taken as written. Caller holds the lock."""
         assert self.checkpoints is not None
-        started = time.perf_counter()
-        store = self.store
-        if partitions is None:
-            rows = store.take_dirty()
-            tombstones, self._tombstones = self._tombstones, []
-            covered = list(self._uncommitted)
-        else:
-            wanted = set(partitions)
-            rows = np.concatenate([store.take_dirty(p) for p in sorted(wanted)] or
-                                  [np.empty(0, np.int64)])
-            tombstones = [t for t in self._tombstones if t[1] in wanted]
-            self._tombstones = [t for t in self._tombstones if t[1] not in wanted]
-            covered = [p for p in self._uncommitted if p in wanted]
+        if self._aborted:
+            return {}
         try:
-            written = self.checkpoints.write(store, rows, tombstones)
-            self.sink.flush()
-        except OutputError:
-            self.metrics.record_checkpoint_failure()
+            return self.checkpoints.checkpoint(self.store, partitions)
+        except (OutputError, TopicSetupError):
+            self._abort("a checkpoint failed")
             raise
-        offsets = {p: self._uncommitted.pop(p) for p in covered}
-        self.metrics.observe_checkpoint(time.perf_counter() - started,
-                                        written.records + written.tombstones, written.bytes)
-        if written.records or written.tombstones:
-            log.debug("checkpoint: %d states, %d tombstones, %d bytes", written.records,
-                      written.tombstones, written.bytes)
-        return offsets
 
     def restore_assigned(self, records: Sequence[SourceRecord] = ()) -> Sequence[SourceRecord]:
         """Rebuilds the states of newly assigned partitions from the changelog and moves
@@ -469,15 +462,8 @@ class Worker:
         # lock: the consumer call needs its IO thread, which may be waiting for the lock.
         if self.source is not None:
             self.source.rewind(partitions)
-        seconds = time.perf_counter() - started
-        self.metrics.observe_restore(seconds, result.records_read)
+        report_restore(self.metrics, result, partitions, time.perf_counter() - started)
         self.metrics.set_streams(len(self.store), self.store.nbytes)
-        log.info("restored %d stream states of partitions %s from %d changelog records in "
-                 "%.2f s", result.streams_restored, partitions, result.records_read, seconds)
-        if result.incompatible:
-            log.warning("%d changelog records were written for another state layout or "
-                        "readings topic and not loaded (first: %s); those streams start their "
-                        "learning period again", result.incompatible, result.first_incompatible)
         restored = set(partitions)
         return [record for record in records if record.partition not in restored]
 
@@ -500,28 +486,10 @@ class Worker:
             model, self._offered_model = self._offered_model, None
             if model is None:
                 return
-            if tuple(model.channels) != tuple(self.model.channels):
-                log.error("model %s not loaded: its channels %s differ from the served "
-                          "model's %s", model.version, list(model.channels),
-                          list(self.model.channels))
-                self.metrics.record_model_reload("failed")
-                return
-            kept = model.step.layout == self.store.layout
-            if not kept:
-                self.store.reset_states(model.step.layout)
-            self.engine = ScoringEngine(model.step, self.store, model.channels, model.version,
-                                        self.config.episode_gap, clock=self.clock)
-            previous, self.model = self.model, model
-            self.metrics.set_model(model.version, model.trained_at, model.trained_at_s,
-                                   state_layout_label(model.step.layout))
-            self.metrics.record_model_reload("kept_state" if kept else "reset_state")
-        if kept:
-            log.info("model %s replaced by %s; streams keep their states", previous.version,
-                     model.version)
-        else:
-            log.warning("model %s replaced by %s with another state layout; all %d streams "
-                        "start their learning period again", previous.version, model.version,
-                        len(self.store))
+            engine = swapped_engine(self.model, model, self.store, self.config.episode_gap,
+                                    self.clock, self.metrics)
+            if engine is not None:
+                self.engine, self.model = engine, model
 
     # Housekeeping -------------------------------------------------------------------------
 
@@ -534,7 +502,7 @@ class Worker:
             evicted = self.engine.evict_idle(self.config.idle_eviction_s)
             if evicted:
                 if self.checkpoints is not None:
-                    self._tombstones.extend(evicted)
+                    self.checkpoints.evicted(evicted)
                 self.metrics.record_evictions(len(evicted))
                 log.info("evicted %d idle streams", len(evicted))
             self.metrics.set_streams(len(self.store), self.store.nbytes)

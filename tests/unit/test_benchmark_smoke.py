@@ -28,3 +28,15 @@ def test_step_throughput_runs_and_reports_json():
         assert set(report[kind]) == {"1", "64"} and min(report[kind].values()) > 0
     assert report["state_bytes_per_stream"] <= 1024
     assert report["keras_per_reading_readings_per_second"] > 0
+
+
+def test_hot_stream_runs_and_reports_json():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/hot_stream.py", "--json", "--readings", "20"],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, text=True,
+        capture_output=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["one_stream_step_calls"] == 20 and report["many_streams_step_calls"] == 1
+    assert 0 < report["one_stream_share_in_step"] <= 1
+    assert report["one_stream_seconds"] > 0 and report["many_streams_seconds"] > 0

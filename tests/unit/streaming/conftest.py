@@ -257,6 +257,14 @@ class SentRecord:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     partition: int | None = None  # None: the key chooses
+    best_effort: bool = False
+
+
+def record_size(record: SentRecord) -> int:
+    """Key, value and header bytes of a record (what a broker's size limit counts, less
+    the framing)."""
+    return (len(record.key or b"") + len(record.value or b"")
+            + sum(len(name) + len(value) for name, value in record.headers))
 
 
 class FakeRecordSink:
@@ -267,6 +275,10 @@ class FakeRecordSink:
             successful flush, ``("transaction", records sent so far, offsets)`` on each
             transaction commit.
         transactional: whether it acts as a transactional sink.
+
+    Set ``refuse_larger_than`` to a size to make the broker refuse, for good, records whose
+    key, value and headers add up to more: a best-effort record is then dropped (counted by
+    the flush), any other fails the flush.
     """
 
     def __init__(self, events: list | None = None, transactional: bool = False) -> None:
@@ -276,20 +288,33 @@ class FakeRecordSink:
         self.acknowledged = 0  # records covered by the last successful flush
         self.flushes = 0
         self.fail_flush: OutputError | None = None
+        self.refuse_larger_than: int | None = None
+        self.dropped: list[SentRecord] = []
         self.events = events if events is not None else []
         self.closed = False
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None) -> None:
+             headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
+             best_effort: bool = False) -> None:
         assert not self.closed, "send after close"
-        self.sent.append(SentRecord(topic, key, value, tuple(headers), partition))
+        self.sent.append(SentRecord(topic, key, value, tuple(headers), partition, best_effort))
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         self.flushes += 1
         if self.fail_flush is not None:
             raise self.fail_flush
+        dropped = 0
+        if self.refuse_larger_than is not None:
+            refused = [r for r in self.sent[self.acknowledged:]
+                       if record_size(r) > self.refuse_larger_than]
+            if any(not r.best_effort for r in refused):
+                raise OutputError(f"MessageSizeTooLargeError: {len(refused)} records")
+            self.dropped.extend(refused)
+            self.sent = [r for r in self.sent if all(r is not x for x in refused)]
+            dropped = len(refused)
         self.acknowledged = len(self.sent)
         self.events.append(("flush", len(self.sent)))
+        return dropped
 
     def commit_transaction(self, topic: str, next_offsets: Mapping[int, int],
                            group_metadata: object) -> None:

@@ -25,7 +25,8 @@ from streaming.metrics import (
 
 EXPECTED_REASONS = {"invalid_utf8", "invalid_json", "missing_field", "wrong_type", "non_finite",
                     "unknown_channel", "missing_channel", "oversized", "out_of_order",
-                    "duplicate"}
+                    "duplicate", "future", "implausible_ts", "out_of_range", "key_mismatch",
+                    "stream_id_too_long"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
 NON_BASE_UNITS = {"ms", "msec", "millis", "milliseconds", "us", "microseconds", "ns",
                   "nanoseconds", "minutes", "hours", "days", "kb", "mb", "gb", "kilobytes",

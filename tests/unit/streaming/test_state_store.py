@@ -17,7 +17,7 @@ FRESH = {"last_ts_ms": -1, "last_offset": -1, "partition": -1, "last_seen_s": 0.
          "episode_start_ms": NO_EPISODE, "episode_end_ms": NO_EPISODE,
          "episode_peak_ms": NO_EPISODE, "episode_peak_score": 0.0,
          "episode_peak_likelihood": 0.0, "episode_readings": 0, "episode_quiet": 0,
-         "episode_channel_mask": 0, "dirty": False}
+         "episode_channel_mask": 0, "dirty": False, "last_used": 0}
 
 
 def fill_row(store: StateStore, row: int, seed: int) -> None:
@@ -104,7 +104,9 @@ def test_growth_preserves_every_existing_row() -> None:
         row = rows[f"s{i}"]
         assert store.stream_of(row) == f"s{i}" and store.partition[row] == i
         assert_fresh(store, row, partition=i)
-    assert store.nbytes == store.state.nbytes + sum(getattr(store, n).nbytes for n in FRESH)
+    assert store.array_bytes == store.state.nbytes + sum(getattr(store, n).nbytes
+                                                         for n in FRESH)
+    assert store.nbytes > store.array_bytes  # the ids and the containers count too
 
 
 def test_record_key_is_the_utf8_key_and_a_json_string_literal() -> None:
@@ -210,3 +212,16 @@ def test_a_record_of_another_layout_is_refused() -> None:
     record = other.encode_record(other.row_for("s", 0))
     with pytest.raises(ValueError, match="expected"):
         StateStore(LAYOUT).restore_record("s", 0, record, 0.0)
+
+
+def test_state_bytes_count_the_stream_ids_and_their_keys() -> None:
+    store = StateStore(LAYOUT, initial_capacity=4)
+    store.release([store.row_for("s", partition=0)])  # the containers have their size now
+    empty = store.nbytes
+    row = store.row_for("x" * 10_000, partition=0)
+    with_id = store.nbytes
+    assert with_id - empty >= 10_000
+    store.record_key(row)  # the Kafka key and JSON literal, cached per stream
+    assert store.nbytes - with_id >= 20_000
+    store.release([row])
+    assert store.nbytes == empty

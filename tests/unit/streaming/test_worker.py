@@ -225,7 +225,8 @@ def test_outputs_go_to_their_reading_partition_when_co_partitioned(
     config = dataclasses.replace(CONFIG, co_partitioned=co_partitioned)
     scripted = ScriptedStep(step, {minutes(1)[0]: (6.0, 2)})  # a flags at minute 1
     model = ModelInfo(scripted, CHANNELS, MODEL_VERSION, "2024-01-01T00:00:00Z", 0.0)
-    worker = Worker(config, model, sink, WorkerMetrics(registry), clock=lambda: 0.0)
+    worker = Worker(config, model, sink, WorkerMetrics(registry),
+                    clock=lambda: 1_800_000_000.0)  # after the readings: none is "future"
     attach(worker)
     a = readings_of(recorded[:1, :6], ["a"], partition=2)
     b = readings_of(recorded[1:2, :6], ["b"], partition=5, t0_ms=T0_MS + 1)  # never flags
@@ -377,14 +378,14 @@ def test_metrics_count_skipped_readings(worker: Worker, registry: CollectorRegis
 def test_maintenance_evicts_idle_streams_and_reports_lag(
         step: StreamingStep, sink: FakeRecordSink, registry: CollectorRegistry,
         recorded: np.ndarray) -> None:
-    now = [1000.0]
+    now = [1_800_000_000.0]  # after the readings: none is "future"
     config = WorkerConfig("readings", "scores", "anomalies", "dead-letters",
                           idle_eviction_s=60.0)
     model = ModelInfo(step, CHANNELS, MODEL_VERSION, "2024-01-01T00:00:00Z", 0.0)
     worker = Worker(config, model, sink, WorkerMetrics(registry), clock=lambda: now[0])
     attach(worker, lags={3: 42})
     worker.process([record_of(r) for r in readings_of(recorded[:2, :1])])
-    now[0] = 1100.0
+    now[0] += 100.0
     worker._maintain()
     assert len(worker.store) == 0
     assert metric(registry, "cellwatch_stream_evictions_total") == 2

@@ -1,0 +1,85 @@
+"""One hot stream against many cold ones: where a batch's time goes in the scoring engine.
+
+The engine advances a batch in rounds, one per reading of its busiest stream (a stream's
+readings depend on each other, so they cannot share a step call). A batch of ``--readings``
+readings of one stream therefore makes that many step calls of one row each, where the same
+number of readings of as many streams makes one call. This measures both, and how much of
+the hot batch is the step itself (the rest is the engine's per-round bookkeeping), so a
+change to either can be judged on evidence.
+
+    python benchmarks/hot_stream.py [--json] [--readings 5000]
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread everywhere, as in step_throughput.py: the worker runs one step at a time.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from detector.features import ChannelScaler  # noqa: E402
+from detector.model import ForecasterConfig, build_forecaster, step_params  # noqa: E402
+from detector.scorer import ScorerConfig  # noqa: E402
+from detector.step import StreamingStep  # noqa: E402
+from streaming.engine import Reading, ScoringEngine  # noqa: E402
+from streaming.state_store import StateStore  # noqa: E402
+
+CHANNELS = 4
+T0_MS = 1_700_000_000_000
+
+
+def engine_seconds(step: StreamingStep, readings: list[Reading]) -> tuple[float, float, int]:
+    """(wall seconds of one ``process`` call, seconds inside the step, step calls)."""
+    engine = ScoringEngine(step, StateStore(step.layout), [f"c{i}" for i in range(CHANNELS)],
+                           "bench")
+    start = time.perf_counter()
+    result = engine.process(readings)
+    return time.perf_counter() - start, result.step_seconds, result.step_calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--readings", type=int, default=5000, help="readings per batch")
+    args = parser.parse_args()
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    model = build_forecaster(ForecasterConfig(channels=CHANNELS))
+    step = StreamingStep(step_params(model), ChannelScaler((0.0,) * CHANNELS,
+                                                           (1.0,) * CHANNELS), ScorerConfig())
+    n = args.readings
+    values = rng.normal(size=(n, CHANNELS)).astype(np.float32)
+    hot = [Reading("hot", T0_MS + i * 60_000, values[i], 0, i) for i in range(n)]
+    spread = [Reading(f"s{i}", T0_MS, values[i], 0, i) for i in range(n)]
+    engine_seconds(step, spread[:10])  # warm up
+    hot_s, hot_step_s, hot_calls = engine_seconds(step, hot)
+    spread_s, _, spread_calls = engine_seconds(step, spread)
+    report = {
+        "readings": n,
+        "channels": CHANNELS,
+        "one_stream_seconds": round(hot_s, 4),
+        "one_stream_step_calls": hot_calls,
+        "one_stream_share_in_step": round(hot_step_s / hot_s, 3),
+        "one_stream_seconds_per_round": round(hot_s / hot_calls, 6),
+        "many_streams_seconds": round(spread_s, 4),
+        "many_streams_step_calls": spread_calls,
+        "slowdown": round(hot_s / spread_s, 1),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
