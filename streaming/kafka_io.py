@@ -352,10 +352,18 @@ class KafkaRecordSink:
         self._in_transaction = False
 
     def close(self) -> None:
-        # An open transaction is aborted by the broker (or fenced by our successor).
-        if self._best_effort_producer is not None:
-            self._best_effort_producer.close(timeout=10)
-        self._producer.close(timeout=10)
+        # An open transaction is aborted by the broker (or fenced by our successor). Records
+        # still unacknowledged at close (after a failed flush: a partition gone, a broker
+        # away) are abandoned, not an error: nothing of them was committed, and raising here
+        # would hide the failure that stopped the worker.
+        for producer in (self._best_effort_producer, self._producer):
+            if producer is None:
+                continue
+            try:
+                producer.close(timeout=10)
+            except KafkaError as error:
+                log.warning("producer closed with records unacknowledged (%r); they were not "
+                            "committed and are produced again after a restart", error)
 
 
 class KafkaChangelogReader:

@@ -582,7 +582,7 @@ def test_a_model_with_the_same_layout_keeps_the_states(
                                      {"outcome": "kept_state"}) == 1
     assert registry.get_sample_value("cellwatch_model_info", {
         "version": "v2", "trained_at": "2024-01-01T00:00:00Z",
-        "state_layout": str(step.layout.version)}) == 1
+        "state_layout": f"{step.layout.version}/{step.layout.size}"}) == 1
 
 
 def test_a_model_with_another_layout_restarts_learning_without_reapplying(

@@ -23,6 +23,9 @@ class _FailingProducer:
         if self.flush_error is not None:
             raise self.flush_error
 
+    def close(self, timeout=None):
+        self.flush(timeout)  # as kafka-python's close does, before stopping its sender
+
 
 class _DoneFuture:
     def failed(self) -> bool:
@@ -33,6 +36,7 @@ def _sink(producer: _FailingProducer) -> KafkaRecordSink:
     # The constructor connects to a broker; these tests need only the error handling.
     sink = object.__new__(KafkaRecordSink)
     sink._producer, sink._pending = producer, []
+    sink._best_effort_producer, sink._dropped_at_send = None, 0
     sink._transactional = sink._in_transaction = False
     return sink
 
@@ -55,6 +59,16 @@ def test_a_timeout_says_how_long_it_waited() -> None:
 
 def test_a_send_refused_by_the_producer_is_an_output_error_naming_the_topic() -> None:
     sink = _sink(_FailingProducer(send_error=MessageSizeTooLargeError("too large")))
-    with pytest.raises(OutputError, match=r"output record to 'scores' not sent: "
+    with pytest.raises(OutputError, match=r"record for 'scores' refused: "
                                           r"MessageSizeTooLargeError"):
         sink.send("scores", b"k", b"v")
+
+
+def test_closing_after_a_failed_flush_does_not_hide_that_failure() -> None:
+    """Records still unacknowledged at close are abandoned (never committed): close must not
+    raise, or its error would replace the delivery failure that stopped the worker."""
+    sink = _sink(_FailingProducer(flush_error=KafkaTimeoutError("Timeout waiting for future")))
+    sink.send("scores", b"k", b"v")
+    with pytest.raises(OutputError):
+        sink.flush(timeout_s=1.0)
+    sink.close()
