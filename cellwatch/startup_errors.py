@@ -28,7 +28,9 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from kafka.errors import KafkaError
+from kafka.errors import BrokerResponseError, KafkaError, SaslAuthenticationFailedError
+
+from streaming.ports import TopicSetupError
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,21 @@ def wait_for_brokers(servers: Sequence[str], timeout_s: float,
 @contextlib.contextmanager
 def kafka_startup(servers: Sequence[str]) -> Iterator[None]:
     """Turns what kafka-python raises while the clients start (a bootstrap that times out,
-    a refused TLS or SASL handshake) into one :class:`KafkaUnavailableError` line."""
+    a refused TLS or SASL handshake) into one :class:`KafkaUnavailableError` line, and a
+    broker's refusal of a topic request into a :class:`TopicSetupError` (exit code 6)."""
     try:
         yield
+    except SaslAuthenticationFailedError as error:
+        raise KafkaUnavailableError(
+            f"Kafka at {', '.join(servers)}: SASL authentication failed ({error}); check "
+            f"kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password") from None
+    except BrokerResponseError as error:
+        # The broker answered, and refused a request about a topic (not authorized, an
+        # invalid replication factor, ...): a topic problem, not an unreachable Kafka.
+        raise TopicSetupError(
+            f"Kafka refused a request while setting up the worker's topics: {error!r}; "
+            f"create the topics yourself (see deploy/README.md) or grant the worker's "
+            f"principal the rights to") from None
     except (KafkaError, ssl.SSLError) as error:
         raise KafkaUnavailableError(
             f"Kafka at {', '.join(servers)}: cannot start the clients ({error}); the brokers "

@@ -105,8 +105,6 @@ class ScoringEngine:
         self.clock = clock
         self._channel_json = [json.dumps(name) for name in self.channels]
         self._version_json = json.dumps(model_version)
-        # Readings applied so far: orders the streams by their last use for eviction.
-        self._readings_seen = int(store.last_used.max(initial=0)) + 1
 
     def process(self, readings: Sequence[Reading]) -> BatchResult:
         """Scores ``readings`` (in arrival order); rejects or skips those it must."""
@@ -181,7 +179,7 @@ class ScoringEngine:
                     offsets[members])
                 store.partition[round_rows] = partitions[members]
                 store.last_seen_s[round_rows] = now_s
-                store.last_used[round_rows] = self._readings_seen + members
+                store.last_used[round_rows] = store.next_use + members
                 store.dirty[round_rows] = True
                 score[members] = result.score
                 likelihood[members] = result.likelihood
@@ -189,7 +187,7 @@ class ScoringEngine:
                 opened += self._update_episodes(round_rows, ts[members], result, episodes_out,
                                                 episode_partitions)
                 self._format_scores(members, round_rows, ts[members], result, scores_out)
-            self._readings_seen += count
+            store.next_use += count
         return BatchResult(
             scores=scores_out, episodes=episodes_out,
             score_partitions=[readings[i].partition for i in accepted],

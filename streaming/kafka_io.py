@@ -158,8 +158,8 @@ class KafkaReadingSource:
         # before subscribing: a subscription's metadata request may auto-create the topic.
         if not self._consumer.partitions_for_topic(topic):
             self._consumer.close(autocommit=False)
-            raise OutputError(f"the readings topic {topic!r} does not exist or has no "
-                              f"partitions")
+            raise TopicSetupError(f"the readings topic {topic!r} does not exist or has no "
+                                  f"partitions")
         keep_rejoin_requested_until_joined(self._consumer)
         self._consumer.subscribe([topic], listener=_ListenerAdapter(topic, listener,
                                                                     self._consumer))
@@ -470,12 +470,12 @@ def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
     Returns whether every output topic now has exactly that many partitions.
 
     Raises:
-        OutputError: the source topic does not exist.
+        TopicSetupError: the source topic does not exist.
     """
     partitions = partition_count(client_options, source_topic)
     if partitions is None:
-        raise OutputError(f"the readings topic {source_topic!r} does not exist; create it "
-                          f"(partitioned by stream id) before starting the worker")
+        raise TopicSetupError(f"the readings topic {source_topic!r} does not exist; create "
+                              f"it (partitioned by stream id) before starting the worker")
     admin = KafkaAdminClient(**client_options)
     try:
         existing = set(admin.list_topics())

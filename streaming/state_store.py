@@ -58,8 +58,11 @@ class StateStore:
         last_offset: int64 source offset of that reading (-1 for none).
         partition: int32 source partition of the stream.
         last_seen_s: float64 wall time the stream was last seen (eviction clock).
-        last_used: int64 sequence number of the stream's last applied reading (the order of
-            least-recently-used eviction; 0 for a restored stream).
+        last_used: int64 sequence number of the stream's last use (the order of
+            least-recently-used eviction): its last applied reading, or its restore, which
+            counts as a use after every earlier one (a stream just handed to this worker is
+            not the first to be evicted).
+        next_use: the next sequence number (the engine takes one per applied reading).
         episode_*: the open anomaly episode (``episode_start_ms == NO_EPISODE`` when none).
         dirty: bool, changed since the last :meth:`take_dirty`.
     """
@@ -85,6 +88,7 @@ class StateStore:
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
         self._record_keys: list[tuple[bytes, str] | None] = [None] * self._capacity
         self._text_bytes = 0  # the stream ids and their cached keys, as Python objects
+        self.next_use = 1
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -248,6 +252,8 @@ class StateStore:
             getattr(self, name)[rows] = records[name]
         self.partition[rows] = partition
         self.last_seen_s[rows] = now_s
+        self.last_used[rows] = self.next_use
+        self.next_use += 1
         self.dirty[rows] = False
         return rows
 

@@ -57,3 +57,48 @@ def test_no_broker_within_the_timeout_is_one_error_naming_each_reason() -> None:
         "no Kafka broker accepted a connection within 12 s (slow:1: timed out; down:2: "
         "Connection refused)")
     assert 12.0 <= clock.now < 20.0
+
+
+@pytest.mark.parametrize(("raised", "code"), [
+    ("topic", 6), ("delivery", 3), ("kafka_start", 5), ("metrics_port", 4), ("input", 1)])
+def test_each_failure_ends_the_command_with_its_documented_exit_code(raised, code) -> None:
+    import click
+
+    from cellwatch import startup_errors
+    from cellwatch.command_errors import user_errors
+    from streaming.ports import OutputError, TopicSetupError
+    from training.recordings import RecordingError
+
+    error = {"topic": TopicSetupError("changelog: 1 partition, expected 2"),
+             "delivery": OutputError("not acknowledged"),
+             "kafka_start": KafkaUnavailableError("no broker"),
+             "metrics_port": startup_errors.MetricsAddressError("port taken"),
+             "input": RecordingError(["a.csv:3: bad value"])}[raised]
+    with pytest.raises(click.ClickException) as caught, user_errors():
+        raise error
+    assert caught.value.exit_code == code
+    documented = {6: startup_errors.EXIT_TOPIC_PROBLEM, 3: startup_errors.EXIT_DELIVERY_FAILURE,
+                  5: startup_errors.EXIT_KAFKA_UNAVAILABLE, 4: startup_errors.EXIT_METRICS_ADDRESS,
+                  1: startup_errors.EXIT_INPUT_PROBLEM}
+    assert documented[code] == code
+
+
+def test_a_broker_refusing_a_topic_request_is_a_topic_problem_not_an_unreachable_kafka() -> None:
+    from kafka.errors import (
+        KafkaConnectionError,
+        SaslAuthenticationFailedError,
+        TopicAuthorizationFailedError,
+    )
+
+    from cellwatch.startup_errors import kafka_startup
+    from streaming.ports import TopicSetupError
+
+    with pytest.raises(TopicSetupError, match="TopicAuthorizationFailedError"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise TopicAuthorizationFailedError("scores")
+    with pytest.raises(KafkaUnavailableError, match="SASL authentication failed"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise SaslAuthenticationFailedError("bad password")
+    with pytest.raises(KafkaUnavailableError, match="cannot start the clients"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise KafkaConnectionError("reset")

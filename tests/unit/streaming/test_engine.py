@@ -441,6 +441,20 @@ def test_idle_streams_are_evicted_and_start_over(step: StreamingStep) -> None:
     assert len(engine.store) == 0
 
 
+def test_a_restored_stream_counts_as_used_at_its_restore(step: StreamingStep) -> None:
+    """Beyond max_streams the least recently used go first; a stream just restored from the
+    changelog (handed to this worker by a rebalance) is not older than the ones in use."""
+    engine = make_engine(step)
+    engine.process([reading("a", 0), reading("b", 0)])
+    engine.process([reading("b", 1)])
+    donor = make_engine(step)
+    donor.process([reading("c", 0)])
+    engine.store.restore_record("c", 0, donor.store.encode_record(donor.store.row_of("c")),
+                                now_s=0.0)
+    assert engine.evict_least_recent(max_streams=2) == [(b"a", 0)]
+    assert "c" in engine.store and "b" in engine.store
+
+
 def test_rejected_readings_do_not_keep_a_stream_alive(step: StreamingStep) -> None:
     clock = FakeClock(0.0)
     engine = make_engine(step, clock=clock)

@@ -172,7 +172,8 @@ def test_a_record_round_trips_byte_exact_with_its_episode() -> None:
     assert target.row_of("pump-7") == restored
     assert target.encode_record(restored) == record
     expected = row_fields(source, row)
-    expected.update(last_seen_s=5000.0, dirty=False)
+    # A restore counts as the stream's latest use (least-recently-used eviction).
+    expected.update(last_seen_s=5000.0, dirty=False, last_used=1)
     assert row_fields(target, restored) == expected
     assert int(target.episode_channel_mask[restored]) >> 63 == 1  # the top bit survives
 
