@@ -265,9 +265,9 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     """Score labeled data through the streaming step and report NAB and F1 scores."""
     from detector.artifact import load_artifact
     from training.evaluation import DEFAULT_MAX_PLOTS, evaluate_artifact, read_label_windows
-    from training.evaluation_report import report_lines
+    from training.evaluation_report import report_json, report_lines
     from training.nab_protocol import run_nab_protocol
-    from training.output_destinations import check_output_directory
+    from training.output_destinations import check_output_directory, check_plots_directory
     from training.recordings import read_recording
     from training.skab_protocol import SKAB_TRAIN_READINGS, run_skab_protocol
 
@@ -287,8 +287,7 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
                                ["evaluation.json", "index.md", "plots", "results"],
                                marker="evaluation.json")
         if plots_dir is not None:
-            check_output_directory(plots_dir, "plots directory (--plots)", [],
-                                   marker="index.md")
+            check_plots_directory(plots_dir, "plots directory (--plots)")
         windows = read_label_windows(labels_path) if labels_path else None
         labels_name = str(labels_path)
         if protocol == "nab":
@@ -316,9 +315,9 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
                                        labels_name=labels_name,
                                        nab_data_dir=data[0] if nab else None, **plot_choice)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "evaluation.json").write_text(report_json(report) + "\n")
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(report_json(report))
     else:
         for line in report_lines(report):
             click.echo(line)

@@ -69,9 +69,10 @@ Gaussian tests' calibrations and the persistence test's correlation describe how
 and how strongly, the tests fire on this stream: they learn from every reading that is not
 flagged and from the first reading of each run of flagged ones, so a stream whose normal
 spikes are flagged still learns that they are normal, while a lasting fault does not teach
-them that its surprises are (measured: learning from every flagged reading instead gave
-SKAB's F1 0.35 rather than 0.57, NAB's standard score 53.7 rather than 52.9). (The repeats
-test's calibration learns from the runs the repeat counts learn from.)
+them that its surprises are (measured before the forecast scale's recalibration: learning
+from every flagged reading instead gave SKAB's F1 0.35 rather than 0.57, NAB's standard
+score 53.7 rather than 52.9). (The repeats test's calibration learns from the runs the
+repeat counts learn from.)
 
 The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
 every other reading and during the learning period; the peak follows the surprise up,
@@ -82,7 +83,7 @@ reading once instead of along its whole length; a surprise that climbs reading b
 doubled, a few times rather than at every reading; and a plateau or a slow decline of the
 surprise reports nothing, as alarms should: NAB charges every flagged reading outside a
 window and rewards only the earliest inside one. (On NAB's 35 labeled files the doubling
-took the standard score from 35.4 to 53.7.)
+took the standard score from 35.4 to 53.7, before the two later changes above.)
 
 When it works: the behaviour of normal readings (forecast errors, levels, hourly levels,
 changes, repeats) is roughly stationary per stream, so a departure in any of them stands

@@ -7,10 +7,10 @@ One loop, one batch at a time:
    dead-letter topic (:mod:`streaming.dead_letters`), the good ones are scored by the
    :class:`~streaming.engine.ScoringEngine`, one score record per reading and one event per
    closed anomaly episode are published, and the broker acknowledges every output record;
-3. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
+3. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
+4. without a changelog, commit the batch's offsets now (at-least-once: a crash before the
    commit replays the batch, and its records, keyed and built deterministically, are
    reproduced identically);
-4. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
 5. with a changelog (:mod:`streaming.checkpoints`), every ``checkpoint_interval_s``: send the
    states of the streams changed since the last checkpoint, wait for their acknowledgement,
    and only then commit the offsets the checkpoint covers. The committed offset is therefore

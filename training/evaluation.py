@@ -38,6 +38,7 @@ from training.detection_metrics import (
     windowwise_metrics,
 )
 from training.evaluation_plots import plot_stream, safe_file_name, write_plot_index
+from training.output_destinations import PLOTS_MARKER
 
 # Names other modules import from here (deploy/demo_watch.py among them).
 __all__ = [
@@ -254,6 +255,7 @@ def _plot_streams(scored: Mapping[str, StreamScores], channels: Sequence[str],
             summary += f"; the first {test_start[stream]} trained the model"
         entries.append((stream, path, summary))
     write_plot_index(entries, index_path)
+    (plots_dir / PLOTS_MARKER).write_text("plots written by cellwatch evaluate\n")
     return [str(path) for _, path, _ in entries]
 
 

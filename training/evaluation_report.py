@@ -7,6 +7,27 @@ Every figure printed comes from the dictionary that ``cellwatch evaluate --json`
 
 from __future__ import annotations
 
+import json
+import math
+
+
+def _finite(value):
+    """The report with every non-finite float as None (JSON has no NaN or infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def report_json(report: dict) -> str:
+    """The report as strict JSON: a figure that is undefined (a NAB score over no windows is
+    NaN) is ``null``, never the ``NaN`` token that JSON parsers reject."""
+    return json.dumps(_finite(report), indent=2, allow_nan=False)
+
+
 
 def _fixed(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"

@@ -150,6 +150,26 @@ def check_output_directory(path: Path, what: str, writes: Sequence[str], marker:
     check_can_create(path / marker, what)
 
 
+# Written into a plots directory after its plots: later runs may replace what it holds.
+PLOTS_MARKER = ".cellwatch-plots"
+
+
+def check_plots_directory(path: Path, what: str) -> None:
+    """Refuses a plots directory that holds files no earlier run wrote: the plots are named
+    after the streams, so which files they would replace is known only after reading."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path}: exists and is not a directory")
+    if path.is_dir() and not (path / PLOTS_MARKER).is_file():
+        held = sorted(entry.name for entry in path.iterdir())
+        if held:
+            raise OutputPathError(
+                f"{what} {path}: holds {len(held)} entr{'y' if len(held) == 1 else 'ies'} "
+                f"(such as {held[0]!r}) that no earlier evaluation wrote, and plots named "
+                f"after the streams could overwrite them; choose a new or empty directory")
+    check_can_create(path / PLOTS_MARKER, what)
+
+
 def check_output_file(path: Path, what: str, inputs: Sequence[Path]) -> None:
     """Refuses an output file that is one of the inputs, or exists as a non-regular file."""
     path = Path(path)

@@ -169,8 +169,16 @@ def test_evaluate_skab_protocol_text_report_and_json(tmp_path: Path) -> None:
     assert any(line.startswith("all-flag baseline F1 0.367 (every reading flagged)")
                for line in lines)
     assert any(line.startswith("window-wise F1 ") for line in lines)
-    assert sorted(path.name for path in plots.iterdir()) == ["valve1_0.csv.png",
-                                                            "valve1_1.csv.png"]
+    assert sorted(path.name for path in plots.iterdir()) == [
+        ".cellwatch-plots", "valve1_0.csv.png", "valve1_1.csv.png"]
+    # A folder of the user's own files is refused before anything is trained.
+    mine = tmp_path / "my-pictures"
+    mine.mkdir()
+    (mine / "valve1_0.csv.png").write_bytes(b"my own picture")
+    refused = run([*args, "--plots", str(mine)], env=SMALL_MODEL)
+    assert refused.exit_code == 1 and "no earlier evaluation wrote" in refused.output
+    assert (mine / "valve1_0.csv.png").read_bytes() == b"my own picture"
+    assert "[1/2]" not in refused.stderr
 
     as_json = run([*args, "--json"], env=SMALL_MODEL)
     assert as_json.exit_code == 0, as_json.output

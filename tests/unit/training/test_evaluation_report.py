@@ -86,3 +86,17 @@ def test_each_f1_line_names_its_detection_rule(tmp_path):
     assert "labelled anomalous: 12 of the 90 evaluated readings" in text
     assert any(line.split()[:1] == ["cat/b.csv"] and line.split()[1:4] == ["40", "5", "1"]
                for line in lines)
+
+
+def test_the_report_is_strict_json_with_undefined_figures_as_null() -> None:
+    import json
+    import math
+
+    from training.evaluation_report import report_json
+
+    report = {"nab": {"standard": {"normalized": math.nan, "raw": -3.5}},
+              "per_stream": [{"auc": math.inf}, {"auc": 0.75}], "streams": 2}
+    text = report_json(report)
+    assert json.loads(text) == {"nab": {"standard": {"normalized": None, "raw": -3.5}},
+                                "per_stream": [{"auc": None}, {"auc": 0.75}], "streams": 2}
+    assert "NaN" not in text and "Infinity" not in text
