@@ -29,7 +29,7 @@ from streaming.kafka_io import (
 )
 from streaming.metrics import WorkerMetrics
 from streaming.model_reload import ModelWatcher
-from streaming.topic_checks import ChangelogCheck, topic_max_message_bytes
+from streaming.topic_checks import ChangelogCheck, dead_letter_topic_limit
 from streaming.worker import ModelInfo, Worker, WorkerConfig
 from training.trainer import TrainingOptions
 
@@ -167,7 +167,8 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
     config = worker_config(settings)
     servers = settings.kafka.bootstrap_servers
     wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
-    changelog = changelog_check = None
+    changelog = changelog_check = sink = None
+    running = False  # worker.run closes the sink; before it runs, this function does
     try:
         with kafka_startup(servers):
             co_partitioned = ensure_topics(
@@ -175,7 +176,7 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
                 [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
             config = dataclasses.replace(
                 config, co_partitioned=co_partitioned,
-                dead_letter_max_bytes=topic_max_message_bytes(
+                dead_letter_max_bytes=dead_letter_topic_limit(
                     options, config.dead_letter_topic) or DEFAULT_TOPIC_MAX_BYTES)
             if config.changelog_topic is not None:
                 partitions = partition_count(options, config.readings_topic)
@@ -208,8 +209,11 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
                 source = KafkaReadingSource(
                     options, config.readings_topic, settings.kafka.group_id, worker,
                     session_timeout_ms=settings.kafka.session_timeout_ms)
+            running = True
             worker.run(source, stop)
     finally:
+        if sink is not None and not running:
+            sink.close()
         if changelog is not None:
             changelog.close()
         if changelog_check is not None:

@@ -45,8 +45,9 @@ probability (how often normal behaviour would look at least this unusual):
   surprising to a one-sided residual test), which is why this test exists.
 
 The per-channel tests take their most extreme channel and multiply its tail by the number
-of channels (Bonferroni). Every test is then **calibrated** per stream (:func:`calibrate`:
-peaks over threshold, Pickands 1975 and Siffer et al., KDD 2017): a stream whose test
+of channels (Bonferroni). Every test is then **calibrated** per stream
+(:func:`~detector.tail_probabilities.calibrate`: peaks over threshold, Pickands 1975 and
+Siffer et al., KDD 2017): a stream whose test
 surprises itself more often, or more strongly, than the test's model says (a Gaussian tail;
 geometric runs of repeats), as heavy tails, a noise-free cycle or a quantized or idle
 sensor do, has that test's surprise lowered to match; the correction never raises one. The
@@ -109,22 +110,25 @@ import dataclasses
 import math
 import statistics
 
-# Tails below this count as this; -log10 of it caps the surprise.
-MIN_TAIL = 1e-30
-MAX_SURPRISE = 30.0
-# Calibration: the exceedance rate of a raw surprise over 1 and the mean excess (log10 units)
-# of a stream whose tests' Gaussian tails are exact; the prior counts as this many readings.
-CALIBRATION_RATE = 0.1
-CALIBRATION_EXCESS = 1.0 / math.log(10.0)
-CALIBRATION_PRIOR_READINGS = 100.0
-CALIBRATION_PRIOR_RUNS = 10.0
-# Excesses above this (a surprise of 3, a one-in-a-thousand Gaussian tail) count as censored.
-CALIBRATION_CENSOR = 2.0
-# The share of a Gaussian test's exceedances below the censoring point.
-_UNCENSORED = 1.0 - math.exp(-CALIBRATION_CENSOR / CALIBRATION_EXCESS)
+from detector.tail_probabilities import (
+    CALIBRATION_CENSOR,
+    CALIBRATION_EXCESS,
+    CALIBRATION_PRIOR_READINGS,
+    CALIBRATION_PRIOR_RUNS,
+    CALIBRATION_RATE,
+    MIN_TAIL,
+    UNCENSORED_SHARE,
+    calibrate,
+    chi2_mean_z,
+    upper_tail,
+    variance_ratio_z,
+)
+
 # Lag-one correlations of the evidence above this count as this (k readings stay worth
 # at least k / 39 independent ones).
 MAX_LAG_CORRELATION = 0.95
+# The surprise's cap, -log10 of MIN_TAIL.
+MAX_SURPRISE = 30.0
 # Relative resolution of float32, the floor of every level and change variance.
 RESOLUTION = 1e-6
 # Normalized readings beyond this many normalization scales count as this many: every test
@@ -220,45 +224,6 @@ class ScorerConfig:
         return cls(**data)
 
 
-# Abramowitz & Stegun 7.1.26, erfc(x) ~ poly(t) * exp(-x^2) for x >= 0: |error| < 1.5e-7 in
-# the likelihood; deep in the tail the relative error of the tail grows (to ~40% for x > 5)
-# but stays monotone, which is what ranking and thresholds need. Written with exp only so
-# NumPy and TensorFlow evaluate the very same formula (NumPy has no erf).
-_AS_P = 0.3275911
-_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-
-
-def upper_tail(ops, z):
-    """P(Z >= z) for a standard normal Z, accurate for large z (no 1 - x cancellation)."""
-    x = ops.abs(z) * (1.0 / math.sqrt(2.0))
-    t = 1.0 / (1.0 + _AS_P * x)
-    poly = t * (_AS_A[0] + t * (_AS_A[1] + t * (_AS_A[2] + t * (_AS_A[3] + t * _AS_A[4]))))
-    half_erfc = 0.5 * poly * ops.exp(-x * x)
-    return ops.where(z >= 0, half_erfc, 1.0 - half_erfc)
-
-
-def chi2_mean_z(ops, ratio, degrees):
-    """Wilson-Hilferty: ``ratio ~ chi2(k) / k`` as a standard normal deviate."""
-    spread = 2.0 / (9.0 * degrees)
-    return (ops.cbrt(ratio) - (1.0 - spread)) / ops.sqrt(spread)
-
-
-def variance_ratio_z(ops, ratio, short_degrees: int, long_degrees):
-    """An F-distributed variance ratio as a standard normal deviate (Paulson's approximation).
-
-    ``ratio`` is a variance estimated from ``short_degrees`` degrees of freedom over one from
-    ``long_degrees`` (an array: the long-run estimate firms up as a stream ages); for many
-    long-run degrees it is Wilson-Hilferty's ``chi2(k) / k``. A young stream's long-run
-    estimate is itself uncertain, and the F distribution's heavier tails keep that
-    uncertainty from becoming false alarms.
-    """
-    short_spread = 2.0 / (9.0 * short_degrees)
-    long_spread = 2.0 / (9.0 * long_degrees)
-    root = ops.cbrt(ratio)
-    return ((1.0 - long_spread) * root - (1.0 - short_spread)) / ops.sqrt(
-        short_spread + root * root * long_spread)
-
-
 def _running_weight(ops, seen, history: int):
     """A running mean's weight until ``history`` values were seen, then exponential."""
     return ops.maximum(1.0 / ops.maximum(seen, 1.0), 1.0 / history)
@@ -269,30 +234,6 @@ def _learns(ops, flagged_run, learning_period: int):
     from: unflagged, or flagged for longer than the learning period (the new normal)."""
     return ops.indicator(ops.logical_or(flagged_run == 0.0,
                                         flagged_run > float(learning_period)))
-
-
-def calibrate(ops, raw_surprises, exceed_rate, excess_rate, uncensored_rate):
-    """Each test's surprise, lowered where the stream shows its tail to be too heavy.
-
-    Peaks over threshold: the exceedances of a test's surprise over 1 (a 1-in-10 tail) are
-    modelled as exponential (a generalized Pareto tail of shape 0) with the stream's own
-    exceedance rate and mean excess. The mean excess is the maximum-likelihood estimate for
-    exceedances censored at ``CALIBRATION_CENSOR`` (``excess_rate / uncensored_rate``): an
-    anomaly's huge excess counts as a large one, not as its full size, so the few readings
-    of an anomaly that are learned from cannot blunt the test. The correction only ever
-    lowers a surprise: where the test exceeds 1 more often than one reading in ten, or by
-    more than the Gaussian mean excess of 1 / ln 10, its surprise is scaled down to match;
-    where it exceeds less, the Gaussian tail stands (a rate or an excess estimated from a
-    handful of exceedances must not sharpen it).
-    """
-    excess = raw_surprises - 1.0
-    rate_surprise = -ops.log10(ops.maximum(exceed_rate, CALIBRATION_RATE))
-    gaussian_excess = CALIBRATION_EXCESS * uncensored_rate
-    # A test that has not exceeded 1 for very long has its rates at 0: no evidence of a
-    # heavy tail, so the slope stays 1.
-    slope = ops.where(excess_rate > gaussian_excess,
-                      gaussian_excess / ops.maximum(excess_rate, MIN_TAIL), 1.0)
-    return ops.where(excess > 0.0, rate_surprise + excess * slope, raw_surprises * rate_surprise)
 
 
 def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state):
@@ -417,10 +358,11 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
                             variability_tail[:, None], repeat_tail[:, None]], axis=-1)
     raw_surprises = -ops.log10(ops.minimum(ops.maximum(raw_tails, MIN_TAIL), 1.0))
     exceed_rate = ops.where(first[:, None], CALIBRATION_RATE, state[:, f["exceed_rate"]])
-    uncensored_rate = ops.where(first[:, None], CALIBRATION_RATE * _UNCENSORED,
+    uncensored_rate = ops.where(first[:, None], CALIBRATION_RATE * UNCENSORED_SHARE,
                                 state[:, f["uncensored_rate"]])
-    excess_rate = ops.where(first[:, None], CALIBRATION_RATE * CALIBRATION_EXCESS * _UNCENSORED,
-                            state[:, f["excess_rate"]])
+    excess_rate = ops.where(
+        first[:, None], CALIBRATION_RATE * CALIBRATION_EXCESS * UNCENSORED_SHARE,
+        state[:, f["excess_rate"]])
     surprises = calibrate(ops, raw_surprises, exceed_rate, excess_rate, uncensored_rate)
     # The most surprising test, Bonferroni over the tests.
     single = ops.maximum(ops.max_of_rows(surprises) - math.log10(float(len(TESTS))), 0.0)

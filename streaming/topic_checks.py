@@ -111,18 +111,32 @@ class ChangelogCheck:
             self._admin = None
 
 
-def topic_max_message_bytes(client_options: Mapping[str, Any], topic: str) -> int | None:
-    """The ``max.message.bytes`` of ``topic`` (None when it cannot be read)."""
+def dead_letter_topic_limit(client_options: Mapping[str, Any], topic: str) -> int | None:
+    """The ``max.message.bytes`` of the dead-letter topic (None when it cannot be read).
+
+    Raises:
+        TopicSetupError: the topic is compacted. A compacted topic refuses records without
+            a key, and a reading without a Kafka key is a bad message like any other: its
+            dead letter refused for good would stop a transactional worker on every
+            restart (the letter is part of the transaction) and be lost otherwise.
+    """
     try:
         admin = KafkaAdminClient(**client_options)
     except KafkaError as error:
-        log.warning("could not read max.message.bytes of %s: %s", topic, error)
+        log.warning("could not read the configuration of %s: %s", topic, error)
         return None
     try:
+        _, policy = describe_topic(admin, topic, "cleanup.policy")
         _, value = describe_topic(admin, topic, "max.message.bytes")
     except KafkaError as error:
-        log.warning("could not read max.message.bytes of %s: %s", topic, error)
+        log.warning("could not read the configuration of %s: %s", topic, error)
         return None
     finally:
         admin.close()
+    if policy is not None and "compact" in policy:
+        raise TopicSetupError(
+            f"the dead-letter topic {topic!r} has cleanup.policy={policy}: a compacted topic "
+            f"refuses the dead letters of readings without a key; set cleanup.policy=delete "
+            f"(kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
+            f"--add-config cleanup.policy=delete) or use another dead-letter topic")
     return int(value) if value is not None and value.isdigit() else None

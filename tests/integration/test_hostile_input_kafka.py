@@ -97,7 +97,7 @@ def test_a_dead_letter_the_topic_refuses_is_dropped_and_the_worker_goes_on(
         {settings.kafka.dead_letter_topic: {"num_partitions": 1,
                                             "configs": {"max.message.bytes": "20000"}}},
         wait_for_metadata=True)
-    monkeypatch.setattr(wiring, "topic_max_message_bytes", lambda _options, _topic: None)
+    monkeypatch.setattr(wiring, "dead_letter_topic_limit", lambda _options, _topic: None)
     rows = readings(streams=3, per_stream=10, seed=42)
     with worker_thread(settings) as running:
         registry = running["endpoint"].registry
@@ -244,3 +244,24 @@ def test_a_changelog_deleted_while_running_stops_the_worker_with_exit_code_6(
     last = output.strip().splitlines()[-1]
     assert code == 6, output
     assert "expected 2 partitions" in last and "found 1" in last and "delete it" in last
+
+
+def test_a_compacted_dead_letter_topic_is_refused_at_start(
+        kafka_broker, topic_factory, unique_name, artifact, kafka_admin):
+    """A compacted dead-letter topic would refuse the dead letters of readings without a
+    key (for good: a transactional worker would stop on the same message after every
+    restart), so the worker refuses it at start with a topic problem (exit code 6)."""
+    import threading
+
+    from kafka.admin import NewTopic
+
+    from streaming.ports import TopicSetupError
+
+    topic = topic_factory(partitions=1, purpose="readings")
+    prefix = unique_name("compacted-dlq")
+    settings = worker_settings(kafka_broker.bootstrap, artifact, topic, prefix)
+    kafka_admin.create_topics([NewTopic(settings.kafka.dead_letter_topic, 1, 1,
+                                        topic_configs={"cleanup.policy": "compact"})])
+    with pytest.raises(TopicSetupError, match=r"cleanup.policy=compact.*refuses the dead "
+                                              r"letters of readings without a key"):
+        wiring.run_worker(settings, threading.Event())
