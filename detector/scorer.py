@@ -96,10 +96,10 @@ only mildly unusual is found only if it lasts (the persistence test), and not at
 stream whose normal surprises are strongly correlated; an idle signal whose runs of
 repeats are far longer than its history suggests raises false alarms (NAB's
 ``rogue_agent_key_hold``); a fault that lasts longer than the learning period stops being
-flagged then, and a long fault of moderate surprises (SKAB's valve faults) teaches the
-calibration that such surprises are normal and can lose its flag earlier; an anomaly
-within ``refractory`` readings after a larger one has no onset (its surprise and flag
-still show).
+flagged then; a fault that changes how channels move together but leaves each channel
+within its own usual range is not seen, since every test is per channel (6 of SKAB's 16
+valve faults here); an anomaly within ``refractory`` readings after a larger one has no
+onset (its surprise and flag still show).
 Cost: O(channels) per reading, about 30 element-wise operations on the batch;
 ``34 * channels + 47`` floats of state (the hourly profile is ``25 * channels + 24``).
 """
