@@ -33,6 +33,7 @@ def _sink(producer: _FailingProducer) -> KafkaRecordSink:
     # The constructor connects to a broker; these tests need only the error handling.
     sink = object.__new__(KafkaRecordSink)
     sink._producer, sink._pending = producer, []
+    sink._best_effort_producer, sink._dropped_at_send = None, 0
     sink._transactional = sink._in_transaction = False
     return sink
 
@@ -55,6 +56,6 @@ def test_a_timeout_says_how_long_it_waited() -> None:
 
 def test_a_send_refused_by_the_producer_is_an_output_error_naming_the_topic() -> None:
     sink = _sink(_FailingProducer(send_error=MessageSizeTooLargeError("too large")))
-    with pytest.raises(OutputError, match=r"output record to 'scores' not sent: "
+    with pytest.raises(OutputError, match=r"record for 'scores' refused: "
                                           r"MessageSizeTooLargeError"):
         sink.send("scores", b"k", b"v")
