@@ -352,10 +352,22 @@ class KafkaRecordSink:
         self._in_transaction = False
 
     def close(self) -> None:
+        """Closes both producers. Never raises a Kafka error: a worker closes its sink on
+        the way out of a failure too, and an error here (kafka-python's close flushes first,
+        and after it split a batch the broker refused as too large its flush fails with
+        "Future not done" every time) would replace the failure that stopped the worker, an
+        OutputError meant to end it with exit code 3, by a traceback and exit code 1.
+        Nothing depends on the close: what was committed had been acknowledged before."""
         # An open transaction is aborted by the broker (or fenced by our successor).
-        if self._best_effort_producer is not None:
-            self._best_effort_producer.close(timeout=10)
-        self._producer.close(timeout=10)
+        for producer in (self._best_effort_producer, self._producer):
+            if producer is None:
+                continue
+            try:
+                producer.close(timeout=10)
+            except KafkaError as error:
+                log.warning("a producer did not close cleanly (%r); records it still held "
+                            "were never acknowledged, so nothing of them was committed",
+                            error)
 
 
 class KafkaChangelogReader:

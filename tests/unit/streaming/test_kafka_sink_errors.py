@@ -23,6 +23,10 @@ class _FailingProducer:
         if self.flush_error is not None:
             raise self.flush_error
 
+    def close(self, timeout=None):
+        self.closed = True
+        self.flush(timeout)  # as kafka-python's close does, before it stops its thread
+
 
 class _DoneFuture:
     def failed(self) -> bool:
@@ -59,3 +63,20 @@ def test_a_send_refused_by_the_producer_is_an_output_error_naming_the_topic() ->
     with pytest.raises(OutputError, match=r"record for 'scores' refused: "
                                           r"MessageSizeTooLargeError"):
         sink.send("scores", b"k", b"v")
+
+
+def test_closing_after_a_failed_flush_does_not_replace_the_output_error() -> None:
+    """After a batch the broker refused as too large was split, kafka-python's flush fails
+    with "Future not done" every time, and its close flushes first: the worker closing its
+    sink on the way out raised that UnknownError in place of the OutputError (a traceback
+    and exit code 1 instead of one line and exit code 3; found by the fault-injection
+    suite)."""
+    outputs = _FailingProducer(flush_error=UnknownError("Future not done"))
+    letters = _FailingProducer(flush_error=UnknownError("Future not done"))
+    sink = _sink(outputs)
+    sink._best_effort_producer = letters
+    sink.send("scores", b"k", b"v")
+    with pytest.raises(OutputError):
+        sink.flush(timeout_s=60.0)
+    sink.close()
+    assert outputs.closed and letters.closed
