@@ -9,6 +9,15 @@ exit code 3 without committing, and a restart after the topic is fixed must resu
 lower, because a transaction's abort marker, some 80 bytes, must still fit: the broker
 treats a marker refused as too large as fatal and leaves the transaction hanging, so that
 no producer of the same transactional id can start again until the broker restarts).
+One time in four a fault strikes a worker still starting (joining or restoring), except the
+broker fault: a restore's changelog read does not ride out a broker outage (the worker dies
+with a KafkaConnectionError traceback, exit code 1), a product bug this suite found.
+
+Every worker must stay up through every fault but the scores fault, with one exception: a
+transactional worker stalled past its session timeout commits its transaction under a
+generation the group has ended, and stops with exit code 3 (a non-transactional one rejoins
+and goes on); the README's exit code 3 promises that a restart resumes, so the suite
+restarts it and records "exit 3 after the long stall".
 
 After each run, with every reading committed:
 
@@ -73,6 +82,7 @@ pytestmark = pytest.mark.integration
 FAR_FUTURE_MS = 4_102_444_800_000
 STALL_S = (1.0, 4.0)  # within the worker's 6 s session timeout
 LONG_STALL_S = (7.0, 9.0)  # past it: the group evicts the worker, its partitions are lost
+SESSION_TIMEOUT_S = 6.0  # worker_env's CELLWATCH_KAFKA_SESSION_TIMEOUT_MS
 BROKER_DOWN_S = (0.5, 3.0)
 EXIT_DELIVERY_FAILURE = 3  # README, exit codes: outputs not delivered, nothing committed
 
@@ -248,8 +258,11 @@ class FaultRun:
     """One run's worker processes, broker and output topics, and what was done to them."""
 
     def __init__(self, broker: KafkaBroker, env: dict[str, str], topic: str, prefix: str,
-                 started: list[WorkerProcess], log_dir: Path) -> None:
+                 started: list[WorkerProcess], log_dir: Path, transactional: bool) -> None:
         self.broker = broker
+        self.transactional = transactional
+        # Set by a long stall of a transactional worker: it may then stop with exit code 3.
+        self.may_stop = False
         self.env = env
         self.topic = topic
         self.prefix = prefix
@@ -264,11 +277,24 @@ class FaultRun:
         return worker
 
     def check_alive(self, after: str) -> None:
-        assert self.worker.alive(), (f"the worker exited with {self.worker.process.poll()} "
-                                     f"after {after}; events {self.events}:\n"
-                                     f"{self.worker.output()}")
+        """Fails unless the worker runs. Except: a transactional worker stalled past its
+        session timeout commits its transaction under a generation the group has ended,
+        the commit fails and it stops with exit code 3 (nothing committed, a restart
+        resumes; a non-transactional worker rejoins instead): it is restarted."""
+        code = self.worker.process.poll()
+        if code is None:
+            return
+        if code == EXIT_DELIVERY_FAILURE and self.may_stop:
+            self.may_stop = False
+            self.events.append("exit 3 after the long stall")
+            self.worker = self.start_worker()
+            return
+        raise AssertionError(f"the worker exited with {code} after {after}; events "
+                             f"{self.events}:\n{self.worker.output()}")
 
     def kill(self) -> None:
+        self.check_alive("the last fault")
+        self.may_stop = False
         self.worker.kill()
         self.events.append("kill")
         self.worker = self.start_worker()
@@ -294,6 +320,8 @@ class FaultRun:
 
     def stall(self, seconds: float, meanwhile) -> None:
         """SIGSTOP for ``seconds``, ``meanwhile()`` producing readings it will find."""
+        self.check_alive("the last fault")
+        self.may_stop = self.transactional and seconds > SESSION_TIMEOUT_S
         self.worker.process.send_signal(signal.SIGSTOP)
         try:
             until = time.monotonic() + seconds
@@ -305,6 +333,8 @@ class FaultRun:
         self.check_alive("a stall")
 
     def broker_down(self, how: str, seconds: float) -> None:
+        self.check_alive("the last fault")
+        self.may_stop = False
         try:
             self.broker.kill() if how == "kill" else self.broker.stop()
             time.sleep(seconds)
@@ -319,8 +349,9 @@ class FaultRun:
         """While the block runs (it produces readings), the scores topic refuses every
         record; the worker must stop with exit code 3. Then the topic is fixed and a new
         worker started."""
+        self.check_alive("the last fault")
+        self.may_stop = False
         admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
-
         scores = f"{self.prefix}-scores"
 
         def limit(max_bytes: int | None) -> None:
@@ -439,7 +470,8 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
     started_at = time.monotonic()
     try:
         with workers(env, tmp_path) as started:
-            faulted = FaultRun(broker, env, topic, prefix, started, tmp_path)
+            faulted = FaultRun(broker, env, topic, prefix, started, tmp_path,
+                               run.transactional)
             faulted.wait_ready()  # it has created the output topics by now
             for i, fault in enumerate(faults):
                 delay = 0.0 if rng.random() < 0.3 else float(rng.uniform(0.0, 0.8))
@@ -475,16 +507,15 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
                 else:
                     raise ValueError(fault)
             producer.send(chunk(len(faults)))
-            final = faulted.worker
             deadline = time.monotonic() + 120
             while committed_offsets(bootstrap, f"{prefix}-group", topic) != end_offsets(
                     bootstrap, topic):
                 faulted.check_alive("the last fault, before committing everything")
                 assert time.monotonic() < deadline, (
                     f"not every reading committed within 120 s; events {faulted.events}:\n"
-                    f"{final.output()}")
+                    f"{faulted.worker.output()}")
                 time.sleep(0.25)
-            assert final.terminate() == 0, final.output()
+            assert faulted.worker.terminate() == 0, faulted.worker.output()
             events, processes = faulted.events, len(started)
     finally:
         producer.close()
@@ -496,7 +527,8 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
     letters = read_everything(bootstrap, f"{prefix}-dead-letter", isolation_level=isolation)
     score_copies = duplicates(scores, lambda r: r.value)
     letter_copies = duplicates(letters, lambda r: (r.key, r.value, tuple(r.headers)))
-    summary = (f"{run.id}: {len(events)} faults {events}; {len(rows)} readings over "
+    injected = [event for event in events if not event.startswith("exit 3 after")]
+    summary = (f"{run.id}: {len(injected)} faults {events}; {len(rows)} readings over "
                f"{run.streams} streams, {sum(bad.values())} bad messages {dict(bad)}; "
                f"{processes} worker processes; {score_copies} duplicate scores, "
                f"{letter_copies} duplicate dead letters read; "
@@ -511,4 +543,4 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
         "\n".join(found[:5])
     if run.transactional:
         assert score_copies == 0, f"{summary}\na read_committed consumer saw a score twice"
-    assert len(events) == len(run.faults), summary
+    assert len(injected) == len(run.faults), summary
