@@ -52,6 +52,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -118,6 +119,8 @@ RUNS = [
                                                        "kill")),
     Run(seed=1303, streams=6, per_stream=250, faults=("kill", "long_stall", "broker", "output"),
         transactional=True),
+    Run(seed=1304, streams=10, per_stream=160, faults=("long_stall", "kill", "broker", "output",
+                                                       "stall", "kill")),
 ]
 
 
@@ -249,6 +252,42 @@ def dead_letter_discrepancies(records, sent: dict[tuple[int, int], Message], top
 
 def duplicates(records, key) -> int:
     return len(records) - len({key(record) for record in records})
+
+
+def test_the_dead_letter_check_reports_every_kind_of_discrepancy():
+    """The check the runs end with, on hand-made records: silent when each bad message has
+    its dead letter, and naming the partition and offset of each discrepancy."""
+    topic = "readings"
+
+    def letter(partition: int, offset: int, reason: str, value: bytes = b"v",
+               key: bytes | None = b"k", source: str = topic):
+        headers = [("cellwatch.reason", reason.encode()), ("cellwatch.detail", b"d"),
+                   ("cellwatch.source.topic", source.encode()),
+                   ("cellwatch.source.partition", str(partition).encode()),
+                   ("cellwatch.source.offset", str(offset).encode())]
+        return SimpleNamespace(key=key, value=value, headers=headers)
+
+    sent = {(0, 1): Message(b"k", b"v", reason="invalid_json"),
+            (0, 2): Message(b"k", b"v", reading=("s", 2)),
+            (1, 5): Message(b"k", b"v", reason="future")}
+    fine = [letter(0, 1, "invalid_json"), letter(1, 5, "future")]
+    assert dead_letter_discrepancies(fine, sent, topic, exactly_once=True) == []
+    twice = [*fine, letter(1, 5, "future")]
+    assert dead_letter_discrepancies(twice, sent, topic, exactly_once=False) == []
+    assert dead_letter_discrepancies(twice, sent, topic, exactly_once=True) == [
+        "partition 1 offset 5: 2 dead letters for one future message"]
+    assert dead_letter_discrepancies(fine[:1], sent, topic, exactly_once=False) == [
+        "partition 1 offset 5: future message never dead-lettered"]
+    found = dead_letter_discrepancies(
+        [letter(0, 1, "invalid_utf8"), letter(0, 2, "duplicate"), letter(1, 5, "future"),
+         letter(1, 5, "future", value=b"other"), letter(3, 9, "future"),
+         letter(0, 1, "invalid_json", source="elsewhere")], sent, topic, exactly_once=False)
+    assert [line.split(":")[0] for line in found] == [
+        "dead letter from another topic", "partition 0 offset 1", "partition 0 offset 2",
+        "partition 1 offset 5", "partition 1 offset 5", "partition 3 offset 9"], found
+    assert "reason 'invalid_utf8', expected 'invalid_json'" in found[1]
+    assert "good reading ('s', 2) dead-lettered ['duplicate']" in found[2]
+    assert "2 different dead letters" in found[3] and "other bytes" in found[4]
 
 
 # --- faults -----------------------------------------------------------------------------------
