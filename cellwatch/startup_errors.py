@@ -125,4 +125,6 @@ def kafka_startup(servers: Sequence[str]) -> Iterator[None]:
             f"Kafka at {', '.join(servers)}: cannot start the clients ({error}); the brokers "
             f"accept connections, so check kafka.security_protocol and the kafka.sasl_* and "
             f"kafka.ssl_* settings against the listener (the log lines above have "
-            f"kafka-python's reason)") from None
+            f"kafka-python's reason); a transactional worker also waits here for a "
+            f"transaction a stopped worker left open, which the broker aborts after "
+            f"transaction.timeout.ms") from None

@@ -352,18 +352,22 @@ class KafkaRecordSink:
         self._in_transaction = False
 
     def close(self) -> None:
-        # An open transaction is aborted by the broker (or fenced by our successor). Records
-        # still unacknowledged at close (after a failed flush: a partition gone, a broker
-        # away) are abandoned, not an error: nothing of them was committed, and raising here
-        # would hide the failure that stopped the worker.
+        """Closes both producers. Never raises a Kafka error: a worker closes its sink on
+        the way out of a failure too, and an error here (kafka-python's close flushes first,
+        and after it split a batch the broker refused as too large its flush fails with
+        "Future not done" every time) would replace the failure that stopped the worker, an
+        OutputError meant to end it with exit code 3, by a traceback and exit code 1.
+        Nothing depends on the close: what was committed had been acknowledged before."""
+        # An open transaction is aborted by the broker (or fenced by our successor).
         for producer in (self._best_effort_producer, self._producer):
             if producer is None:
                 continue
             try:
                 producer.close(timeout=10)
             except KafkaError as error:
-                log.warning("producer closed with records unacknowledged (%r); they were not "
-                            "committed and are produced again after a restart", error)
+                log.warning("a producer did not close cleanly (%r); records it still held "
+                            "were never acknowledged, so nothing of them was committed",
+                            error)
 
 
 class KafkaChangelogReader:
@@ -389,6 +393,20 @@ class KafkaChangelogReader:
         )
 
     def read(self, partitions: Sequence[int]) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """``(partition, key, value)`` of every record of ``partitions`` up to their ends.
+
+        Raises:
+            OutputError: the broker went away (or refused) while the changelog was read:
+                the worker stops like after an output failure (exit code 3); nothing was
+                committed since, so a restarted worker restores again.
+        """
+        try:
+            yield from self._records(partitions)
+        except KafkaError as error:
+            raise OutputError(f"the changelog {self.topic!r} could not be read to restore "
+                              f"states: {error!r}") from error
+
+    def _records(self, partitions: Sequence[int]) -> Iterator[tuple[int, bytes, bytes | None]]:
         wanted = [TopicPartition(self.topic, p) for p in partitions]
         if not wanted:
             return

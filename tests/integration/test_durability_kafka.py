@@ -141,10 +141,13 @@ def reference_scores(artifact: Path, rows: Sequence[tuple[str, int, list[float]]
     return out
 
 
-def read_everything(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list:
-    """Every record of ``topic`` up to its current end."""
+def read_everything(bootstrap: str, topic: str, timeout_s: float = 120.0,
+                    isolation_level: str = "read_uncommitted") -> list:
+    """Every record of ``topic`` up to its current end (with ``read_committed``, its last
+    stable offset: every record of a committed transaction, none of an aborted one)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             max_partition_fetch_bytes=8 * 1024 * 1024)
+                             max_partition_fetch_bytes=8 * 1024 * 1024,
+                             isolation_level=isolation_level)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         ends = consumer.end_offsets(partitions)

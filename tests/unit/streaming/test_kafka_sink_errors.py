@@ -24,7 +24,8 @@ class _FailingProducer:
             raise self.flush_error
 
     def close(self, timeout=None):
-        self.flush(timeout)  # as kafka-python's close does, before stopping its sender
+        self.closed = True
+        self.flush(timeout)  # as kafka-python's close does, before it stops its thread
 
 
 class _DoneFuture:
@@ -64,11 +65,43 @@ def test_a_send_refused_by_the_producer_is_an_output_error_naming_the_topic() ->
         sink.send("scores", b"k", b"v")
 
 
-def test_closing_after_a_failed_flush_does_not_hide_that_failure() -> None:
-    """Records still unacknowledged at close are abandoned (never committed): close must not
-    raise, or its error would replace the delivery failure that stopped the worker."""
-    sink = _sink(_FailingProducer(flush_error=KafkaTimeoutError("Timeout waiting for future")))
+def test_closing_after_a_failed_flush_does_not_replace_the_output_error() -> None:
+    """After a batch the broker refused as too large was split, kafka-python's flush fails
+    with "Future not done" every time, and its close flushes first: the worker closing its
+    sink on the way out raised that UnknownError in place of the OutputError (a traceback
+    and exit code 1 instead of one line and exit code 3; found by the fault-injection
+    suite)."""
+    outputs = _FailingProducer(flush_error=UnknownError("Future not done"))
+    letters = _FailingProducer(flush_error=UnknownError("Future not done"))
+    sink = _sink(outputs)
+    sink._best_effort_producer = letters
     sink.send("scores", b"k", b"v")
     with pytest.raises(OutputError):
-        sink.flush(timeout_s=1.0)
+        sink.flush(timeout_s=60.0)
     sink.close()
+    assert outputs.closed and letters.closed
+
+
+def test_a_broker_lost_while_the_changelog_is_read_is_an_output_failure() -> None:
+    """A raw KafkaConnectionError out of a restore ended `cellwatch run` with a traceback
+    and exit code 1 (found by the fault-injection suite); it is an OutputError (exit 3:
+    nothing was committed since, a restart restores again)."""
+    from kafka.errors import KafkaConnectionError
+
+    from streaming.kafka_io import KafkaChangelogReader
+
+    class _LostConsumer:
+        def assign(self, _partitions):
+            pass
+
+        def seek_to_beginning(self, *_partitions):
+            pass
+
+        def end_offsets(self, _partitions):
+            raise KafkaConnectionError("connection reset")
+
+    reader = object.__new__(KafkaChangelogReader)
+    reader.topic, reader._consumer = "changelog", _LostConsumer()
+    with pytest.raises(OutputError, match=r"changelog 'changelog' could not be read to "
+                                          r"restore states: KafkaConnectionError"):
+        list(reader.read([0, 1]))
