@@ -25,6 +25,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -71,9 +72,11 @@ def _endpoint(server: str) -> tuple[str, int]:
 def wait_for_brokers(servers: Sequence[str], timeout_s: float,
                      connect: Callable[..., socket.socket] = socket.create_connection,
                      clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> None:
-    """Returns once one of ``servers`` accepts a TCP connection; raises
-    :class:`KafkaUnavailableError` when none does within ``timeout_s``.
+                     sleep: Callable[[float], None] = time.sleep,
+                     stop: threading.Event | None = None) -> bool:
+    """Returns True once one of ``servers`` accepts a TCP connection, False as soon as
+    ``stop`` is set (a SIGTERM while waiting); raises :class:`KafkaUnavailableError` when
+    none accepts within ``timeout_s``.
 
     A broker that is still starting (a compose stack, a pod next to its broker) is waited for,
     with one log line instead of one per attempt.
@@ -81,12 +84,15 @@ def wait_for_brokers(servers: Sequence[str], timeout_s: float,
     deadline = clock() + timeout_s
     last_errors: dict[str, str] = {}
     announced = False
+    pause = sleep if stop is None else stop.wait
     while True:
+        if stop is not None and stop.is_set():
+            return False
         for server in servers:
             remaining = max(0.1, min(5.0, deadline - clock()))
             try:
                 connect(_endpoint(server), timeout=remaining).close()
-                return
+                return True
             except OSError as error:
                 last_errors[server] = error.strerror or str(error) or type(error).__name__
         if clock() >= deadline:
@@ -99,7 +105,7 @@ def wait_for_brokers(servers: Sequence[str], timeout_s: float,
             log.info("waiting up to %g s for a Kafka broker at %s", timeout_s,
                      ", ".join(servers))
             announced = True
-        sleep(min(1.0, max(0.0, deadline - clock())))
+        pause(min(1.0, max(0.0, deadline - clock())))
 
 
 @contextlib.contextmanager

@@ -166,7 +166,8 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
     options = kafka_client_options(settings.kafka)
     config = worker_config(settings)
     servers = settings.kafka.bootstrap_servers
-    wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
+    if not wait_for_brokers(servers, settings.kafka.startup_timeout_seconds, stop=stop):
+        return  # stopped (SIGTERM) while waiting for a broker: nothing started yet
     changelog = changelog_check = sink = None
     running = False  # worker.run closes the sink; before it runs, this function does
     try:

@@ -102,3 +102,20 @@ def test_a_broker_refusing_a_topic_request_is_a_topic_problem_not_an_unreachable
     with pytest.raises(KafkaUnavailableError, match="cannot start the clients"), \
             kafka_startup(["127.0.0.1:9092"]):
         raise KafkaConnectionError("reset")
+
+
+def test_a_stop_while_waiting_for_a_broker_ends_the_wait_at_once() -> None:
+    """A SIGTERM while no broker is up yet ends the wait when it comes: the pauses between
+    attempts wait on the stop event, not a plain sleep, and the wait reports it stopped."""
+    import threading
+
+    stop = threading.Event()
+    slept: list[float] = []
+
+    def refused(_address, timeout):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    threading.Timer(0.2, stop.set).start()
+    assert wait_for_brokers(["down:9092"], 30.0, refused, sleep=slept.append,
+                            stop=stop) is False
+    assert slept == []  # every pause was a wait on the stop event
