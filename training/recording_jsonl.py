@@ -101,14 +101,8 @@ def _fast_json_record(schema: _JsonSchema, record: dict, line: int,
         else:
             return False
         row.append(value)
-    bucket = buckets.get(stream)
-    if bucket is None:
-        bucket = buckets[stream] = _JsonBucket(len(schema.channels))
-    bucket.lines.append(line)
-    bucket.timestamps.append(record[timestamp_key])
-    bucket.timestamp_keys.append(timestamp_key)
-    bucket.values.append(row)
-    bucket.labels.append(bool(label))
+    _bucket(buckets, stream, schema).add(line, record[timestamp_key], timestamp_key, row,
+                                         bool(label))
     return True
 
 
@@ -132,6 +126,13 @@ def _json_value(value: object) -> float | None:
     return None if math.isinf(number) else number
 
 
+def _bucket(buckets: dict[str, _JsonBucket], stream: str, schema: _JsonSchema) -> _JsonBucket:
+    bucket = buckets.get(stream)
+    if bucket is None:
+        bucket = buckets[stream] = _JsonBucket(len(schema.channels))
+    return bucket
+
+
 class _JsonBucket:
     def __init__(self, channels: int) -> None:
         self.lines: list[int] = []
@@ -140,6 +141,14 @@ class _JsonBucket:
         self.values: list[list[float]] = []
         self.labels: list[bool] = []
         self.bad = np.zeros(channels, dtype=bool)
+
+    def add(self, line: int, timestamp: object, timestamp_key: str, row: list[float],
+            label: bool) -> None:
+        self.lines.append(line)
+        self.timestamps.append(timestamp)
+        self.timestamp_keys.append(timestamp_key)
+        self.values.append(row)
+        self.labels.append(label)
 
     def part(self, source: Source, has_labels: bool) -> Part:
         where = [f"key {key!r}" for key in self.timestamp_keys]
@@ -286,15 +295,8 @@ def _json_record(source: Source, schema: _JsonSchema, record: dict, line: int,
         row.append(value)
     if dropped:
         return False
-    key = stream.strip()
-    bucket = buckets.get(key)
-    if bucket is None:
-        bucket = buckets[key] = _JsonBucket(len(schema.channels))
-    bucket.lines.append(line)
-    bucket.timestamps.append(record[timestamp_key])
-    bucket.timestamp_keys.append(timestamp_key)
-    bucket.values.append(row)
-    bucket.labels.append(label)
+    bucket = _bucket(buckets, stream.strip(), schema)
+    bucket.add(line, record[timestamp_key], timestamp_key, row, label)
     if bad_channels:
         bucket.bad[bad_channels] = True
     return True
