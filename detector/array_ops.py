@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from detector.exact_product import ExactKernel, exact_matmul
-from detector.features import clock_features, hour_of_day
+from detector.features import clock_features, from_week_time, hour_of_day, week_time
 
 # Activations the step can evaluate outside Keras; each takes (ops, x).
 ACTIVATIONS = {
@@ -148,3 +148,15 @@ class NumpyOps:
     @staticmethod
     def clock(timestamps_ms):
         return clock_features(timestamps_ms)
+
+    @staticmethod
+    def rows(x):
+        return x.shape[0]
+
+    @staticmethod
+    def week_time(timestamps_ms):
+        return week_time(timestamps_ms)
+
+    @staticmethod
+    def from_week_time(week):
+        return from_week_time(week)

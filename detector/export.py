@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from detector.features import CLOCK_HARMONICS, MS_PER_DAY
+from detector.features import CLOCK_HARMONICS, MS_PER_DAY, MS_PER_WEEK, WEEK_SHIFT_MS
 from detector.forecaster_step import StepParams
 from detector.step import StreamingStep, advance
 
@@ -128,6 +128,22 @@ class TensorFlowOps:
             for harmonic in range(1, harmonics + 1):
                 features += [tf.sin(harmonic * angle), tf.cos(harmonic * angle)]
         return tf.cast(tf.stack(features, axis=-1), tf.float32)
+
+    @staticmethod
+    def rows(x):
+        return tf.shape(x)[0]
+
+    @staticmethod
+    def week_time(timestamps_ms):
+        # Same arithmetic as detector.features.week_time.
+        phase = tf.math.floormod(timestamps_ms + WEEK_SHIFT_MS, MS_PER_WEEK)
+        return tf.cast(tf.stack([tf.math.floordiv(phase, 1000), tf.math.floormod(phase, 1000)],
+                                axis=-1), tf.float32)
+
+    @staticmethod
+    def from_week_time(week):
+        whole = tf.cast(week, tf.int64)
+        return whole[:, 0] * 1000 + whole[:, 1] - WEEK_SHIFT_MS
 
 
 def _constant(array: np.ndarray | None):

@@ -42,6 +42,26 @@ def clock_features(timestamps_ms: np.ndarray) -> np.ndarray:
     return np.stack(features, axis=-1).astype(np.float32)
 
 
+def week_time(timestamps_ms: np.ndarray) -> np.ndarray:
+    """A reading's time within the (Monday-based) week as float32 ``[..., 2]``: whole
+    seconds (below 604,800, exact in float32) and the milliseconds left over.
+
+    Everything the clock features need of a timestamp, exactly, in two floats: the state
+    record keeps this for the two readings before the current one instead of six clock
+    features each (:func:`from_week_time` gives back a timestamp with the same features).
+    """
+    phase = (np.asarray(timestamps_ms, dtype=np.int64) + WEEK_SHIFT_MS) % MS_PER_WEEK
+    return np.stack([phase // 1000, phase % 1000], axis=-1).astype(np.float32)
+
+
+def from_week_time(week: np.ndarray) -> np.ndarray:
+    """A timestamp (int64 ms, in the first week after 1970-01-01 Monday 00:00 minus its
+    shift) whose clock features equal those of the time :func:`week_time` encoded."""
+    week = np.asarray(week)
+    return (week[..., 0].astype(np.int64) * 1000 + week[..., 1].astype(np.int64)
+            - WEEK_SHIFT_MS)
+
+
 def hour_of_day(timestamps_ms: np.ndarray) -> np.ndarray:
     """The UTC hour of the day, 0 to 23, as int32, from integer milliseconds."""
     ts = np.asarray(timestamps_ms, dtype=np.int64)

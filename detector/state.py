@@ -4,14 +4,16 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 4, in order (``D`` = model input width, ``M`` = memory units, ``F`` = channels,
-``T`` = 5 tests):
+Layout version 5, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
+reads the clock and 0 when not, ``T`` = 6 tests):
 
 ===========================  =====  =======================================================
 field                        width  meaning
 ===========================  =====  =======================================================
-``input_t1``                 D      model input of the previous reading (t-1), zeros before
-``input_t2``                 D      model input of the reading before that (t-2)
+``reading_t1``               F      clipped normalized values of the previous reading (t-1)
+``week_time_t1``             C      its time in the week: whole seconds, then milliseconds
+``reading_t2``               F      the same of the reading before that (t-2)
+``week_time_t2``             C      its time in the week
 ``memory``                   M      the memory cell's state after the previous reading
 ``forecast_mean``            F      forecast of this reading, normalized units
 ``forecast_scale``           F      forecast standard deviation, normalized units
@@ -22,6 +24,9 @@ field                        width  meaning
                                     residuals (the forecast scale's recalibration)
 ``level_mean``               F      long-run mean of each channel's normalized reading
 ``level_var``                F      long-run variance of the same
+``shift_mean``               F      short-run average of each channel's deviation from
+                                    ``level_mean`` (the shift test)
+``shift_var``                F      long-run mean square of that average
 ``season_mean``              24F    each channel's mean normalized reading per hour of day
 ``season_visits``            24     readings learned from in each hour of the day
 ``season_var``               F      long-run variance of the deviations from those means
@@ -35,6 +40,8 @@ field                        width  meaning
                                     per completed run)
 ``uncensored_rate``          T      per test: the same, for surprises between 1 and 3
 ``excess_rate``              T      per test: long-run mean of the excess over 1, up to 2
+``tail_rate``                1      long-run rate of reported single surprises above 3
+``tail_excess``              1      long-run mean of their excess over 3 (0 if none)
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
 ``last_evidence``            1      the previous reading's (for their lag-one correlation)
 ``evidence_lag_product``     1      long-run lag-one correlation of those
@@ -43,7 +50,10 @@ field                        width  meaning
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 4 added ``scale_ratio``. Version 3 added everything from ``season_mean`` to
+Version 5 added the shift test's and the far tail's fields, and keeps the two previous
+readings' times (two floats each) instead of their encoded clock (the step encodes them
+again), so the record stays within 1 KiB for 4 channels. Version 4 added ``scale_ratio``.
+Version 3 added everything from ``season_mean`` to
 ``flagged_run`` except the peak (the season, variability and repeats tests, the calibration
 and the persistence test, and learning only from readings that are not flagged), and feeds
 the model the clock as whole harmonics. A changelog record of another version is not loaded
@@ -59,7 +69,7 @@ import dataclasses
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 4
+STATE_LAYOUT_VERSION = 5
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -97,10 +107,17 @@ class StateLayout:
                 f"state layout version {self.version} is not supported; this build reads "
                 f"version {STATE_LAYOUT_VERSION}")
 
+    @property
+    def clock_width(self) -> int:
+        """Floats that keep a reading's time for its clock features (none without a clock)."""
+        return 2 if self.input_width > self.channels else 0
+
     def _widths(self) -> list[tuple[str, int]]:
         return [
-            ("input_t1", self.input_width),
-            ("input_t2", self.input_width),
+            ("reading_t1", self.channels),
+            ("week_time_t1", self.clock_width),
+            ("reading_t2", self.channels),
+            ("week_time_t2", self.clock_width),
             ("memory", self.memory_units),
             ("forecast_mean", self.channels),
             ("forecast_scale", self.channels),
@@ -110,6 +127,8 @@ class StateLayout:
             ("scale_ratio", self.channels),
             ("level_mean", self.channels),
             ("level_var", self.channels),
+            ("shift_mean", self.channels),
+            ("shift_var", self.channels),
             ("season_mean", 24 * self.channels),
             ("season_visits", 24),
             ("season_var", self.channels),
@@ -119,9 +138,11 @@ class StateLayout:
             ("repeat_follow_hits", self.channels),
             ("repeat_follow_occasions", self.channels),
             ("repeat_run", self.channels),
-            ("exceed_rate", 5),
-            ("uncensored_rate", 5),
-            ("excess_rate", 5),
+            ("exceed_rate", 6),
+            ("uncensored_rate", 6),
+            ("excess_rate", 6),
+            ("tail_rate", 1),
+            ("tail_excess", 1),
             ("evidence_average", 1),
             ("last_evidence", 1),
             ("evidence_lag_product", 1),

@@ -61,26 +61,43 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     f = layout.fields
     normalized = ops.clip((values - median) / scale, -NORMALIZED_LIMIT, NORMALIZED_LIMIT)
     clipped = ops.clip(normalized, -clip, clip)
+    count = state[:, f["count"]]
+    # The two readings before this one, as the model saw them (zeros before there were any):
+    # the record keeps their values and their time in the week, and their clock encodings
+    # are computed again here with this reading's, in one product.
+    previous_1 = state[:, f["reading_t1"]]
+    previous_2 = state[:, f["reading_t2"]]
     model_input = clipped
     if params.uses_clock:
+        times = ops.concat([timestamps_ms, ops.from_week_time(state[:, f["week_time_t1"]]),
+                            ops.from_week_time(state[:, f["week_time_t2"]])], axis=0)
         encoded = ops.sin(params.clock_frequency * (
-            ops.matmul(ops.clock(timestamps_ms), params.clock_kernel) + params.clock_bias))
-        model_input = ops.concat([clipped, encoded], axis=-1)
+            ops.matmul(ops.clock(times), params.clock_kernel) + params.clock_bias))
+        batch = ops.rows(clipped)
+        model_input = ops.concat([clipped, encoded[:batch]], axis=-1)
+        previous_1 = ops.concat([previous_1, encoded[batch:2 * batch]], axis=-1)
+        previous_2 = ops.concat([previous_2, encoded[2 * batch:]], axis=-1)
+    previous_1 = ops.where(count >= 1.0, previous_1, 0.0)
+    previous_2 = ops.where(count >= 2.0, previous_2, 0.0)
 
     # Score this reading against what the state expected of it ...
     hours = ops.hour_of_day(timestamps_ms)
     score, likelihood, surprise, flag, top_channel, onset, statistics = assess(
         ops, scorer, layout, normalized, clipped, hours, state)
     # ... then let the forecaster expect the next one.
-    previous_1 = state[:, f["input_t1"]]
     new_memory, change, forecast_scale = forecast(
-        ops, params, model_input, previous_1, state[:, f["input_t2"]], state[:, f["memory"]])
+        ops, params, model_input, previous_1, previous_2, state[:, f["memory"]])
     # The model forecasts the change to the next reading; persistence is its zero point.
     forecast_mean = normalized + change
 
-    count = state[:, f["count"]]
+    history = [clipped]
+    if params.uses_clock:
+        history.append(ops.week_time(timestamps_ms))
+    history.append(state[:, f["reading_t1"]])
+    if params.uses_clock:
+        history.append(state[:, f["week_time_t1"]])
     new_state = ops.concat([
-        model_input, previous_1, new_memory, forecast_mean, forecast_scale, statistics,
+        *history, new_memory, forecast_mean, forecast_scale, statistics,
         ops.minimum(count + 1.0, COUNT_CAP),
     ], axis=-1)
     return score, likelihood, surprise, flag, top_channel, onset, new_state

@@ -2,9 +2,10 @@
 
 The standard normal's upper tail (without ``1 - x`` cancellation), the Wilson-Hilferty and
 Paulson transforms of chi-square and F ratios into normal deviates, and the peaks-over-
-threshold calibration that lowers a test's surprise on a stream whose tails are heavier
-than the test's model. ``ops`` is :class:`detector.array_ops.NumpyOps` or the TensorFlow
-export's mirror, so the NumPy step and the exported graph evaluate the same formulas.
+threshold calibrations that lower a test's surprise, and the reading's, on a stream whose
+tails are heavier than their model's. ``ops`` is :class:`detector.array_ops.NumpyOps` or
+the TensorFlow export's mirror, so the NumPy step and the exported graph evaluate the same
+formulas.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ CALIBRATION_PRIOR_RUNS = 10.0
 CALIBRATION_CENSOR = 2.0
 # The share of a Gaussian test's exceedances below the censoring point.
 UNCENSORED_SHARE = 1.0 - math.exp(-CALIBRATION_CENSOR / CALIBRATION_EXCESS)
+# The far tail's calibration starts where the bulk's censors: surprises of at least this.
+TAIL_LEVEL = 1.0 + CALIBRATION_CENSOR
+# Its exceedance rate for a Gaussian test (the prior).
+TAIL_RATE = 10.0 ** -TAIL_LEVEL
+# The far tail's rate prior: one exceedance at the Gaussian rate.
+TAIL_PRIOR_READINGS = 1.0 / TAIL_RATE
 
 
 # Abramowitz & Stegun 7.1.26, erfc(x) ~ poly(t) * exp(-x^2) for x >= 0: |error| < 1.5e-7 in
@@ -86,3 +93,35 @@ def calibrate(ops, raw_surprises, exceed_rate, excess_rate, uncensored_rate):
     slope = ops.where(excess_rate > gaussian_excess,
                       gaussian_excess / ops.maximum(excess_rate, MIN_TAIL), 1.0)
     return ops.where(excess > 0.0, rate_surprise + excess * slope, raw_surprises * rate_surprise)
+
+
+def calibrate_tail(ops, surprises, tail_rate, tail_excess, readings):
+    """Surprises lowered where the stream's own far tail is heavier than their model's.
+
+    A peaks-over-threshold fit at ``TAIL_LEVEL``, where :func:`calibrate`'s fit censors:
+    the stream's rate of surprises at least that large and their mean excess above it. The
+    mean excess counts ``CALIBRATION_PRIOR_RUNS`` Gaussian exceedances as its prior, so one
+    huge surprise cannot teach a stream that huge surprises are normal. A stream whose
+    surprises of 15 recur every day (a daily spike, a recurring burst) learns that they are
+    a one-in-three-hundred event, not a one-in-10^15 one; a new, larger surprise keeps most
+    of its size. Below the level the correction scales down proportionally, so the result
+    stays continuous and increasing in the surprise; it never raises one.
+
+    Args:
+        surprises: ``[B]`` surprises (``-log10`` of a tail probability).
+        tail_rate: ``[B]`` the stream's long-run rate of surprises above ``TAIL_LEVEL``.
+        tail_excess: ``[B]`` the long-run mean of their excess over it (0 for the others).
+        readings: ``[B]`` how many readings those running means hold, their prior's
+            included.
+    """
+    rate = ops.maximum(tail_rate, TAIL_RATE)
+    rate_surprise = -ops.log10(rate)
+    runs = tail_rate * readings
+    mean_excess = (tail_excess * readings + CALIBRATION_PRIOR_RUNS * CALIBRATION_EXCESS) / (
+        runs + CALIBRATION_PRIOR_RUNS)
+    slope = ops.where(mean_excess > CALIBRATION_EXCESS,
+                      CALIBRATION_EXCESS / ops.maximum(mean_excess, MIN_TAIL), 1.0)
+    excess = surprises - TAIL_LEVEL
+    calibrated = ops.where(excess > 0.0, rate_surprise + excess * slope,
+                           surprises * (rate_surprise / TAIL_LEVEL))
+    return ops.minimum(surprises, calibrated)

