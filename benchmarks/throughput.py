@@ -106,10 +106,19 @@ def signal(streams: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarr
     return LEVEL + AMPLITUDE * np.sin(phase) + NOISE * rng.standard_normal((len(streams), 4))
 
 
-def reading_json(head: str, ts: int, v: list[float]) -> bytes:
-    """The worker's reading format; ``head`` is ``{"stream":"<id>","ts":``."""
-    return (f'{head}{ts},"values":{{"temperature":{v[0]:.3f},"pressure":{v[1]:.4f},'
-            f'"vibration":{v[2]:.4f},"current":{v[3]:.3f}}}}}').encode()
+def reading_json(stream: str, ts: int, v: list[float]) -> bytes:
+    """A reading in the worker's format, by the product's writer; values rounded to a
+    sensor's few digits, as producers send them (and the messages stay their real size)."""
+    from detector.readings import ReadingMessageWriter
+
+    global _READING_WRITER
+    if _READING_WRITER is None:
+        _READING_WRITER = ReadingMessageWriter(CHANNELS)
+    return _READING_WRITER.message(stream, ts, [round(v[0], 3), round(v[1], 4),
+                                                round(v[2], 4), round(v[3], 3)])
+
+
+_READING_WRITER = None
 
 
 def _produce_share(bootstrap: str, topic: str, readings: int, streams: int, partitions: int,
@@ -129,7 +138,7 @@ def _produce_share(bootstrap: str, topic: str, readings: int, streams: int, part
         mine = np.flatnonzero(parts % shares == share)
         index = mine.tolist()
         keys = [stream_name(s).encode() for s in index]
-        heads = [f'{{"stream":"{stream_name(s)}","ts":' for s in index]
+        heads = [stream_name(s) for s in index]
         part_of = parts[mine].tolist()
         rng = np.random.default_rng([seed, share])
         send = producer.send
@@ -755,7 +764,7 @@ def _paced_produce(bootstrap: str, topic: str, rate: float, total: int, streams:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     parts = stream_partitions(streams, partitions).tolist()
     keys = [stream_name(s).encode() for s in range(streams)]
-    heads = [f'{{"stream":"{stream_name(s)}","ts":' for s in range(streams)]
+    heads = [stream_name(s) for s in range(streams)]
     rng = np.random.default_rng(seed)
     values = signal(np.arange(streams), 0, rng).tolist()
     producer.partitions_for(topic)  # metadata fetched before the clock starts

@@ -8,8 +8,9 @@ scores them (in process, without Kafka). From the flags, surprises and labels co
 * point-wise precision, recall and F1 (each reading is a case), next to the F1 of flagging
   every reading (the trivial baseline) and the ROC AUC of the surprise;
 * window-wise precision, recall and F1: a labeled window (a run of labeled readings) is found
-  when a flag falls inside it; a detection episode (a run of flags, gaps of up to
-  ``episode_gap`` readings merged) is correct when it overlaps a labeled window;
+  when a flag falls inside it; a detection episode (by the worker's rule,
+  :mod:`detector.episodes`: it ends after ``episode_gap`` unflagged readings) is correct
+  when it overlaps a labeled window;
 * the NAB score, for NAB-layout data with its windows (:mod:`training.nab`), and NAB
   results files with a row per input row (:mod:`training.nab_results`);
 * one PNG per stream (:mod:`training.evaluation_plots`) and an ``index.md`` linking them.
