@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from detector.episodes import episode_spans
 from detector.scorer import ScorerConfig
 from detector.state import StateLayout
 from detector.step import StreamingStep
@@ -30,6 +31,7 @@ from tests.unit.streaming.conftest import (
     rejected_positions,
     score_records,
 )
+from training.detection_metrics import windowwise_metrics
 
 SCORE_FIELDS = {"stream", "ts", "score", "likelihood", "surprise", "onset", "flag",
                 "top_channel", "model_version"}
@@ -263,30 +265,35 @@ def test_readings_without_offsets_are_never_skipped(step: StreamingStep) -> None
 # (5) Episodes -------------------------------------------------------------------------------
 
 
-def reference_episodes(scores: Sequence[dict], gap: int) -> list[tuple[int, dict]]:
-    """Episodes by the documented rule, from score records: (index of the closing reading,
-    the episode). Open at a flag, close after ``gap`` unflagged readings."""
-    out = []
-    current = None
-    quiet = 0
-    for index, record in enumerate(scores):
-        if record["flag"]:
-            if current is None:
-                current = {"start_ts": record["ts"], "peak_score": -1.0, "channels": set(),
-                           "flagged_readings": 0}
-            current["end_ts"] = record["ts"]
-            current["flagged_readings"] += 1
-            current["channels"].add(record["top_channel"])
-            if record["score"] > current["peak_score"]:
-                current.update(peak_score=record["score"], peak_ts=record["ts"],
-                               peak_likelihood=record["likelihood"])
-            quiet = 0
-        elif current is not None:
-            quiet += 1
-            if quiet >= gap:
-                out.append((index, current))
-                current, quiet = None, 0
-    return out
+def test_the_worker_and_evaluate_find_the_same_episodes_in_random_flags(
+        step: StreamingStep) -> None:
+    """One episode rule: the engine, folding flags as readings arrive, and ``cellwatch
+    evaluate``, over a stream's whole flag array, give the same episodes (an episode still
+    open at the end counts in both)."""
+    rng = np.random.default_rng(14)
+    streams, steps = 24, 40
+    flags = rng.random((streams, steps)) < rng.uniform(0.05, 0.6, (streams, 1))
+    names = [f"s{s}" for s in range(streams)]
+    t0 = minutes(0)[0]
+    script = {t0 + t * STEP_MS + s: (float(rng.uniform(1, 9)), int(rng.integers(3)))
+              for s in range(streams) for t in range(steps) if flags[s, t]}
+    for gap in (1, 2, 3, 5):
+        engine = make_engine(ScriptedStep(step, script), episode_gap=gap, capacity=streams)
+        result = engine.process([Reading(names[s], t0 + t * STEP_MS + s,
+                                         np.ones(3, np.float32))
+                                 for t in range(steps) for s in range(streams)])
+        store = engine.store
+        for s, name in enumerate(names):
+            ended = [(e.episode.start_ms, e.episode.end_ms) for e in result.episodes
+                     if e.stream == name]
+            row = store.row_of(name)
+            if store.episode_start_ms[row] != NO_EPISODE:
+                ended.append((int(store.episode_start_ms[row]), int(store.episode_end_ms[row])))
+            evaluated = [(t0 + first * STEP_MS + s, t0 + last * STEP_MS + s)
+                         for first, last in episode_spans(flags[s], gap)]
+            assert ended == evaluated, (gap, name, flags[s].astype(int).tolist())
+            counted = windowwise_metrics([flags[s]], [np.zeros(steps, bool)], gap)["episodes"]
+            assert counted == len(evaluated)
 
 
 def test_a_spike_yields_one_episode_once_it_is_over(model_parts: ModelParts,
