@@ -99,6 +99,15 @@ def fold_flags(table: OpenEpisodes, rows: np.ndarray, ts_ms: np.ndarray, flag: n
     rows = np.asarray(rows, dtype=np.int64)
     flag = np.asarray(flag, dtype=bool)
     was_open = table.episode_start_ms[rows] != NO_EPISODE
+    # Most readings are unflagged in streams without an open episode: nothing to do for them
+    # (a batch of one stream's readings comes here once per reading).
+    moving = flag | was_open
+    if not moving.all():
+        if not moving.any():
+            return FoldResult(0, [], [])
+        rows, ts_ms, flag, score, likelihood, top_channel, was_open = (
+            np.asarray(column)[moving] for column in (rows, ts_ms, flag, score, likelihood,
+                                                      top_channel, was_open))
 
     flagged = rows[flag]
     opening = flag & ~was_open
