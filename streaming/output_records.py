@@ -56,9 +56,9 @@ def encode_scores(scores: ScoredReadings) -> list[tuple[bytes, bytes]]:
             scores.streams, scores.ts_ms.tolist(), scores.score.tolist(),
             scores.likelihood.tolist(), scores.surprise.tolist(), scores.onset.tolist(),
             scores.flag.tolist(), scores.top_channel.tolist(), strict=True):
-        # The stream's key and JSON literal are made per record: C-level encoders that cost
-        # less than a per-stream cache's lookup and memory (measured, see the README of
-        # benchmarks/).
+        # The stream's key and JSON literal are made per record, not cached per stream: the
+        # C encoders take about 0.05 us a record together, no more than a cache lookup, and
+        # a cache would hold memory for every stream ever seen.
         value = (f'{{"stream":{_json_string(stream)},"ts":{when},"score":{number(s)},'
                  f'"likelihood":{number(p)},"surprise":{number(q)},"onset":{number(o)},'
                  f'"flag":{"true" if f else "false"},"top_channel":{channel_json[top]},'

@@ -16,12 +16,9 @@ from typing import IO
 import numpy as np
 
 from streaming.engine import Reading, ScoringEngine
-from streaming.messages import ReadingMessageWriter, reading_message
+from streaming.messages import ReadingMessageWriter
 from streaming.output_records import encode_episode, encode_scores
 from streaming.ports import RecordSink
-
-__all__ = ["RecordedReading", "ReplayStats", "reading_message", "replay_to_kafka",
-           "score_in_process"]
 
 RecordedReading = tuple[str, int, Sequence[float]]
 
