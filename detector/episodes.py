@@ -82,6 +82,8 @@ class OpenEpisodes(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FoldResult:
+    """What folding one reading per stream did to the open episodes."""
+
     opened: int  # episodes opened by these readings
     ended_rows: list[int]  # rows whose episode ended, in reading order
     ended: list[Episode]  # their episodes
