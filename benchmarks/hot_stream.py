@@ -4,8 +4,9 @@ The engine advances a batch in rounds, one per reading of its busiest stream (a 
 readings depend on each other, so they cannot share a step call). A batch of ``--readings``
 readings of one stream therefore makes that many step calls of one row each, where the same
 number of readings of as many streams makes one call. This measures both, and how much of
-the hot batch is the step itself (the rest is the engine's per-round bookkeeping), so a
-change to either can be judged on evidence.
+the hot batch is the step itself (the rest is the engine's per-round bookkeeping and the
+writing of the score records, as the worker publishes them), so a change to either can be
+judged on evidence.
 
     python benchmarks/hot_stream.py [--json] [--readings 5000]
 """
@@ -31,6 +32,7 @@ from detector.model import ForecasterConfig, build_forecaster, step_params  # no
 from detector.scorer import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
 from streaming.engine import Reading, ScoringEngine  # noqa: E402
+from streaming.output_records import encode_episode, encode_scores  # noqa: E402
 from streaming.state_store import StateStore  # noqa: E402
 
 CHANNELS = 4
@@ -38,11 +40,15 @@ T0_MS = 1_700_000_000_000
 
 
 def engine_seconds(step: StreamingStep, readings: list[Reading]) -> tuple[float, float, int]:
-    """(wall seconds of one ``process`` call, seconds inside the step, step calls)."""
+    """(wall seconds of one ``process`` call and the writing of its score and episode records,
+    as the worker publishes them; seconds inside the step; step calls)."""
     engine = ScoringEngine(step, StateStore(step.layout), [f"c{i}" for i in range(CHANNELS)],
                            "bench")
     start = time.perf_counter()
     result = engine.process(readings)
+    encode_scores(result.scores)
+    for ended in result.episodes:
+        encode_episode(ended)
     return time.perf_counter() - start, result.step_seconds, result.step_calls
 
 

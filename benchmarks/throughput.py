@@ -67,7 +67,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from detector.readings import ReadingMessageWriter  # noqa: E402  (light: no TensorFlow)
+
 CHANNELS = ("temperature", "pressure", "vibration", "current")
+READING_WRITER = ReadingMessageWriter(CHANNELS)
 # Per channel: level, amplitude of a 2-hour cycle, noise; the artifact's normalization matches.
 LEVEL = np.array([20.0, 1.0, 0.5, 10.0])
 AMPLITUDE = np.array([2.0, 0.1, 0.1, 1.0])
@@ -106,10 +109,11 @@ def signal(streams: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarr
     return LEVEL + AMPLITUDE * np.sin(phase) + NOISE * rng.standard_normal((len(streams), 4))
 
 
-def reading_json(head: str, ts: int, v: list[float]) -> bytes:
-    """The worker's reading format; ``head`` is ``{"stream":"<id>","ts":``."""
-    return (f'{head}{ts},"values":{{"temperature":{v[0]:.3f},"pressure":{v[1]:.4f},'
-            f'"vibration":{v[2]:.4f},"current":{v[3]:.3f}}}}}').encode()
+def reading_json(stream: str, ts: int, v: list[float]) -> bytes:
+    """A reading in the worker's format, by the product's writer; values rounded to a
+    sensor's few digits, as producers send them (and the messages stay their real size)."""
+    return READING_WRITER.message(stream, ts, [round(v[0], 3), round(v[1], 4),
+                                               round(v[2], 4), round(v[3], 3)])
 
 
 def _produce_share(bootstrap: str, topic: str, readings: int, streams: int, partitions: int,
@@ -129,7 +133,7 @@ def _produce_share(bootstrap: str, topic: str, readings: int, streams: int, part
         mine = np.flatnonzero(parts % shares == share)
         index = mine.tolist()
         keys = [stream_name(s).encode() for s in index]
-        heads = [f'{{"stream":"{stream_name(s)}","ts":' for s in index]
+        names = [stream_name(s) for s in index]
         part_of = parts[mine].tolist()
         rng = np.random.default_rng([seed, share])
         send = producer.send
@@ -141,7 +145,7 @@ def _produce_share(bootstrap: str, topic: str, readings: int, streams: int, part
             for j, values in enumerate(signal(mine, step, rng).tolist()):
                 if index[j] >= limit:
                     break
-                send(topic, value=reading_json(heads[j], ts, values), key=keys[j],
+                send(topic, value=reading_json(names[j], ts, values), key=keys[j],
                      partition=part_of[j])
                 sent += 1
         producer.flush(timeout=600)
@@ -755,7 +759,7 @@ def _paced_produce(bootstrap: str, topic: str, rate: float, total: int, streams:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     parts = stream_partitions(streams, partitions).tolist()
     keys = [stream_name(s).encode() for s in range(streams)]
-    heads = [f'{{"stream":"{stream_name(s)}","ts":' for s in range(streams)]
+    names = [stream_name(s) for s in range(streams)]
     rng = np.random.default_rng(seed)
     values = signal(np.arange(streams), 0, rng).tolist()
     producer.partitions_for(topic)  # metadata fetched before the clock starts
@@ -779,7 +783,7 @@ def _paced_produce(bootstrap: str, topic: str, rate: float, total: int, streams:
             now = time.time()
             ts = max(int(now * 1000), last_ts[s] + 1)
             last_ts[s] = ts
-            producer.send(topic, value=reading_json(heads[s], ts, values[s]), key=keys[s],
+            producer.send(topic, value=reading_json(names[s], ts, values[s]), key=keys[s],
                           partition=parts[s]).add_callback(acked, i)
             sent_s[i] = now
             stream_of[i] = s

@@ -277,6 +277,7 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     # --plots asks for every stream; without it, the few most worth a look.
     plot_choice = {"plots_dir": plots_dir,
                    "max_plots": None if plots_dir is not None else DEFAULT_MAX_PLOTS}
+    episode_gap = settings.worker.anomaly_episode_gap  # episodes counted as the worker ends them
 
     def progress(done: int, total: int, key: str) -> None:
         click.echo(f"[{done}/{total}] {key}", err=True)
@@ -297,7 +298,7 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
             report = run_nab_protocol(data[0], windows, out_dir,
                                       _short_prefix_training_options(settings),
                                       progress=progress, labels_name=labels_name,
-                                      **plot_choice)
+                                      episode_gap=episode_gap, **plot_choice)
         elif protocol == "skab":
             if windows is not None:
                 raise click.UsageError("--protocol skab reads its labels from the files' "
@@ -306,14 +307,15 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
                 list(data), out_dir, _short_prefix_training_options(settings),
                 train_readings or SKAB_TRAIN_READINGS,
                 "skab" if data_format == "auto" else data_format, progress=progress,
-                **plot_choice)
+                episode_gap=episode_gap, **plot_choice)
         else:
             recording = read_recording(list(data), data_format)
             artifact = load_artifact(settings.model.artifact)
             nab = recording.summary.formats == ("nab",) and len(data) == 1
             report = evaluate_artifact(artifact, recording, out_dir, windows, nab=nab,
                                        labels_name=labels_name,
-                                       nab_data_dir=data[0] if nab else None, **plot_choice)
+                                       nab_data_dir=data[0] if nab else None,
+                                       episode_gap=episode_gap, **plot_choice)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(report_json(report) + "\n")
     if as_json:

@@ -4,7 +4,8 @@ Each record is parsed and validated (:class:`~streaming.messages.ReadingParser`,
 Kafka key against its stream id); a bad one becomes a dead letter
 (:mod:`streaming.dead_letters`). The good ones are scored together by the
 :class:`~streaming.engine.ScoringEngine`, whose own rejections (out of order, duplicate)
-become dead letters too. Score and episode records follow, and the sink's flush waits until
+become dead letters too. Score and episode records follow, written from the engine's typed
+results (:mod:`streaming.output_records`), and the sink's flush waits until
 the broker acknowledged them all. Whatever raises here leaves states advanced for outputs
 that were never acknowledged: the worker aborts its uncommitted work then.
 """
@@ -21,6 +22,7 @@ from streaming.dead_letters import dead_letter
 from streaming.engine import BatchResult, Reading, ScoringEngine
 from streaming.messages import ReadingParser, Rejection
 from streaming.metrics import WorkerMetrics
+from streaming.output_records import encode_episode, encode_scores
 from streaming.ports import RecordSink, SourceRecord
 
 if TYPE_CHECKING:
@@ -46,12 +48,11 @@ def publish_batch(records: Sequence[SourceRecord], parser: ReadingParser,
     """Validates, scores and publishes ``records``; returns once the broker acknowledged
     every output record. Raises :class:`~streaming.ports.OutputError` when it did not."""
     readings: list[Reading] = []
-    origin: list[int] = []
     rejected_by_reason: Counter[str] = Counter()
     letters: list[tuple[SourceRecord, Rejection]] = []
     next_offsets: dict[int, int] = {}
     latest_ts_ms = int((clock() + config.max_future_s) * 1000)
-    for index, record in enumerate(records):
+    for record in records:
         next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
                                              record.offset + 1)
         parsed = parser.parse(record.value, latest_ts_ms=latest_ts_ms)
@@ -62,11 +63,10 @@ def publish_batch(records: Sequence[SourceRecord], parser: ReadingParser,
             continue
         stream, ts_ms, values = parsed
         readings.append(Reading(stream, ts_ms, values, record.partition, record.offset,
-                                record.timestamp))
-        origin.append(index)
+                                record.timestamp, source=record))
     result = engine.process(readings)
-    letters.extend((records[origin[position]], rejection)
-                   for position, rejection in result.rejected)
+    letters.extend((rejected.reading.source, rejected.rejection)
+                   for rejected in result.rejected)
     truncated = 0
     for record, rejection in letters:
         letter = dead_letter(record, rejection, config.dead_letter_max_bytes)
@@ -77,13 +77,14 @@ def publish_batch(records: Sequence[SourceRecord], parser: ReadingParser,
     # Same partition as the reading: per-stream order holds, and kafka-python's
     # pure-Python partitioner (a fifth of its send cost) is skipped.
     co_partitioned = config.co_partitioned
-    for (key, value), partition in zip(result.scores, result.score_partitions, strict=True):
+    for (key, value), partition in zip(encode_scores(result.scores),
+                                       result.scores.partitions, strict=True):
         sink.send(config.scores_topic, key, value,
                   partition=partition if co_partitioned else None)
-    for (key, value), partition in zip(result.episodes, result.episode_partitions,
-                                       strict=True):
+    for ended in result.episodes:
+        key, value = encode_episode(ended)
         sink.send(config.anomalies_topic, key, value,
-                  partition=partition if co_partitioned else None)
+                  partition=ended.partition if co_partitioned else None)
     dropped = sink.flush()  # raises OutputError: nothing of this batch gets committed
     return PublishedBatch(result, rejected_by_reason, len(letters), dropped or 0, truncated,
                           next_offsets, acknowledged_s=clock())

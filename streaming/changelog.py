@@ -94,7 +94,8 @@ class ChangelogWriter:
         written = 0
         for index, row in enumerate(rows.tolist()):
             value = header + blob[index * size:(index + 1) * size]
-            send(topic, store.record_key(row)[0], value, partition=int(store.partition[row]))
+            send(topic, store.stream_of(row).encode(), value,
+                 partition=int(store.partition[row]))
             written += len(value)
         return CheckpointWrite(records=len(rows), tombstones=dead, bytes=written)
 

@@ -89,3 +89,36 @@ def dead_letter(record: SourceRecord, rejection: Rejection, topic_max_bytes: int
         key = key[:max(0, len(key) + room)]
     headers = [*original, *origin, ("cellwatch.truncated", ",".join(cut).encode()), *notes]
     return DeadLetter(key, value, headers, truncated=True)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetterOrigin:
+    """What a dead letter's headers say: why the record was rejected and where it was read,
+    and what was cut to make it fit (empty when nothing was)."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    truncated: tuple[str, ...] = ()
+    original_bytes: int | None = None  # the value's size before it was cut
+
+
+def read_dead_letter_headers(headers: Sequence[tuple[str, bytes]]) -> DeadLetterOrigin:
+    """The cellwatch headers of a dead letter (its original headers are ignored); KeyError
+    naming the first one missing when the record is not a cellwatch dead letter."""
+    found = {name: value for name, value in headers if name.startswith("cellwatch.")}
+    try:
+        truncated = found.get("cellwatch.truncated", b"").decode()
+        original = found.get("cellwatch.original.bytes")
+        return DeadLetterOrigin(
+            reason=found["cellwatch.reason"].decode(),
+            detail=found["cellwatch.detail"].decode("utf-8", "replace"),
+            topic=found["cellwatch.source.topic"].decode(),
+            partition=int(found["cellwatch.source.partition"]),
+            offset=int(found["cellwatch.source.offset"]),
+            truncated=tuple(truncated.split(",")) if truncated else (),
+            original_bytes=None if original is None else int(original))
+    except KeyError as missing:
+        raise KeyError(f"not a cellwatch dead letter: header {missing} missing") from None

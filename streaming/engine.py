@@ -1,6 +1,8 @@
-"""The scoring engine: a batch of readings in, score records and anomaly episodes out.
+"""The scoring engine: a batch of readings in, typed scores and ended anomaly episodes out.
 
 Shared by the Kafka worker and by in-process replay, so both score a recording identically.
+The engine knows no wire format: the records published for its results are written at the
+edge (:mod:`streaming.output_records`).
 
 A batch is scored in rounds: round ``k`` holds the ``k``-th reading of every stream in the
 batch, so several readings of one stream keep their order while all streams of a round share
@@ -9,29 +11,33 @@ round; no reading is ever scored by a per-reading model call.
 
 Per stream the engine also enforces time order (a reading not after the stream's last one is
 rejected as ``out_of_order`` or ``duplicate``), skips readings whose source offset its state
-already reflects (after a restore), and folds flagged readings into anomaly episodes: an
-episode opens at a flagged reading and closes after ``episode_gap`` unflagged readings,
-producing one event with its start, peak, end and the channels that stood out.
+already reflects (after a restore), and folds flags into anomaly episodes by the rule of
+:mod:`detector.episodes` (an episode ends after ``episode_gap`` unflagged readings), the
+same rule ``cellwatch evaluate`` counts episodes by.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from detector.episodes import Episode, fold_flags
 from detector.step import StreamingStep
 from streaming.messages import Rejection, RejectReason
-from streaming.state_store import NO_EPISODE, StateStore
+from streaming.state_store import StateStore
+
+if TYPE_CHECKING:
+    from streaming.ports import SourceRecord
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reading:
-    """A validated reading and where it came from."""
+    """A validated reading and where it came from (``source``: the consumed record, which a
+    rejection hands back so it can be dead-lettered with its original bytes)."""
 
     stream: str
     ts_ms: int
@@ -39,41 +45,74 @@ class Reading:
     partition: int = 0
     offset: int = -1
     broker_ts_ms: int = -1
+    source: SourceRecord | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RejectedReading:
+    """A reading the engine refused (out of order, duplicate), and why."""
+
+    reading: Reading
+    rejection: Rejection
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredReadings:
+    """What the step said of each scored reading, as columns in arrival order (a batch holds
+    thousands: one object per reading would cost more than encoding it)."""
+
+    streams: list[str]
+    ts_ms: np.ndarray  # int64
+    partitions: list[int]  # source partition: outputs stay co-partitioned
+    score: np.ndarray  # float32
+    likelihood: np.ndarray  # float32
+    surprise: np.ndarray  # float32
+    onset: np.ndarray  # float32
+    flag: np.ndarray  # bool
+    top_channel: np.ndarray  # int, index into channels
+    channels: tuple[str, ...]
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndedEpisode:
+    """An anomaly episode of ``stream`` that ended in this batch."""
+
+    stream: str
+    partition: int  # of the stream's latest reading
+    episode: Episode
+    channels: tuple[str, ...]  # the channels in the episode's channel mask
+    model_version: str
 
 
 @dataclasses.dataclass
 class BatchResult:
-    """What one batch produced; records are ``(key, value)`` bytes ready to publish."""
+    """What one batch produced."""
 
-    scores: list[tuple[bytes, bytes]]
-    episodes: list[tuple[bytes, bytes]]
-    # Source partition of each score and episode record: outputs stay co-partitioned.
-    score_partitions: list[int]
-    episode_partitions: list[int]
-    rejected: list[tuple[int, Rejection]]
+    scores: ScoredReadings
+    episodes: list[EndedEpisode]
+    rejected: list[RejectedReading]
     skipped: int
-    score: np.ndarray
-    likelihood: np.ndarray
     flagged: int
     episodes_opened: int
-    reading_ts_ms: np.ndarray
     broker_ts_ms: np.ndarray
     step_seconds: float
     step_calls: int
 
+    @property
+    def score(self) -> np.ndarray:
+        return self.scores.score
 
-def _number(value: float) -> str:
-    """A JSON number, or ``null`` for a non-finite value: JSON has no NaN or infinity, and a
-    record carrying Python's ``inf`` or ``NaN`` literals would break strict consumers."""
-    # Seven significant digits hold a float32 exactly enough and print the same every time.
-    value = float(value)
-    return format(value, ".7g") if math.isfinite(value) else "null"
+    @property
+    def likelihood(self) -> np.ndarray:
+        return self.scores.likelihood
 
-
-def _number_or_none(value: float) -> float | None:
-    """The value as :func:`_number` writes it, for ``json.dumps``; None for non-finite."""
-    text = _number(value)
-    return None if text == "null" else float(text)
+    @property
+    def reading_ts_ms(self) -> np.ndarray:
+        return self.scores.ts_ms
 
 
 class ScoringEngine:
@@ -83,8 +122,8 @@ class ScoringEngine:
         step: the model's vectorized streaming step.
         store: where each stream's state lives.
         channels: channel names in model order (for the top channel and episode channels).
-        model_version: written into every score and episode record.
-        episode_gap: unflagged readings that close an open anomaly episode.
+        model_version: carried by every result, for the records written of it.
+        episode_gap: unflagged readings in a row that end an open anomaly episode.
         clock: wall clock in seconds (for idle eviction); injectable for tests.
     """
 
@@ -103,14 +142,12 @@ class ScoringEngine:
         self.model_version = model_version
         self.episode_gap = episode_gap
         self.clock = clock
-        self._channel_json = [json.dumps(name) for name in self.channels]
-        self._version_json = json.dumps(model_version)
 
     def process(self, readings: Sequence[Reading]) -> BatchResult:
         """Scores ``readings`` (in arrival order); rejects or skips those it must."""
         store = self.store
         now_s = self.clock()
-        rejected: list[tuple[int, Rejection]] = []
+        rejected: list[RejectedReading] = []
         accepted: list[int] = []
         rounds: list[int] = []
         rows: list[int] = []
@@ -129,7 +166,7 @@ class ScoringEngine:
             if reading.ts_ms <= last:
                 reason = (RejectReason.DUPLICATE if reading.ts_ms == last
                           else RejectReason.OUT_OF_ORDER)
-                rejected.append((index, Rejection(
+                rejected.append(RejectedReading(reading, Rejection(
                     reason, f"stream {reading.stream!r}: ts {reading.ts_ms} is not after the "
                             f"stream's last reading at {last}")))
                 if reading.offset >= 0 and reading.partition == store.partition[row]:
@@ -145,11 +182,11 @@ class ScoringEngine:
             rows.append(row)
 
         count = len(accepted)
-        score = np.empty(count, np.float32)
-        likelihood = np.empty(count, np.float32)
-        scores_out: list[tuple[bytes, bytes]] = [(b"", b"")] * count
-        episodes_out: list[tuple[bytes, bytes]] = []
-        episode_partitions: list[int] = []
+        columns = {name: np.empty(count, dtype) for name, dtype in (
+            ("score", np.float32), ("likelihood", np.float32), ("surprise", np.float32),
+            ("onset", np.float32), ("flag", bool), ("top_channel", np.int32))}
+        ts = np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count)
+        episodes: list[EndedEpisode] = []
         flagged = opened = 0
         step_seconds = 0.0
         step_calls = 0
@@ -157,7 +194,6 @@ class ScoringEngine:
             rows_arr = np.asarray(rows, dtype=np.int64)
             rounds_arr = np.asarray(rounds, dtype=np.int64)
             values = np.stack([readings[i].values for i in accepted])
-            ts = np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count)
             offsets = np.fromiter((readings[i].offset for i in accepted), np.int64, count)
             partitions = np.fromiter((readings[i].partition for i in accepted), np.int32, count)
             last_round = int(rounds_arr.max())
@@ -181,97 +217,42 @@ class ScoringEngine:
                 store.last_seen_s[round_rows] = now_s
                 store.last_used[round_rows] = store.next_use + members
                 store.dirty[round_rows] = True
-                score[members] = result.score
-                likelihood[members] = result.likelihood
+                for name, column in columns.items():
+                    column[members] = getattr(result, name)
                 flagged += int(result.flag.sum())
-                opened += self._update_episodes(round_rows, ts[members], result, episodes_out,
-                                                episode_partitions)
-                self._format_scores(members, round_rows, ts[members], result, scores_out)
+                opened += self._fold_episodes(round_rows, ts[members], result, episodes)
             store.next_use += count
+        scores = ScoredReadings(
+            streams=[readings[i].stream for i in accepted], ts_ms=ts,
+            partitions=[readings[i].partition for i in accepted], **columns,
+            channels=self.channels, model_version=self.model_version)
         return BatchResult(
-            scores=scores_out, episodes=episodes_out,
-            score_partitions=[readings[i].partition for i in accepted],
-            episode_partitions=episode_partitions, rejected=rejected, skipped=skipped,
-            score=score, likelihood=likelihood, flagged=flagged, episodes_opened=opened,
-            reading_ts_ms=np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count),
+            scores=scores, episodes=episodes, rejected=rejected, skipped=skipped,
+            flagged=flagged, episodes_opened=opened,
             broker_ts_ms=np.fromiter((readings[i].broker_ts_ms for i in accepted), np.int64,
                                      count),
             step_seconds=step_seconds, step_calls=step_calls)
 
-    def _format_scores(self, members, rows, ts, result, out) -> None:
+    def _fold_episodes(self, rows: np.ndarray, ts: np.ndarray, result,
+                       out: list[EndedEpisode]) -> int:
+        """Folds one round's flags into the streams' episodes (:func:`fold_flags`: a round
+        holds one reading per stream); appends the episodes that ended; returns how many
+        opened."""
         store = self.store
-        channel_json = self._channel_json
-        version = self._version_json
-        for position, row, when, s, p, q, o, f, top in zip(
-                members.tolist(), rows.tolist(), ts.tolist(), result.score.tolist(),
-                result.likelihood.tolist(), result.surprise.tolist(), result.onset.tolist(),
-                result.flag.tolist(), result.top_channel.tolist(), strict=True):
-            key, stream_json = store.record_key(row)
-            value = (f'{{"stream":{stream_json},"ts":{when},"score":{_number(s)},'
-                     f'"likelihood":{_number(p)},"surprise":{_number(q)},"onset":{_number(o)},'
-                     f'"flag":{"true" if f else "false"},"top_channel":{channel_json[top]},'
-                     f'"model_version":{version}}}')
-            out[position] = (key, value.encode())
-
-    def _update_episodes(self, rows, ts, result, out, partitions) -> int:
-        """Folds flags into episodes; returns how many opened. Loops only over streams that
-        are flagged now or have an episode open."""
-        store = self.store
-        open_now = store.episode_start_ms[rows] != NO_EPISODE
-        interesting = np.flatnonzero(result.flag | open_now)
-        opened = 0
-        for i in interesting.tolist():
-            row = int(rows[i])
-            when = int(ts[i])
-            if result.flag[i]:
-                top = int(result.top_channel[i])
-                if store.episode_start_ms[row] == NO_EPISODE:
-                    opened += 1
-                    store.episode_start_ms[row] = when
-                    store.episode_peak_score[row] = -1.0
-                    store.episode_readings[row] = 0
-                    store.episode_channel_mask[row] = 0
-                store.episode_end_ms[row] = when
-                store.episode_readings[row] += 1
-                store.episode_quiet[row] = 0
-                store.episode_channel_mask[row] |= np.uint64(1 << top)
-                if result.score[i] > store.episode_peak_score[row]:
-                    store.episode_peak_score[row] = result.score[i]
-                    store.episode_peak_likelihood[row] = result.likelihood[i]
-                    store.episode_peak_ms[row] = when
-            else:
-                store.episode_quiet[row] += 1
-                if store.episode_quiet[row] >= self.episode_gap:
-                    out.append(self._episode_record(row))
-                    partitions.append(int(store.partition[row]))
-                    store.episode_start_ms[row] = NO_EPISODE
-                    store.episode_quiet[row] = 0
-        return opened
-
-    def _episode_record(self, row: int) -> tuple[bytes, bytes]:
-        store = self.store
-        mask = int(store.episode_channel_mask[row])
-        channels = [name for bit, name in enumerate(self.channels) if mask >> bit & 1]
-        event = {
-            "stream": store.stream_of(row),
-            "start_ts": int(store.episode_start_ms[row]),
-            "peak_ts": int(store.episode_peak_ms[row]),
-            "end_ts": int(store.episode_end_ms[row]),
-            "peak_score": _number_or_none(store.episode_peak_score[row]),
-            "peak_likelihood": _number_or_none(store.episode_peak_likelihood[row]),
-            "flagged_readings": int(store.episode_readings[row]),
-            "channels": channels,
-            "model_version": self.model_version,
-        }
-        return store.stream_of(row).encode(), json.dumps(event, separators=(",", ":"),
-                                                         allow_nan=False).encode()
+        folded = fold_flags(store, rows, ts, result.flag, result.score, result.likelihood,
+                            result.top_channel, self.episode_gap)
+        for row, episode in zip(folded.ended_rows, folded.ended, strict=True):
+            out.append(EndedEpisode(store.stream_of(row), int(store.partition[row]), episode,
+                                    episode.channels(self.channels), self.model_version))
+        return folded.opened
 
     def evict_idle(self, max_idle_s: float) -> list[tuple[bytes, int]]:
         """Forgets streams silent for longer than ``max_idle_s``; returns their Kafka keys
         and partitions (the changelog gets a tombstone for each)."""
         store = self.store
         rows = store.idle_rows(self.clock(), max_idle_s)
-        evicted = [(store.record_key(row)[0], int(store.partition[row])) for row in rows.tolist()]
+        evicted = [(store.stream_of(row).encode(), int(store.partition[row]))
+                   for row in rows.tolist()]
         store.release(rows)
         return evicted
 
@@ -284,7 +265,7 @@ class ScoringEngine:
         if excess <= 0:
             return []
         oldest = rows[np.argpartition(store.last_used[rows], excess - 1)[:excess]]
-        evicted = [(store.record_key(row)[0], int(store.partition[row]))
+        evicted = [(store.stream_of(row).encode(), int(store.partition[row]))
                    for row in oldest.tolist()]
         store.release(oldest)
         return evicted

@@ -1,4 +1,10 @@
-"""The readings topic's message format, and why a message is rejected.
+"""The readings topic's message format: read (and validated) here, and why a message is rejected.
+
+The topics' formats at the edge of the worker: readings here (the writer,
+:class:`~detector.readings.ReadingMessageWriter`, lives in :mod:`detector.readings` because
+``training`` writes readings too and may not import ``streaming``; it is re-exported here),
+scores and anomaly episodes in :mod:`streaming.output_records`, dead letters and their
+headers in :mod:`streaming.dead_letters`.
 
 A reading is a JSON object, UTF-8, keyed by its stream id::
 
@@ -36,7 +42,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.readings import parse_timestamp_ms
+from detector.readings import ReadingMessageWriter, parse_timestamp_ms, reading_message
+
+__all__ = ["EARLIEST_TS_MS", "ReadingMessageWriter", "ReadingParser", "RejectReason",
+           "Rejection", "reading_message"]
 
 
 class RejectReason(enum.StrEnum):

@@ -9,7 +9,6 @@ so it gives the worker's scores without a broker.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO
@@ -17,18 +16,11 @@ from typing import IO
 import numpy as np
 
 from streaming.engine import Reading, ScoringEngine
+from streaming.messages import ReadingMessageWriter
+from streaming.output_records import encode_episode, encode_scores
 from streaming.ports import RecordSink
 
 RecordedReading = tuple[str, int, Sequence[float]]
-
-
-def reading_message(stream: str, ts_ms: int, values: Sequence[float],
-                    channels: Sequence[str]) -> bytes:
-    """A reading in the readings topic's format (see :mod:`streaming.messages`)."""
-    payload = {"stream": stream, "ts": int(ts_ms),
-               "values": {name: float(value) for name, value in zip(channels, values,
-                                                                    strict=True)}}
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def replay_to_kafka(readings: Iterable[RecordedReading], channels: Sequence[str],
@@ -46,6 +38,7 @@ def replay_to_kafka(readings: Iterable[RecordedReading], channels: Sequence[str]
     """
     if speed < 0:
         raise ValueError(f"`speed` must be 0 (as fast as possible) or positive, received {speed}")
+    message = ReadingMessageWriter(channels).message
     sent = 0
     first_ts = None
     started = monotonic()
@@ -57,7 +50,7 @@ def replay_to_kafka(readings: Iterable[RecordedReading], channels: Sequence[str]
             ahead = due - monotonic()
             if ahead > 0.001:  # below a millisecond a sleep costs more than it paces
                 sleep(ahead)
-        sink.send(topic, stream.encode(), reading_message(stream, ts_ms, values, channels))
+        sink.send(topic, stream.encode(), message(stream, ts_ms, values))
         sent += 1
         if sent % flush_every == 0:
             sink.flush()
@@ -94,9 +87,10 @@ def score_in_process(readings: Iterable[RecordedReading], engine: ScoringEngine,
         stats.rejected += len(result.rejected)
         stats.flagged += result.flagged
         stats.episodes += len(result.episodes)
-        scores_out.writelines(value + b"\n" for _, value in result.scores)
+        scores_out.writelines(value + b"\n" for _, value in encode_scores(result.scores))
         if anomalies_out is not None:
-            anomalies_out.writelines(value + b"\n" for _, value in result.episodes)
+            anomalies_out.writelines(encode_episode(ended)[1] + b"\n"
+                                     for ended in result.episodes)
         batch.clear()
         if progress is not None:
             progress(stats.readings)

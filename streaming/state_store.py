@@ -14,16 +14,16 @@ send only those.
 
 from __future__ import annotations
 
-import json
 import sys
 import typing
 from collections.abc import Sequence
 
 import numpy as np
 
+from detector.episodes import NO_EPISODE
 from detector.state import StateLayout
 
-NO_EPISODE = -1
+__all__ = ["NO_EPISODE", "StateStore", "checkpoint_dtype"]
 
 # The bookkeeping that travels with the detector state in a checkpoint record, packed and
 # little-endian after the state vector (64 bytes). Partition and eviction clock stay local: a
@@ -34,10 +34,6 @@ _SIDECAR_FIELDS = (
     ("episode_peak_likelihood", "<f4"), ("episode_readings", "<i4"), ("episode_quiet", "<i4"),
     ("episode_channel_mask", "<u8"),
 )
-
-
-def _keys_size(keys: tuple[bytes, str]) -> int:
-    return sys.getsizeof(keys) + sys.getsizeof(keys[0]) + sys.getsizeof(keys[1])
 
 
 def checkpoint_dtype(layout: StateLayout) -> np.dtype:
@@ -63,7 +59,8 @@ class StateStore:
             counts as a use after every earlier one (a stream just handed to this worker is
             not the first to be evicted).
         next_use: the next sequence number (the engine takes one per applied reading).
-        episode_*: the open anomaly episode (``episode_start_ms == NO_EPISODE`` when none).
+        episode_*: the open anomaly episode (``episode_start_ms == NO_EPISODE`` when none),
+            folded by :func:`detector.episodes.fold_flags`.
         dirty: bool, changed since the last :meth:`take_dirty`.
     """
 
@@ -86,8 +83,7 @@ class StateStore:
         self._row_of: dict[str, int] = {}
         self._stream_of: list[str | None] = [None] * self._capacity
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
-        self._record_keys: list[tuple[bytes, str] | None] = [None] * self._capacity
-        self._text_bytes = 0  # the stream ids and their cached keys, as Python objects
+        self._text_bytes = 0  # the stream ids, as Python objects
         self.next_use = 1
 
     def __len__(self) -> int:
@@ -99,11 +95,10 @@ class StateStore:
     @property
     def nbytes(self) -> int:
         """Bytes held for the streams, the figure exported as a metric: the arrays
-        (allocated capacity), the stream ids and their cached Kafka keys and JSON literals
-        (Python objects, which for long ids outweigh the state), and the containers that
-        index them."""
+        (allocated capacity), the stream ids (Python objects, which for long ids outweigh
+        the state), and the containers that index them."""
         containers = (sys.getsizeof(self._row_of) + sys.getsizeof(self._stream_of)
-                      + sys.getsizeof(self._record_keys) + sys.getsizeof(self._free))
+                      + sys.getsizeof(self._free))
         return self.array_bytes + containers + self._text_bytes
 
     @property
@@ -120,17 +115,6 @@ class StateStore:
         if stream is None:
             raise KeyError(f"row {row} holds no stream")
         return stream
-
-    def record_key(self, row: int) -> tuple[bytes, str]:
-        """The stream id as a Kafka key and as a JSON string literal, cached per stream:
-        every output record of the stream reuses both."""
-        keys = self._record_keys[row]
-        if keys is None:
-            stream = self.stream_of(row)
-            keys = (stream.encode(), json.dumps(stream))
-            self._record_keys[row] = keys
-            self._text_bytes += _keys_size(keys)
-        return keys
 
     def row_for(self, stream: str, partition: int) -> int:
         """The stream's row, allocating a fresh one (initial state) for a new stream."""
@@ -154,7 +138,6 @@ class StateStore:
             setattr(self, name, np.concatenate(
                 [getattr(self, name), np.full(old, fill, dtype=dtype)]))
         self._stream_of.extend([None] * old)
-        self._record_keys.extend([None] * old)
         self._free.extend(range(self._capacity - 1, old - 1, -1))
 
     def release(self, rows: Sequence[int] | np.ndarray) -> None:
@@ -165,11 +148,7 @@ class StateStore:
                 continue
             del self._row_of[stream]
             self._text_bytes -= sys.getsizeof(stream)
-            keys = self._record_keys[row]
-            if keys is not None:
-                self._text_bytes -= _keys_size(keys)
             self._stream_of[row] = None
-            self._record_keys[row] = None
             self.state[row] = 0.0
             for name, (_, fill) in self._ARRAYS.items():
                 getattr(self, name)[row] = fill

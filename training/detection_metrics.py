@@ -11,16 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from detector.episodes import episode_spans
 
-def runs(mask: np.ndarray, merge_gap: int = 0) -> list[tuple[int, int]]:
-    """Inclusive (first, last) index pairs of the True runs of ``mask``.
 
-    Runs separated by at most ``merge_gap`` False values are merged into one.
-    """
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) index pairs of the True runs of ``mask`` (labeled windows;
+    flags fold into episodes by :func:`detector.episodes.episode_spans` instead)."""
     index = np.flatnonzero(np.asarray(mask, dtype=bool))
     if index.size == 0:
         return []
-    breaks = np.flatnonzero(np.diff(index) > merge_gap + 1)
+    breaks = np.flatnonzero(np.diff(index) > 1)
     starts = np.concatenate([[index[0]], index[breaks + 1]])
     ends = np.concatenate([index[breaks], [index[-1]]])
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
@@ -100,8 +100,9 @@ def windowwise_metrics(flags: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     """Labeled windows found, and detection episodes that were right, over every stream.
 
     A labeled window (a run of labeled readings) is found when a flag falls inside it; a
-    detection episode (a run of flags, gaps of up to ``episode_gap`` readings merged) is
-    correct when it overlaps a labeled window.
+    detection episode is correct when it overlaps a labeled window. Episodes are the
+    worker's (:mod:`detector.episodes`): one ends after ``episode_gap`` unflagged readings,
+    so flags separated by fewer belong to one episode.
     """
     windows = found = episodes = correct = 0
     for flag, label in zip(flags, labels, strict=True):
@@ -110,12 +111,13 @@ def windowwise_metrics(flags: Sequence[np.ndarray], labels: Sequence[np.ndarray]
         for first, last in runs(label):
             windows += 1
             found += bool(flag[first: last + 1].any())
-        for first, last in runs(flag, merge_gap=episode_gap):
+        for first, last in episode_spans(flag, episode_gap):
             episodes += 1
             correct += bool(label[first: last + 1].any())
     precision, recall = _ratio(correct, episodes), _ratio(found, windows)
     f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return {"precision": precision, "recall": recall, "f1": f1, "windows": windows,
             "windows_found": found, "episodes": episodes, "episodes_correct": correct,
-            "rule": f"a labelled window found by a flag inside it; episodes of flags with "
-                    f"gaps <= {episode_gap} merged, right when they overlap a window"}
+            "rule": f"a labelled window found by a flag inside it; an episode of flags ends "
+                    f"after {episode_gap} unflagged readings (as the worker's), right when it "
+                    f"overlaps a window"}

@@ -8,8 +8,9 @@ scores them (in process, without Kafka). From the flags, surprises and labels co
 * point-wise precision, recall and F1 (each reading is a case), next to the F1 of flagging
   every reading (the trivial baseline) and the ROC AUC of the surprise;
 * window-wise precision, recall and F1: a labeled window (a run of labeled readings) is found
-  when a flag falls inside it; a detection episode (a run of flags, gaps of up to
-  ``episode_gap`` readings merged) is correct when it overlaps a labeled window;
+  when a flag falls inside it; a detection episode (by the worker's rule,
+  :mod:`detector.episodes`: it ends after ``episode_gap`` unflagged readings) is correct
+  when it overlaps a labeled window;
 * the NAB score, for NAB-layout data with its windows (:mod:`training.nab`), and NAB
   results files with a row per input row (:mod:`training.nab_results`);
 * one PNG per stream (:mod:`training.evaluation_plots`) and an ``index.md`` linking them.
@@ -305,13 +306,15 @@ def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | Non
                       nab: bool = False, detector_name: str = "cellwatch",
                       plots_dir: Path | None = None,
                       max_plots: int | None = DEFAULT_MAX_PLOTS,
-                      labels_name: str = "the labels", nab_data_dir: Path | None = None) -> dict:
+                      labels_name: str = "the labels", nab_data_dir: Path | None = None,
+                      episode_gap: int = 3) -> dict:
     """Scores ``recording`` with a loaded artifact and evaluates it against its labels.
 
     Labels come from the recording's ``label`` column, or else from ``windows`` (named
     ``labels_name`` in messages), which must name at least one of its streams. With ``nab``
     the NAB score is computed from ``windows`` and NAB results files are written (a row per
-    input row of the files under ``nab_data_dir``, when given).
+    input row of the files under ``nab_data_dir``, when given). Detection episodes end
+    after ``episode_gap`` unflagged readings, as the worker's (``worker.anomaly_episode_gap``).
     """
     if windows is not None and not recording.labeled:
         check_label_keys(windows, list(recording.streams), labels_name)
@@ -328,7 +331,8 @@ def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | Non
     report = evaluate_scores(scored, recording.channels, labels, windows if nab else None,
                              out_dir, artifact.metadata.scorer.threshold, detector_name,
                              max_plots=max_plots, plots_dir=plots_dir,
-                             nab_data_dir=nab_data_dir if nab else None)
+                             nab_data_dir=nab_data_dir if nab else None,
+                             episode_gap=episode_gap)
     report["protocol"] = "artifact"
     report["model_version"] = artifact.metadata.model_version
     return report

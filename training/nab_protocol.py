@@ -36,7 +36,7 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
                      detector_name: str = "cellwatch",
                      progress: Callable[[int, int, str], None] | None = None,
                      labels_name: str = "the labels", plots_dir: Path | None = None,
-                     max_plots: int | None = DEFAULT_MAX_PLOTS) -> dict:
+                     max_plots: int | None = DEFAULT_MAX_PLOTS, episode_gap: int = 3) -> dict:
     """NAB's protocol: per file, train only on its probationary period, then stream it all.
 
     One set of hyperparameters (``options``) serves every file; the normalization, the
@@ -70,7 +70,8 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
               for key, s in recording.streams.items()}
     report = evaluate_scores(scored, recording.channels, labels, windows, out_dir,
                              options.scorer.threshold, detector_name, max_plots=max_plots,
-                             plots_dir=plots_dir, nab_data_dir=data_dir)
+                             plots_dir=plots_dir, nab_data_dir=data_dir,
+                             episode_gap=episode_gap)
     report["protocol"] = "nab"
     report["training_options"] = options_summary(options)
     report["dropped_rows"] = recording.summary.dropped_rows

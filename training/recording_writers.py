@@ -7,13 +7,12 @@ Part of :mod:`training.recordings`, which re-exports :func:`write_long_csv` and
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 
 import numpy as np
 
-from detector.readings import format_timestamp_ms
+from detector.readings import ReadingMessageWriter, format_timestamp_ms
 from training.recording_parsing import gc_paused
 from training.recording_series import Recording, replay_order
 
@@ -77,20 +76,14 @@ def write_long_csv(recording: Recording, path: str | os.PathLike[str],
 
 
 def write_jsonl(recording: Recording, path: str | os.PathLike[str]) -> None:
-    """Write ``recording`` as JSON lines in the Kafka message shape, in replay order:
-    ``{"stream": ..., "ts": "<RFC 3339 UTC>", "values": {"<channel>": number | null}}``, plus
-    ``"label": 0 | 1`` when the recording is labeled (numbers as json.dumps writes them)."""
-    channels = ", ".join(f"{json.dumps(name)}: %s" for name in recording.channels)
-    template = '{"stream": %s, "ts": "%s", "values": {' + channels + "}"
-    template += ', "label": %d}\n' if recording.labeled else "}\n"
-    quoted: dict[str, str] = {}
+    """Write ``recording`` as JSON lines in the Kafka message shape, in replay order, by the
+    readings' own writer (:class:`detector.readings.ReadingMessageWriter`):
+    ``{"stream":...,"ts":"<RFC 3339 UTC>","values":{"<channel>":number|null}}``, plus
+    ``"label":0|1`` when the recording is labeled; a missing value is ``null``."""
+    writer = ReadingMessageWriter(recording.channels)
+    text = writer.text
     with open(path, "w", encoding="utf-8") as handle, gc_paused():
         for streams, times, values, flags in _replay_chunks(recording):
-            for stream in set(streams).difference(quoted):
-                quoted[stream] = json.dumps(stream)
-            columns = [[repr(v) if v is not None else "null" for v in column]
-                       for column in _value_columns(values, None)]
-            if flags is not None:
-                columns.append(flags.tolist())
-            handle.writelines(template % row for row in zip(
-                [quoted[s] for s in streams], times, *columns, strict=True))
+            labels = flags.tolist() if flags is not None else [None] * len(streams)
+            handle.writelines(text(stream, when, row, label) + "\n" for stream, when, row, label
+                              in zip(streams, times, values.tolist(), labels, strict=True))

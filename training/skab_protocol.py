@@ -46,7 +46,7 @@ def run_skab_protocol(paths: Sequence[Path], out_dir: Path, options,
                       detector_name: str = "cellwatch",
                       progress: Callable[[int, int, str], None] | None = None,
                       plots_dir: Path | None = None,
-                      max_plots: int | None = DEFAULT_MAX_PLOTS) -> dict:
+                      max_plots: int | None = DEFAULT_MAX_PLOTS, episode_gap: int = 3) -> dict:
     """Runs SKAB's protocol over the files under ``paths`` and returns the report.
 
     Every file's model starts from the same seeded weights
@@ -72,7 +72,8 @@ def run_skab_protocol(paths: Sequence[Path], out_dir: Path, options,
     report = evaluate_scores(scored, recording.channels, labels, None, out_dir,
                              options.scorer.threshold, detector_name, max_plots=max_plots,
                              plots_dir=plots_dir,
-                             test_start={key: train_readings for key in scored})
+                             test_start={key: train_readings for key in scored},
+                             episode_gap=episode_gap)
     report["protocol"] = "skab"
     report["train_readings"] = train_readings
     report["training_options"] = options_summary(options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from cellwatch.wiring import run_worker
 from detector.artifact import save_artifact
 from detector.features import ChannelScaler
 from detector.scorer import ScorerConfig
+from streaming.messages import reading_message
 from tests.unit.detector.conftest import make_model
 
 CHANNELS = ("temperature", "pressure", "vibration")
@@ -115,8 +115,8 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
 
 
 def reading_bytes(stream: str, ts: int, values: list[float]) -> bytes:
-    return json.dumps({"stream": stream, "ts": ts, "values": dict(zip(CHANNELS, values,
-                                                                      strict=True))}).encode()
+    """A reading as producers write it, by the product's own writer."""
+    return reading_message(stream, ts, values, CHANNELS)
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 90.0) -> list:

@@ -27,6 +27,7 @@ from kafka import KafkaConsumer, TopicPartition
 from detector.artifact import load_artifact
 from streaming import worker as worker_module
 from streaming.engine import Reading, ScoringEngine
+from streaming.output_records import encode_scores
 from streaming.state_store import StateStore
 from tests.integration.servers import REPO_ROOT, KafkaBroker, free_port
 from tests.integration.streaming_support import (
@@ -136,7 +137,8 @@ def reference_scores(artifact: Path, rows: Sequence[tuple[str, int, list[float]]
     for start in range(0, len(rows), 5000):
         batch = [Reading(s, ts, np.asarray(v, np.float32)) for s, ts, v in
                  rows[start:start + 5000]]
-        for reading, (_, value) in zip(batch, engine.process(batch).scores, strict=True):
+        for reading, (_, value) in zip(batch, encode_scores(engine.process(batch).scores),
+                                       strict=True):
             out[(reading.stream, reading.ts_ms)] = value
     return out
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
 from cellwatch.cli import main
+from detector.readings import ReadingMessageWriter
 from tests.integration.servers import REPO_ROOT, free_port
 from tests.integration.streaming_support import (
     CHANNELS,
@@ -42,10 +43,9 @@ def artifact(tmp_path_factory):
 
 
 def write_recording(path: Path, rows) -> Path:
+    text = ReadingMessageWriter(CHANNELS).text
     with path.open("w") as out:
-        for stream, ts, values in rows:
-            out.write(json.dumps({"stream": stream, "ts": ts,
-                                  "values": dict(zip(CHANNELS, values, strict=True))}) + "\n")
+        out.writelines(text(stream, ts, values) + "\n" for stream, ts, values in rows)
     return path
 
 

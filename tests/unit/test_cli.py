@@ -180,10 +180,13 @@ def test_evaluate_skab_protocol_text_report_and_json(tmp_path: Path) -> None:
     assert (mine / "valve1_0.csv.png").read_bytes() == b"my own picture"
     assert "[1/2]" not in refused.stderr
 
-    as_json = run([*args, "--json"], env=SMALL_MODEL)
+    # Episodes are counted as the worker would end them, with its setting.
+    as_json = run([*args, "--json"],
+                  env={**SMALL_MODEL, "CELLWATCH_WORKER_ANOMALY_EPISODE_GAP": "5"})
     assert as_json.exit_code == 0, as_json.output
     report = json.loads(as_json.stdout)  # nothing but the JSON on stdout
     assert report == json.loads((out / "evaluation.json").read_text())
+    assert report["episode_gap"] == 5 and "after 5 unflagged" in report["windowwise"]["rule"]
     assert report["all_flag_baseline"]["f1"] == 180 / (180 + 620 / 2)
     assert set(report["per_stream"]) == {"valve1/0.csv", "valve1/1.csv"}
     # Without --plots, the default folder <out>/plots.

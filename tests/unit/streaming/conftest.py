@@ -16,8 +16,9 @@ import pytest
 from detector.scorer import ScorerConfig
 from detector.step import StreamingStep
 from streaming.engine import BatchResult, Reading, ScoringEngine
+from streaming.messages import reading_message
+from streaming.output_records import encode_episode, encode_scores
 from streaming.ports import OutputError
-from streaming.replay import reading_message
 
 CHANNELS = ("temperature", "pressure", "flow")
 MODEL_VERSION = "test-model-1"
@@ -58,6 +59,23 @@ def step(model_parts: ModelParts) -> StreamingStep:
 def recorded(model_parts: ModelParts) -> np.ndarray:
     """Raw readings ``[streams, steps, channels]`` in the scale the model was normalized to."""
     return model_parts.values
+
+
+def score_records(result: BatchResult) -> list[tuple[bytes, bytes]]:
+    """The ``(key, value)`` score records the worker publishes for ``result``."""
+    return encode_scores(result.scores)
+
+
+def episode_records(result: BatchResult) -> list[tuple[bytes, bytes]]:
+    """The ``(key, value)`` anomaly records the worker publishes for ``result``."""
+    return [encode_episode(ended) for ended in result.episodes]
+
+
+def rejected_positions(readings: Sequence[Reading], result: BatchResult) -> list[int]:
+    """Where in ``readings`` each reading the engine rejected was (rejections carry the
+    reading itself)."""
+    return [next(index for index, reading in enumerate(readings) if reading is rejected.reading)
+            for rejected in result.rejected]
 
 
 def minutes(*values: int) -> list[int]:
@@ -141,9 +159,6 @@ class FaultyEngine(ScoringEngine):
             return super().process(readings)
         if fault.kind == "drop":
             result = super().process([*readings[:target], *readings[target + 1:]])
-            # Positions refer to the caller's list, which still holds the dropped reading.
-            result.rejected = [(position + (position >= target), rejection)
-                               for position, rejection in result.rejected]
             result.skipped += 1  # as a broken "already applied" check would count it
             return result
         real_step = self.step

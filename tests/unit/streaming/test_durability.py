@@ -32,6 +32,7 @@ from tests.unit.streaming.conftest import (
     SentRecord,
     readings_of,
     record_of,
+    score_records,
 )
 
 CHANGELOG = "changelog"
@@ -201,7 +202,8 @@ def reference(step: StreamingStep, readings: Sequence[Reading]) -> dict[bytes, b
     engine = ScoringEngine(step, StateStore(step.layout), CHANNELS, MODEL_VERSION,
                            CONFIG.episode_gap)
     return {key + b"@" + str(r.ts_ms).encode(): value
-            for r, (key, value) in zip(readings, engine.process(readings).scores, strict=True)}
+            for r, (key, value) in zip(readings, score_records(engine.process(readings)),
+                                       strict=True)}
 
 
 def scores_by_key(broker: Broker) -> dict[bytes, set[bytes]]:
@@ -609,7 +611,7 @@ def test_a_model_with_another_layout_restarts_learning_without_reapplying(
     worker.process([record_of(r) for r in readings[:5]])
     assert registry.get_sample_value("cellwatch_readings_skipped_total") == 4
     fresh = ScoringEngine(new_step, StateStore(new_step.layout), CHANNELS, "v2", 3)
-    assert broker.on("scores")[-1].value == fresh.process([readings[4]]).scores[0][1]
+    assert broker.on("scores")[-1].value == score_records(fresh.process([readings[4]]))[0][1]
 
 
 def test_a_model_with_other_channels_is_refused(step: StreamingStep) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from detector.episodes import episode_spans
 from detector.scorer import ScorerConfig
 from detector.state import StateLayout
 from detector.step import StreamingStep
@@ -24,9 +25,13 @@ from tests.unit.streaming.conftest import (
     T0_MS,
     ModelParts,
     ScriptedStep,
+    episode_records,
     minutes,
     readings_of,
+    rejected_positions,
+    score_records,
 )
+from training.detection_metrics import windowwise_metrics
 
 SCORE_FIELDS = {"stream", "ts", "score", "likelihood", "surprise", "onset", "flag",
                 "top_channel", "model_version"}
@@ -54,11 +59,11 @@ def one_by_one(engine: ScoringEngine, readings: Sequence[Reading]) -> list[Batch
 
 
 def scores_of(results: Sequence[BatchResult]) -> list[tuple[bytes, bytes]]:
-    return [record for result in results for record in result.scores]
+    return [record for result in results for record in score_records(result)]
 
 
 def episodes_of(results: Sequence[BatchResult]) -> list[tuple[bytes, bytes]]:
-    return [record for result in results for record in result.episodes]
+    return [record for result in results for record in episode_records(result)]
 
 
 def state_bytes(engine: ScoringEngine) -> dict[str, bytes]:
@@ -82,7 +87,7 @@ def test_a_batch_with_several_readings_per_stream_equals_one_reading_per_batch(
     whole = make_engine(step)
     result = whole.process(readings)
     assert result.step_calls == 30  # one round per reading of a stream, not per reading
-    assert result.scores == expected  # byte-identical, in arrival order
+    assert score_records(result) == expected  # byte-identical, in arrival order
 
     uneven = make_engine(step, capacity=1)  # also grows the store mid-batch
     cuts = [0, 1, 8, 9, 47, 100, 101, 180]
@@ -100,9 +105,9 @@ def test_arrival_order_across_streams_does_not_matter(step: StreamingStep,
     grouped = [reading for stream in sorted(by_stream, reverse=True)
                for reading in by_stream[stream]]
     expected = {id(reading): record for reading, record in
-                zip(readings, make_engine(step).process(readings).scores, strict=True)}
+                zip(readings, score_records(make_engine(step).process(readings)), strict=True)}
     result = make_engine(step).process(grouped)
-    assert result.scores == [expected[id(reading)] for reading in grouped]
+    assert score_records(result) == [expected[id(reading)] for reading in grouped]
 
 
 # (2) The engine is the step, run per stream ---------------------------------------------------
@@ -116,7 +121,7 @@ def test_engine_equals_the_streaming_step_run_per_stream(step: StreamingStep,
     engine = make_engine(step)
     result = engine.process(readings[:70])
     rest = engine.process(readings[70:])
-    records = [json.loads(value) for _, value in result.scores + rest.scores]
+    records = [json.loads(value) for _, value in score_records(result) + score_records(rest)]
     score = np.concatenate([result.score, rest.score])
     likelihood = np.concatenate([result.likelihood, rest.likelihood])
 
@@ -167,15 +172,16 @@ def test_out_of_order_and_duplicates_in_one_batch(step: StreamingStep) -> None:
         reading("a", 3, (23, 1, 2)),
     ]
     result = make_engine(step).process(batch)
-    assert [(index, rejection.reason) for index, rejection in result.rejected] == [
+    assert [(index, rejected.rejection.reason) for index, rejected in zip(
+        rejected_positions(batch, result), result.rejected, strict=True)] == [
         (3, RejectReason.DUPLICATE), (4, RejectReason.OUT_OF_ORDER),
         (5, RejectReason.OUT_OF_ORDER)]
-    for index, rejection in result.rejected:
-        assert f"stream {batch[index].stream!r}" in rejection.detail
-        assert str(batch[index].ts_ms) in rejection.detail
+    for rejected in result.rejected:  # each carries its reading, to be dead-lettered
+        assert f"stream {rejected.reading.stream!r}" in rejected.rejection.detail
+        assert str(rejected.reading.ts_ms) in rejected.rejection.detail
 
     good = [r for i, r in enumerate(batch) if i not in {3, 4, 5}]
-    assert result.scores == make_engine(step).process(good).scores
+    assert score_records(result) == score_records(make_engine(step).process(good))
     assert len(result.scores) == 5
 
 
@@ -183,15 +189,18 @@ def test_out_of_order_and_duplicates_across_batches(step: StreamingStep) -> None
     engine = make_engine(step)
     first = engine.process([reading("a", 5), reading("b", 5)])
     assert not first.rejected
-    second = engine.process([reading("a", 5, (1, 2, 3)), reading("b", 6), reading("a", 4),
-                             reading("a", 7), reading("b", 6, (0, 0, 0))])
-    assert [(index, rejection.reason) for index, rejection in second.rejected] == [
+    batch = [reading("a", 5, (1, 2, 3)), reading("b", 6), reading("a", 4), reading("a", 7),
+             reading("b", 6, (0, 0, 0))]
+    second = engine.process(batch)
+    assert [(index, rejected.rejection.reason) for index, rejected in zip(
+        rejected_positions(batch, second), second.rejected, strict=True)] == [
         (0, RejectReason.DUPLICATE), (2, RejectReason.OUT_OF_ORDER),
         (4, RejectReason.DUPLICATE)]
 
     reference = make_engine(step)
     reference.process([reading("a", 5), reading("b", 5)])
-    assert second.scores == reference.process([reading("b", 6), reading("a", 7)]).scores
+    assert score_records(second) == score_records(
+        reference.process([reading("b", 6), reading("a", 7)]))
     assert state_bytes(engine) == state_bytes(reference)
 
 
@@ -208,15 +217,15 @@ def test_readings_at_or_below_the_last_offset_are_skipped(step: StreamingStep,
     assert not again.rejected
 
     reference = make_engine(step)
-    expected = reference.process(readings).scores[10:]
-    assert again.scores == expected
+    expected = score_records(reference.process(readings))[10:]
+    assert score_records(again) == expected
 
 
 def test_a_restored_state_skips_what_it_reflects_and_continues_identically(
         step: StreamingStep, recorded: np.ndarray) -> None:
     readings = readings_of(recorded[:3, :12], partition=1)
     uninterrupted = make_engine(step)
-    expected = uninterrupted.process(readings).scores
+    expected = score_records(uninterrupted.process(readings))
 
     before = make_engine(step)
     before.process(readings[:20])  # a checkpoint was taken here ...
@@ -227,7 +236,7 @@ def test_a_restored_state_skips_what_it_reflects_and_continues_identically(
     # ... and the consumer replays from an older committed offset.
     replayed = after.process(readings[11:])
     assert replayed.skipped == 9
-    assert replayed.scores == expected[20:]
+    assert score_records(replayed) == expected[20:]
     assert state_bytes(after) == state_bytes(uninterrupted)
 
 
@@ -256,30 +265,35 @@ def test_readings_without_offsets_are_never_skipped(step: StreamingStep) -> None
 # (5) Episodes -------------------------------------------------------------------------------
 
 
-def reference_episodes(scores: Sequence[dict], gap: int) -> list[tuple[int, dict]]:
-    """Episodes by the documented rule, from score records: (index of the closing reading,
-    the episode). Open at a flag, close after ``gap`` unflagged readings."""
-    out = []
-    current = None
-    quiet = 0
-    for index, record in enumerate(scores):
-        if record["flag"]:
-            if current is None:
-                current = {"start_ts": record["ts"], "peak_score": -1.0, "channels": set(),
-                           "flagged_readings": 0}
-            current["end_ts"] = record["ts"]
-            current["flagged_readings"] += 1
-            current["channels"].add(record["top_channel"])
-            if record["score"] > current["peak_score"]:
-                current.update(peak_score=record["score"], peak_ts=record["ts"],
-                               peak_likelihood=record["likelihood"])
-            quiet = 0
-        elif current is not None:
-            quiet += 1
-            if quiet >= gap:
-                out.append((index, current))
-                current, quiet = None, 0
-    return out
+def test_the_worker_and_evaluate_find_the_same_episodes_in_random_flags(
+        step: StreamingStep) -> None:
+    """One episode rule: the engine, folding flags as readings arrive, and ``cellwatch
+    evaluate``, over a stream's whole flag array, give the same episodes (an episode still
+    open at the end counts in both)."""
+    rng = np.random.default_rng(14)
+    streams, steps = 24, 40
+    flags = rng.random((streams, steps)) < rng.uniform(0.05, 0.6, (streams, 1))
+    names = [f"s{s}" for s in range(streams)]
+    t0 = minutes(0)[0]
+    script = {t0 + t * STEP_MS + s: (float(rng.uniform(1, 9)), int(rng.integers(3)))
+              for s in range(streams) for t in range(steps) if flags[s, t]}
+    for gap in (1, 2, 3, 5):
+        engine = make_engine(ScriptedStep(step, script), episode_gap=gap, capacity=streams)
+        result = engine.process([Reading(names[s], t0 + t * STEP_MS + s,
+                                         np.ones(3, np.float32))
+                                 for t in range(steps) for s in range(streams)])
+        store = engine.store
+        for s, name in enumerate(names):
+            ended = [(e.episode.start_ms, e.episode.end_ms) for e in result.episodes
+                     if e.stream == name]
+            row = store.row_of(name)
+            if store.episode_start_ms[row] != NO_EPISODE:
+                ended.append((int(store.episode_start_ms[row]), int(store.episode_end_ms[row])))
+            evaluated = [(t0 + first * STEP_MS + s, t0 + last * STEP_MS + s)
+                         for first, last in episode_spans(flags[s], gap)]
+            assert ended == evaluated, (gap, name, flags[s].astype(int).tolist())
+            counted = windowwise_metrics([flags[s]], [np.zeros(steps, bool)], gap)["episodes"]
+            assert counted == len(evaluated)
 
 
 def test_a_spike_yields_one_episode_once_it_is_over(model_parts: ModelParts,
@@ -303,7 +317,7 @@ def test_a_spike_yields_one_episode_once_it_is_over(model_parts: ModelParts,
     assert closing == [flagged[-1] + 3]  # three quiet readings after the last flag
     assert sum(result.episodes_opened for result in results) == 1
 
-    key, value = results[closing[0]].episodes[0]
+    key, value = episode_records(results[closing[0]])[0]
     assert key == b"pump-7"
     episode = json.loads(value)
     assert set(episode) == EPISODE_FIELDS
@@ -317,7 +331,8 @@ def test_a_spike_yields_one_episode_once_it_is_over(model_parts: ModelParts,
     assert scores[peak]["score"] > 10  # the spike, not noise
 
     # The same readings in one batch give the same episode.
-    assert make_engine(step, episode_gap=3).process(readings).episodes == [(key, value)]
+    assert episode_records(make_engine(step, episode_gap=3).process(readings)) == [
+        (key, value)]
 
 
 def test_episode_bookkeeping_with_scripted_flags(step: StreamingStep) -> None:
@@ -336,7 +351,7 @@ def test_episode_bookkeeping_with_scripted_flags(step: StreamingStep) -> None:
     closing = [minute for minute, result in enumerate(results) if result.episodes]
     assert closing == [8]  # quiet at 6, 7, 8
     assert [r.episodes_opened for r in results] == [0, 0, 1, 0, 1] + [0] * 7
-    (key, value), = results[8].episodes
+    (key, value), = episode_records(results[8])
     assert key == b"a"
     assert json.loads(value) == {
         "stream": "a", "start_ts": minutes(2)[0], "peak_ts": minutes(3)[0],
@@ -351,8 +366,8 @@ def test_episode_bookkeeping_with_scripted_flags(step: StreamingStep) -> None:
     for minute in (5, 6):
         assert not engine.process([Reading("b", minutes(minute)[0] + 1,
                                            np.ones(3, np.float32))]).episodes
-    (_, value), = engine.process([Reading("b", minutes(7)[0] + 1,
-                                          np.ones(3, np.float32))]).episodes
+    (_, value), = episode_records(engine.process([Reading("b", minutes(7)[0] + 1,
+                                                          np.ones(3, np.float32))]))
     episode = json.loads(value)
     assert (episode["start_ts"], episode["end_ts"]) == (minutes(4)[0] + 1,) * 2
     assert episode["channels"] == ["pressure"]
@@ -363,7 +378,7 @@ def test_a_new_flag_reopens_a_fresh_episode(step: StreamingStep) -> None:
     engine = make_engine(ScriptedStep(step, script), episode_gap=2)
     result = engine.process([reading("a", minute) for minute in range(10)])
     assert result.episodes_opened == 2 and result.flagged == 3
-    episodes = [json.loads(value) for _, value in result.episodes]
+    episodes = [json.loads(value) for _, value in episode_records(result)]
     # Nothing of the first episode leaks into the second.
     assert [(e["start_ts"], e["end_ts"], e["peak_ts"], e["peak_score"], e["flagged_readings"],
              e["channels"]) for e in episodes] == [
@@ -376,12 +391,12 @@ def test_records_carry_their_source_partition(step: StreamingStep) -> None:
     engine = make_engine(ScriptedStep(step, script), episode_gap=1)
     first = engine.process([reading("a", 0, partition=2), reading("b", 0, partition=5),
                             reading("a", 1, partition=2), reading("b", 0, partition=5)])
-    assert first.score_partitions == [2, 5, 2]  # the rejected duplicate has no record
-    assert first.episode_partitions == [] and not first.episodes
+    assert first.scores.partitions == [2, 5, 2]  # the rejected duplicate has no record
+    assert not first.episodes
     second = engine.process([reading("b", 1, partition=5), reading("a", 2, partition=2)])
-    assert second.score_partitions == [5, 2]
-    assert [key for key, _ in second.episodes] == [b"a"]
-    assert second.episode_partitions == [2]
+    assert second.scores.partitions == [5, 2]
+    assert [key for key, _ in episode_records(second)] == [b"a"]
+    assert [ended.partition for ended in second.episodes] == [2]
 
 
 # (6) Score records ----------------------------------------------------------------------------
@@ -392,8 +407,9 @@ def test_score_records_have_the_documented_fields_and_are_keyed_by_stream(
     stream = 'pump "7" / ü'
     result = make_engine(step).process([reading(stream, 0), reading(stream, 1, (25, 3, 1)),
                                         reading("other", 0)])
-    assert [key for key, _ in result.scores] == [stream.encode(), stream.encode(), b"other"]
-    first, second, other = (json.loads(value) for _, value in result.scores)
+    records = score_records(result)
+    assert [key for key, _ in records] == [stream.encode(), stream.encode(), b"other"]
+    first, second, other = (json.loads(value) for _, value in records)
     assert set(first) == SCORE_FIELDS
     assert first["stream"] == second["stream"] == stream and other["stream"] == "other"
     assert (first["ts"], second["ts"]) == (T0_MS, T0_MS + STEP_MS)
@@ -435,7 +451,8 @@ def test_idle_streams_are_evicted_and_start_over(step: StreamingStep) -> None:
     # a comes back as a new stream: its old readings are no longer "in the past".
     again = engine.process([reading("a", 0, (1, 2, 3))])
     assert not again.rejected
-    assert again.scores == make_engine(step).process([reading("a", 0, (1, 2, 3))]).scores
+    assert score_records(again) == score_records(
+        make_engine(step).process([reading("a", 0, (1, 2, 3))]))
     clock.now = 5000.0
     assert len(engine.evict_idle(max_idle_s=100.0)) == 2
     assert len(engine.store) == 0

@@ -14,10 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from detector.step import StreamingStep
 from streaming.dead_letters import dead_letter
-from streaming.messages import Rejection, RejectReason
+from streaming.messages import Rejection, RejectReason, reading_message
 from streaming.metrics import WorkerMetrics
 from streaming.ports import OutputError
-from streaming.replay import reading_message
 from streaming.worker import ModelInfo, Worker, WorkerConfig
 from tests.unit.streaming.conftest import (
     CHANNELS,

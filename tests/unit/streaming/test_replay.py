@@ -11,16 +11,18 @@ import pytest
 from detector.scorer import ScorerConfig
 from detector.step import StreamingStep
 from streaming.engine import ScoringEngine
-from streaming.messages import ReadingParser
+from streaming.messages import ReadingParser, reading_message
 from streaming.ports import OutputError
-from streaming.replay import reading_message, replay_to_kafka, score_in_process
+from streaming.replay import replay_to_kafka, score_in_process
 from streaming.state_store import StateStore
 from tests.unit.streaming.conftest import (
     CHANNELS,
     MODEL_VERSION,
     FakeRecordSink,
     ModelParts,
+    episode_records,
     readings_of,
+    score_records,
 )
 
 
@@ -172,10 +174,11 @@ def test_scoring_in_process_equals_the_engine(step: StreamingStep, recorded: np.
                              batch_size=batch_size, progress=progress.append)
     lines = scores_out.getvalue().splitlines(keepends=True)
     assert len(lines) == len(readings) == 100
-    assert lines == [value + b"\n" for _, value in expected.scores]
+    assert lines == [value + b"\n" for _, value in score_records(expected)]
     assert all(json.loads(line)["stream"] == r.stream for line, r in zip(lines, readings,
                                                                           strict=True))
-    assert anomalies_out.getvalue() == b"".join(value + b"\n" for _, value in expected.episodes)
+    assert anomalies_out.getvalue() == b"".join(value + b"\n"
+                                                 for _, value in episode_records(expected))
     assert (stats.readings, stats.scored, stats.rejected) == (100, 100, 0)
     assert stats.flagged == expected.flagged
     assert stats.episodes == len(expected.episodes)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -69,7 +67,6 @@ def test_a_released_row_is_reused_and_starts_fresh() -> None:
     a = store.row_for("a", 3)
     store.row_for("b", 3)
     fill_row(store, a, seed=1)
-    assert store.record_key(a) == (b"a", '"a"')
     store.release([a])
     assert "a" not in store and len(store) == 1
     with pytest.raises(KeyError):
@@ -79,7 +76,7 @@ def test_a_released_row_is_reused_and_starts_fresh() -> None:
     assert c == a  # the freed row, not a new one: the arrays did not grow
     assert store.state.shape[0] == 2
     assert_fresh(store, c, partition=4)
-    assert store.record_key(c) == (b"c", '"c"')  # not the previous stream's cached keys
+    assert store.stream_of(c) == "c"  # not the previous stream's id
     store.release([c, c, 1])  # releasing twice, or mixed with others, is harmless
     assert len(store) == 0
 
@@ -107,14 +104,6 @@ def test_growth_preserves_every_existing_row() -> None:
     assert store.array_bytes == store.state.nbytes + sum(getattr(store, n).nbytes
                                                          for n in FRESH)
     assert store.nbytes > store.array_bytes  # the ids and the containers count too
-
-
-def test_record_key_is_the_utf8_key_and_a_json_string_literal() -> None:
-    store = StateStore(LAYOUT)
-    stream = 'pump "7" \\ ü'
-    row = store.row_for(stream, 0)
-    key, literal = store.record_key(row)
-    assert json.loads(literal) == stream and key == stream.encode()
 
 
 def test_partition_queries() -> None:
@@ -215,14 +204,12 @@ def test_a_record_of_another_layout_is_refused() -> None:
         StateStore(LAYOUT).restore_record("s", 0, record, 0.0)
 
 
-def test_state_bytes_count_the_stream_ids_and_their_keys() -> None:
+def test_state_bytes_count_the_stream_ids() -> None:
     store = StateStore(LAYOUT, initial_capacity=4)
     store.release([store.row_for("s", partition=0)])  # the containers have their size now
     empty = store.nbytes
     row = store.row_for("x" * 10_000, partition=0)
     with_id = store.nbytes
     assert with_id - empty >= 10_000
-    store.record_key(row)  # the Kafka key and JSON literal, cached per stream
-    assert store.nbytes - with_id >= 20_000
     store.release([row])
     assert store.nbytes == empty

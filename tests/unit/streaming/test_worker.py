@@ -30,6 +30,7 @@ from tests.unit.streaming.conftest import (
     minutes,
     readings_of,
     record_of,
+    score_records,
 )
 
 CONFIG = WorkerConfig(readings_topic="readings", scores_topic="scores",
@@ -84,7 +85,7 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def reference_scores(step: StreamingStep, readings: list[Reading]) -> list[tuple[bytes, bytes]]:
     engine = ScoringEngine(step, StateStore(step.layout), CHANNELS, MODEL_VERSION,
                            CONFIG.episode_gap)
-    return engine.process(readings).scores
+    return score_records(engine.process(readings))
 
 
 # Dead letters and nothing lost ----------------------------------------------------------------

@@ -70,7 +70,11 @@ def test_windowwise_rule_names_the_episode_gap():
     flags = [np.array([0, 1, 0, 0, 1, 0, 0, 0, 0, 1], bool)]
     labels = [np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0], bool)]
     result = windowwise_metrics(flags, labels, episode_gap=3)
-    # Flags at 1 and 4 are one episode (gap of 2), the flag at 9 another.
+    # Flags at 1 and 4 are one episode (two quiet readings), the flag at 9 another (after
+    # four): an episode ends after 3 unflagged readings, as in the worker.
     assert (result["windows"], result["windows_found"]) == (1, 1)
     assert (result["episodes"], result["episodes_correct"]) == (2, 1)
-    assert "episodes of flags with gaps <= 3 merged" in result["rule"]
+    assert "an episode of flags ends after 3 unflagged readings" in result["rule"]
+    three_quiet = [np.array([1, 0, 0, 0, 1], bool)]
+    assert windowwise_metrics(three_quiet, [np.zeros(5, bool)], 3)["episodes"] == 2
+    assert windowwise_metrics(three_quiet, [np.zeros(5, bool)], 4)["episodes"] == 1

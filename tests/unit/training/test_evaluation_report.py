@@ -79,8 +79,9 @@ def test_each_f1_line_names_its_detection_rule(tmp_path):
     assert "all-flag baseline F1 " in text and "(every reading flagged)" in text
     # Windows: a's found, b's (20-24) missed, recall 1/2; episodes: a's 12, 40-41 and 55 and
     # b's 30, of which 40-41 is right, precision 1/4; F1 = 2 * 1/2 * 1/4 / (3/4) = 1/3.
-    assert ("window-wise F1 0.333 (a labelled window found by a flag inside it; episodes of "
-            "flags with gaps <= 3 merged, right when they overlap a window)") in text
+    assert ("window-wise F1 0.333 (a labelled window found by a flag inside it; an episode "
+            "of flags ends after 3 unflagged readings (as the worker's), right when it overlaps "
+            "a window)") in text
     assert "ROC AUC " in text and "ties averaged" in text
     # Only readings from each stream's test_start on are judged: b's early window is not.
     assert "labelled anomalous: 12 of the 90 evaluated readings" in text
