@@ -95,13 +95,16 @@ repeat counts learn from.)
 The onset is the surprise of a reading that tops the stream's recent peak surprise, and 0 for
 every other reading and during the learning period; the peak follows the surprise up,
 jumps to twice the surprise of a reading it reports (the square of its tail), and otherwise
-halves every ``refractory`` readings. A burst of surprise therefore reports its first
-reading once instead of along its whole length; a surprise that climbs reading by reading
-(a run of repeats growing longer, a drift moving away) reports again only each time it has
-doubled, a few times rather than at every reading; and a plateau or a slow decline of the
-surprise reports nothing, as alarms should: NAB charges every flagged reading outside a
-window and rewards only the earliest inside one. (On NAB's 35 labeled files the doubling
-took the standard score from 35.4 to 53.7, before the two later changes above.)
+halves every ``refractory`` readings that are not flagged. A burst of surprise therefore
+reports its first reading once instead of along its whole length; a surprise that climbs
+reading by reading (a run of repeats growing longer, a drift moving away) reports again
+only each time it has doubled, a few times rather than at every reading; a plateau or a
+slow decline of the surprise reports nothing, as alarms should: NAB charges every flagged
+reading outside a window and rewards only the earliest inside one. The refractory time
+counts calm readings only, so a stream that stays flagged (a lasting fault, a flat line)
+is reported once, not again each time the peak would have halved while its surprise
+wavered. (On NAB's 35 labeled files the doubling took the standard score from 35.4 to
+53.7, before the two later changes above; counting calm readings only, from 56.6 to 60.5.)
 
 When it works: the behaviour of normal readings (forecast errors, levels, hourly levels,
 changes, repeats) is roughly stationary per stream, so a departure in any of them stands
@@ -189,7 +192,7 @@ class ScorerConfig:
             remember about this many readings.
         variability_span: the short-run mean square of changes covers about this many
             readings (its degrees of freedom in the variability test).
-        refractory: readings in which a stream's recent surprise peak halves; the onset
+        refractory: unflagged readings in which a stream's recent surprise peak halves; the onset
             reports a reading only when its surprise tops that decayed peak (after a
             report, twice the reported surprise, decayed).
     """
@@ -223,7 +226,7 @@ class ScorerConfig:
 
     @property
     def peak_decay(self) -> float:
-        """Factor the recent surprise peak is multiplied by at each reading."""
+        """Factor the recent surprise peak is multiplied by at each unflagged reading."""
         return 0.5 ** (1.0 / self.refractory)
 
     @property
@@ -457,14 +460,15 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
 
     # Onset: the surprise of a reading that tops the stream's recent peak, 0 for every other
     # reading (and while learning). The peak follows the surprise up and otherwise halves
-    # every `refractory` readings.
+    # every `refractory` unflagged readings: a stream that stays flagged is not reported
+    # again merely because time passed.
     peak = state[:, f["surprise_peak"]][:, 0]
     onset = ops.where(ops.logical_and(ops.logical_not(learning), surprise > peak), surprise, 0.0)
     # A reported reading raises the peak to twice its surprise (the square of its tail): the
     # stream is reported again within the refractory time only when its evidence doubles,
     # so a surprise that climbs reading by reading reports a few times, not at every reading.
     new_peak = ops.maximum(ops.where(onset > 0.0, 2.0 * surprise, surprise),
-                           peak * scorer.peak_decay)
+                           peak * ops.where(flag, 1.0, scorer.peak_decay))
 
     # The long-run statistics describe normal behaviour, so they learn only from readings
     # that are not flagged; an anomaly that lasts longer than the learning period is taken

@@ -133,3 +133,24 @@ def test_a_spike_that_recurs_stops_being_flagged_and_a_larger_one_is_not(step):
     assert flags[0, spikes[:3]].all()
     assert not flags[0, spikes[-5:]].any()
     assert flags[0, 2550] and flags[1, 2550]
+
+
+def test_a_stream_that_stays_flagged_is_reported_once(step):
+    """A held shift keeps the stream flagged for longer than the refractory time while its
+    surprise wavers with the noise: the refractory time counts calm readings only, so the
+    shift is reported at its start (and again only if its surprise doubles, as the shift
+    test's average builds up), not once more each time the peak would have halved."""
+    values = noisy_streams(2, 420, seed=8)
+    values[0, 300:, 1] += 6.0
+    state = step.layout.initial(2)
+    flags, onsets = [], []
+    for t in range(values.shape[1]):
+        result, state = step(values[:, t], START_MS + 60_000 * t + np.zeros(2, int), state)
+        flags.append(result.flag[0])
+        onsets.append(result.onset[0])
+    flags, onsets = np.array(flags), np.array(onsets)
+    held = np.flatnonzero(~flags[300:])[0]  # flagged for this many readings from 300
+    assert held > SCORER.refractory and onsets[300] > 0
+    reports = onsets[300:300 + held][onsets[300:300 + held] > 0]
+    # While flagged, each report doubles the one before it; none merely outlasted a peak.
+    assert np.all(reports[1:] >= 2.0 * reports[:-1]), reports

@@ -158,7 +158,8 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             current = surprise[s, t] if surprises is None else surprises[s, t]
             onset[s, t] = current if current > peak and not learning else 0.0
             # A report raises the peak to twice the reported surprise.
-            peak = max(peak * 0.5 ** (1.0 / scorer.refractory),
+            # The peak decays only at readings that are not flagged.
+            peak = max(peak * (1.0 if flag[s, t] else 0.5 ** (1.0 / scorer.refractory)),
                        2.0 * current if onset[s, t] > 0 else current)
             # Statistics learn from readings that are not flagged (or after a long anomaly).
             previous_flagged_run = flagged_run
@@ -263,7 +264,8 @@ def test_step_equals_keras_model_over_the_same_sequences(forecaster, recording, 
     peak = np.zeros_like(own_onset)  # the peak each surprise is compared with
     for t in range(1, peak.shape[1]):
         raised = np.where(own_onset[:, t - 1] > 0, 2.0, 1.0) * surprise[:, t - 1]
-        peak[:, t] = np.maximum(peak[:, t - 1] * scorer.peak_decay, raised)
+        decay = np.where(flags[:, t - 1], 1.0, scorer.peak_decay)
+        peak[:, t] = np.maximum(peak[:, t - 1] * decay, raised)
     clear = np.abs(surprise - peak) > 1e-4
     np.testing.assert_allclose(onset[clear], own_onset[clear], atol=1e-6)
     np.testing.assert_allclose(onset, onset_ref, atol=0.15)
@@ -442,7 +444,7 @@ def test_level_tail_and_onset_by_hand(step):
         # A reported surprise raises the peak to twice itself.
         raised = 2 * expected if expect_onset else expected
         assert new[0, f["surprise_peak"]][0] == pytest.approx(
-            max(raised, peak * decay), abs=1e-3)
+            max(raised, peak), abs=1e-3)  # flagged: the peak does not decay
         # Flagged: the statistics of normal behaviour do not learn from it.
         np.testing.assert_array_equal(new[0, f["level_mean"]], 0.0)
         np.testing.assert_array_equal(new[0, f["level_var"]], 1.0)
