@@ -27,7 +27,7 @@ class IntermediateOutput(keras.layers.Wrapper):
 
     >>> wrapped = IntermediateOutput(keras.layers.Dense(2))
     >>> output, passed_through = wrapped(np.ones((3, 4), "float32"))
-    >>> output.shape, passed_through.shape
+    >>> ops.shape(output), ops.shape(passed_through)
     ((3, 2), (3, 4))
     """
 

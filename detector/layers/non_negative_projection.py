@@ -32,7 +32,7 @@ class NonNegativeProjection(keras.layers.Layer):
     Example:
 
     >>> layer = NonNegativeProjection(basis=[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
-    >>> layer(np.ones((4, 6), "float32")).shape
+    >>> ops.shape(layer(np.ones((4, 6), "float32")))
     (4, 3)
     """
 
