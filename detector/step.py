@@ -120,9 +120,19 @@ class StreamingStep:
         ``(StepResult, new_state)``; ``new_state`` is a new array, ``state`` is not modified.
 
     Example:
-        >>> step = StreamingStep(params, scaler, ScorerConfig())
-        >>> state = step.layout.initial(2)
-        >>> result, state = step(np.ones((2, 4)), np.array([0, 0]), state)
+        >>> from detector.model import ForecasterConfig, build_forecaster, step_params
+        >>> model = build_forecaster(ForecasterConfig(
+        ...     channels=2, time_features=False, dependency_units=4, memory_units=4,
+        ...     hidden_units=4))
+        >>> history = np.random.default_rng(0).normal(size=(3, 50, 2))  # [streams, time, F]
+        >>> step = StreamingStep(step_params(model), ChannelScaler.fit(history), ScorerConfig())
+        >>> state = step.layout.initial(2)  # two new streams
+        >>> now_ms = np.array([1_700_000_000_000, 1_700_000_000_000])
+        >>> result, state = step(np.array([[0.1, -0.3], [2.0, 0.5]]), now_ms, state)
+        >>> result.flag  # a new stream never flags during its learning period
+        array([False, False])
+        >>> state.shape == (2, step.layout.size)
+        True
     """
 
     # Rows advanced per NumPy pass; measured best on this machine (benchmarks/step_throughput).

@@ -44,8 +44,10 @@ class CodebookDecoder(keras.layers.Layer):
     Example:
 
     >>> decoder = CodebookDecoder(codebook=[[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]])
-    >>> decoder(np.array([[2, 0, 1]])).shape
-    (1, 3, 2)
+    >>> ops.convert_to_numpy(decoder(np.array([[2, 0, 1]])))
+    array([[[3., 4.],
+            [0., 0.],
+            [1., 2.]]], dtype=float32)
     """
 
     def __init__(self, codebook, trainable_codebook=False, **kwargs):

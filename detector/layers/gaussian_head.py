@@ -42,7 +42,7 @@ class GaussianHead(keras.layers.Layer):
     >>> head = GaussianHead(channels=3)
     >>> prediction = head(np.zeros((8, 16), "float32"))
     >>> mean, scale = prediction[:, :3], prediction[:, 3:]
-    >>> prediction.shape
+    >>> ops.shape(prediction)
     (8, 6)
     """
 

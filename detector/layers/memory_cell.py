@@ -60,7 +60,7 @@ class MemoryCell(keras.layers.Layer):
     Example:
 
     >>> rnn = keras.layers.RNN(MemoryCell(8), return_sequences=True)
-    >>> rnn(np.zeros((4, 20, 3), "float32")).shape
+    >>> ops.shape(rnn(np.zeros((4, 20, 3), "float32")))
     (4, 20, 8)
     """
 

@@ -32,7 +32,7 @@ class NonNegativeProjection(keras.layers.Layer):
     Example:
 
     >>> layer = NonNegativeProjection(basis=[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
-    >>> layer(np.ones((4, 6), "float32")).shape
+    >>> ops.shape(layer(np.ones((4, 6), "float32")))
     (4, 3)
     """
 
@@ -54,6 +54,8 @@ class NonNegativeProjection(keras.layers.Layer):
         self.basis_values = basis_array
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        # Each position is projected on its own, as `Dense` does: a mask passes through.
+        self.supports_masking = True
 
     @property
     def num_basis(self):

@@ -33,7 +33,7 @@ class SineEncoding(keras.layers.Layer):
     Example:
 
     >>> hour_of_day = np.array([[0.0], [6.0], [23.0]], "float32") / 24.0
-    >>> SineEncoding(4)(hour_of_day).shape
+    >>> ops.shape(SineEncoding(4)(hour_of_day))
     (3, 4)
     """
 

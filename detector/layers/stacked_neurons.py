@@ -40,7 +40,7 @@ class StackedNeurons(keras.layers.Layer):
     Example:
 
     >>> layer = StackedNeurons(16, depth=3, activation="elu_sigmoid")
-    >>> layer(np.zeros((2, 7, 5), "float32")).shape
+    >>> ops.shape(layer(np.zeros((2, 7, 5), "float32")))
     (2, 7, 16)
     """
 

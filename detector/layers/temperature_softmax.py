@@ -41,6 +41,8 @@ class TemperatureSoftmax(keras.layers.Layer):
     >>> probabilities = layer(np.array([[1.0, 2.0, 3.0]], "float32"))
     >>> round(float(layer.temperature), 4)
     2.0
+    >>> ops.convert_to_numpy(probabilities).round(3)  # softmax([0.5, 1.0, 1.5])
+    array([[0.186, 0.307, 0.506]], dtype=float32)
     """
 
     def __init__(

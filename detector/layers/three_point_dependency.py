@@ -49,7 +49,7 @@ class ThreePointDependency(keras.layers.Layer):
     Example:
 
     >>> layer = ThreePointDependency(4, activation="relu")
-    >>> layer(np.zeros((2, 10, 3), "float32")).shape
+    >>> ops.shape(layer(np.zeros((2, 10, 3), "float32")))
     (2, 10, 4)
     """
 

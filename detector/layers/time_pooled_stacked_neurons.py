@@ -42,7 +42,7 @@ class TimePooledStackedNeurons(StackedNeurons):
     >>> layer = TimePooledStackedNeurons(8)
     >>> x = np.zeros((3, 5, 4), "float32")
     >>> mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
-    >>> layer(x, mask=mask).shape
+    >>> ops.shape(layer(x, mask=mask))
     (3, 8)
     """
 

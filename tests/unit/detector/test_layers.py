@@ -1,15 +1,20 @@
 """Tests for the custom Keras layers in `detector.layers`.
 
-A shared harness (in the spirit of Keras' own `run_layer_test`) checks every
-layer for config round trips, `.keras` save/load, bad constructor arguments,
-gradient flow and batch-size independence; the per-layer tests below it check
-the math against hand-computed NumPy values.
+A shared harness checks every layer for what Keras' own `run_layer_test`
+(`keras/src/testing/test_case.py`) checks: config and registered-name
+serialization round trips, building from a shape alone, symbolic and eager calls
+(output shapes and dtypes, `compute_output_shape` and `compute_output_spec`
+against the actual output), the losses a call adds, masking support as declared,
+a `fit` step, and the `mixed_float16` dtype policy; plus `.keras` save/load, bad
+constructor arguments, gradient flow and batch-size independence. The per-layer
+tests below it check the math against hand-computed NumPy values.
 """
 
 import copy
 import dataclasses
 import json
 import re
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -93,85 +98,125 @@ CODEBOOK = [[0.0, 0.5], [1.0, -1.0], [2.0, 3.0], [-4.0, 0.25]]
 class LayerCase:
     """One layer under the shared harness.
 
-    `make` builds the layer (a `MemoryCell` comes inside `keras.layers.RNN`),
+    `make(**kwargs)` builds the layer, passing `kwargs` (e.g. `dtype`) to it (a
+    `MemoryCell` comes inside `keras.layers.RNN`, both get them),
     `inputs(batch)` builds an input batch and `output_shape(batch)` is the
     expected output shape, a tuple of shapes for multi-output layers.
+    `supports_masking` is what the layer declares; `sequences(batch, time)`
+    builds inputs with a time axis (axis 1) for the masking check, and
+    `keeps_time` says whether the output keeps that axis (and so the mask).
+    `mixed_dtypes` are the output dtypes under the `mixed_float16` policy.
     """
 
     id: str
-    make: Callable[[], keras.layers.Layer]
+    make: Callable[..., keras.layers.Layer]
     inputs: Callable[[int], np.ndarray]
     output_shape: Callable[[object], object]
+    supports_masking: bool
+    sequences: Callable[[int, int], np.ndarray]
+    keeps_time: bool = True
+    mixed_dtypes: tuple[str, ...] = ("float16",)
 
 
 def _floats(*shape):
     return lambda batch: _rng().normal(size=(batch, *shape)).astype("float32")
 
 
+def _float_sequences(features):
+    return lambda batch, time: _rng().normal(size=(batch, time, features)).astype("float32")
+
+
 def _codes(batch):
     return _rng().integers(0, len(CODEBOOK), size=(batch, 3)).astype("int32")
+
+
+def _code_sequences(batch, time):
+    return _rng().integers(0, len(CODEBOOK), size=(batch, time)).astype("int32")
 
 
 CASES = [
     LayerCase(
         "three_point_dependency",
-        lambda: ThreePointDependency(3, activation="tanh"),
+        lambda **kw: ThreePointDependency(3, activation="tanh", **kw),
         _floats(5, 2),
         lambda b: (b, 5, 3),
+        supports_masking=True,
+        sequences=_float_sequences(2),
     ),
     LayerCase(
         "memory_cell_in_rnn",
-        lambda: keras.layers.RNN(MemoryCell(4), return_sequences=True),
+        lambda **kw: keras.layers.RNN(MemoryCell(4, **kw), return_sequences=True, **kw),
         _floats(5, 2),
         lambda b: (b, 5, 4),
+        supports_masking=True,
+        sequences=_float_sequences(2),
     ),
     LayerCase(
         "stacked_neurons_elu_sigmoid",
-        lambda: StackedNeurons(4, depth=3, activation="elu_sigmoid"),
+        lambda **kw: StackedNeurons(4, depth=3, activation="elu_sigmoid", **kw),
         _floats(3, 2),
         lambda b: (b, 3, 4),
+        supports_masking=True,
+        sequences=_float_sequences(2),
     ),
     LayerCase(
         "time_pooled_stacked_neurons",
-        lambda: TimePooledStackedNeurons(4, activation="tanh"),
+        lambda **kw: TimePooledStackedNeurons(4, activation="tanh", **kw),
         _floats(5, 2),
         lambda b: (b, 4),
+        supports_masking=True,
+        sequences=_float_sequences(2),
+        keeps_time=False,
     ),
     LayerCase(
         "temperature_softmax",
-        lambda: TemperatureSoftmax(initial_temperature=0.7),
+        lambda **kw: TemperatureSoftmax(initial_temperature=0.7, **kw),
         _floats(4),
         lambda b: (b, 4),
+        supports_masking=True,
+        sequences=_float_sequences(4),
     ),
     LayerCase(
         "non_negative_projection",
-        lambda: NonNegativeProjection(BASIS),
+        lambda **kw: NonNegativeProjection(BASIS, **kw),
         _floats(4),
         lambda b: (b, 3),
+        supports_masking=True,
+        sequences=_float_sequences(4),
     ),
     LayerCase(
         "codebook_decoder",
-        lambda: CodebookDecoder(CODEBOOK, trainable_codebook=True),
+        lambda **kw: CodebookDecoder(CODEBOOK, trainable_codebook=True, **kw),
         _codes,
         lambda b: (b, 3, 2),
+        supports_masking=False,
+        sequences=_code_sequences,
     ),
     LayerCase(
         "intermediate_output",
-        lambda: IntermediateOutput(keras.layers.Dense(2, activation="tanh")),
+        lambda **kw: IntermediateOutput(keras.layers.Dense(2, activation="tanh"), **kw),
         _floats(3),
         lambda b: ((b, 2), (b, 3)),
+        supports_masking=True,
+        sequences=_float_sequences(3),
+        # The wrapped Dense keeps its own float32 policy; the input passes through as cast.
+        mixed_dtypes=("float32", "float16"),
     ),
     LayerCase(
         "sine_encoding",
-        lambda: SineEncoding(4),
+        lambda **kw: SineEncoding(4, **kw),
         _floats(2),
         lambda b: (b, 4),
+        supports_masking=True,
+        sequences=_float_sequences(2),
     ),
     LayerCase(
         "gaussian_head",
-        lambda: GaussianHead(2),
+        lambda **kw: GaussianHead(2, **kw),
         _floats(3),
         lambda b: (b, 4),
+        supports_masking=True,
+        sequences=_float_sequences(3),
     ),
 ]
 
@@ -258,10 +303,184 @@ def test_any_batch_size(case):
     expected = case.output_shape(None)
     expected = expected if isinstance(expected[0], tuple) else (expected,)
     assert tuple(tuple(o.shape) for o in _flat(symbolic)) == expected
-    if not isinstance(layer, keras.layers.RNN):
-        computed = layer.compute_output_shape((None, *x.shape[1:]))
-        computed = computed if isinstance(computed[0], tuple) else (computed,)
-        assert tuple(tuple(s) for s in computed) == expected
+    computed = layer.compute_output_shape((None, *x.shape[1:]))
+    computed = computed if isinstance(computed[0], tuple) else (computed,)
+    assert tuple(tuple(s) for s in computed) == expected
+
+
+def _expected_shapes(case, batch):
+    expected = case.output_shape(batch)
+    return list(expected) if isinstance(expected[0], tuple) else [expected]
+
+
+def _dtypes(structure):
+    return [keras.backend.standardize_dtype(x.dtype) for x in _flat(structure)]
+
+
+def _input_spec(x, layer):
+    # What the layer's call sees: float inputs are cast to its compute dtype.
+    float_input = keras.backend.is_float_dtype(str(x.dtype))
+    return keras.KerasTensor(x.shape, dtype=layer.compute_dtype if float_input else str(x.dtype))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_serialization_by_registered_name(case):
+    # As Keras' `run_class_serialization_test`: through JSON, found by its registered
+    # name without custom objects, and the revived layer has the same attributes.
+    layer = case.make()
+    config = layer.get_config()
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is type(layer)
+    assert revived.get_config() == config
+    assert set(dir(revived)) == set(dir(layer))
+    assert set(dir(type(layer).from_config(copy.deepcopy(config)))) == set(dir(layer))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_build_from_shape_alone_makes_the_weights_a_call_makes(case):
+    x = case.inputs(2)
+    called = case.make()
+    called(x)
+    built = case.make()
+    built.build((None, *x.shape[1:]))
+    assert built.built
+    for kind in ("trainable_weights", "non_trainable_weights", "non_trainable_variables"):
+        assert [(w.name, tuple(w.shape)) for w in getattr(built, kind)] == [
+            (w.name, tuple(w.shape)) for w in getattr(called, kind)
+        ], kind
+    assert [tuple(o.shape) for o in _flat(built(x))] == _expected_shapes(case, 2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_symbolic_and_eager_calls_match_compute_output_spec(case):
+    layer = case.make()
+    x = case.inputs(3)
+    symbolic = layer(keras.Input(shape=x.shape[1:], dtype=str(x.dtype)))
+    eager = layer(x)
+    spec = layer.compute_output_spec(_input_spec(x, layer))
+    assert [tuple(o.shape) for o in _flat(eager)] == _expected_shapes(case, 3)
+    assert [tuple(s.shape) for s in _flat(spec)] == _expected_shapes(case, 3)
+    assert _dtypes(eager) == _dtypes(symbolic) == _dtypes(spec)
+    assert set(_dtypes(eager)) == {"float32"}
+    # No regularizer is set: a call adds no loss.
+    assert not layer.losses
+
+
+def test_three_point_dependency_regularizers_add_one_loss_per_weight():
+    layer = ThreePointDependency(3, kernel_regularizer="l2", bias_regularizer="l1")
+    layer(np.ones((2, 4, 2), "float32"))
+    assert len(layer.losses) == 4
+    assert all(float(_np(loss)) > 0 for loss in layer.losses[:3])
+
+
+class _AttachMask(keras.layers.Layer):
+    """Passes its input on unchanged with a Keras mask attached.
+
+    Unlike `keras.layers.Masking` it leaves the padded steps' values in place, so a
+    layer that ignored the mask would see them.
+    """
+
+    def __init__(self, mask, **kwargs):
+        super().__init__(**kwargs)
+        self.fixed_mask = mask
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return ops.convert_to_tensor(self.fixed_mask)
+
+
+class _SeenMask(keras.layers.Layer):
+    """Records the mask a layer downstream of the tested one receives."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.seen = None
+
+    def call(self, inputs, mask=None):
+        self.seen = mask
+        return inputs
+
+
+PAD = 7.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_masking_support_as_declared(case):
+    layer = case.make()
+    assert layer.supports_masking is case.supports_masking
+    time, lengths = 6, np.array([6, 4, 1])
+    mask = np.arange(time)[None, :] >= (time - lengths)[:, None]  # left padding
+    x = case.sequences(len(lengths), time)
+    probe = _SeenMask()
+    if not case.supports_masking:
+        # Keras drops the mask (and says so) rather than passing it on wrong.
+        with pytest.warns(UserWarning, match="does not support masking"):
+            outputs = layer(_AttachMask(mask)(x))
+        probe(_flat(outputs)[0])
+        assert probe.seen is None
+        return
+    padded = np.where(mask[..., None], x, PAD).astype(x.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "does not support masking"
+        outputs = layer(_AttachMask(mask)(padded))
+    for output in _flat(outputs):
+        probe(output)
+        if case.keeps_time:
+            np.testing.assert_array_equal(_np(probe.seen), mask)
+        else:
+            assert probe.seen is None
+    # The padded steps change nothing: each row's valid part gives what it gives alone.
+    for row, length in enumerate(lengths):
+        alone = _flat(layer(x[row : row + 1, time - length :]))
+        for output, output_alone in zip(_flat(outputs), alone, strict=True):
+            got = _np(output)[row]
+            got = got[time - length :] if case.keeps_time else got
+            np.testing.assert_allclose(got, _np(output_alone)[0], atol=ATOL, err_msg=f"row {row}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_fit_step_changes_every_trainable_weight(case):
+    x = case.inputs(8)
+    inputs = keras.Input(shape=x.shape[1:], dtype=str(x.dtype))
+    layer = case.make()
+    model = keras.Model(inputs, layer(inputs))
+    rng = _rng()
+    targets = [rng.normal(size=o.shape).astype("float32") for o in _flat(model(x))]
+    trainable = [_np(v).copy() for v in layer.trainable_variables]
+    frozen = [_np(v).copy() for v in layer.non_trainable_variables]
+    single = len(targets) == 1
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse" if single else ["mse"] * 2)
+    history = model.fit(
+        x, targets[0] if single else tuple(targets), batch_size=4, epochs=1, verbose=0
+    )
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert trainable
+    for variable, before in zip(layer.trainable_variables, trainable, strict=True):
+        assert np.all(np.isfinite(_np(variable))), variable.path
+        assert np.any(_np(variable) != before), variable.path
+    for variable, before in zip(layer.non_trainable_variables, frozen, strict=True):
+        np.testing.assert_array_equal(_np(variable), before, err_msg=variable.path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_mixed_float16_policy(case):
+    layer = case.make(dtype="mixed_float16")
+    assert layer.compute_dtype == "float16"
+    x = case.inputs(3)
+    outputs = layer(x)
+    spec = layer.compute_output_spec(_input_spec(x, layer))
+    symbolic = layer(keras.Input(shape=x.shape[1:], dtype=str(x.dtype)))
+    assert _dtypes(outputs) == _dtypes(spec) == _dtypes(symbolic) == list(case.mixed_dtypes)
+    assert [tuple(o.shape) for o in _flat(outputs)] == _expected_shapes(case, 3)
+    assert all(np.all(np.isfinite(_np(o))) for o in _flat(outputs))
+    # Variables stay float32 under a mixed policy; only the computation is float16.
+    assert layer.weights
+    for weight in layer.weights:
+        assert weight.dtype == "float32", weight.path
 
 
 BAD_ARGUMENTS = [
