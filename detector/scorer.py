@@ -277,7 +277,7 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     Returns:
         ``(score, likelihood, surprise, flag, top_channel, onset, statistics)``, the last
         being the scorer's fields of the next records (``score_average`` through
-        ``flagged_run``, in layout order).
+        ``flagged_run``), a list of ``[B, width]`` arrays in layout order.
     """
     f = layout.fields
     channels = layout.channels
@@ -555,7 +555,8 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     new_lag_product = lag_product + lag_weight * (
         (counted - 1.0) * (last_evidence - 1.0) - lag_product)
 
-    statistics = ops.concat([
+    # The fields as a list: the step joins them with the rest of the record in one copy.
+    statistics = [
         new_average[:, None], new_mean[:, None], new_var[:, None], new_scale_ratio,
         new_level_mean, new_level_var, new_shift_mean, new_shift_var,
         ops.reshape(new_season_block, (-1, SEASON_BINS * channels)),
@@ -564,5 +565,5 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
         new_tail_rate[:, None], new_tail_excess[:, None],
         evidence_average[:, None], counted[:, None],
         new_lag_product[:, None], new_peak[:, None], flagged_run[:, None],
-    ], axis=-1)
+    ]
     return score, likelihood, surprise, flag, top_channel, onset, statistics

@@ -97,7 +97,7 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     if params.uses_clock:
         history.append(state[:, f["week_time_t1"]])
     new_state = ops.concat([
-        *history, new_memory, forecast_mean, forecast_scale, statistics,
+        *history, new_memory, forecast_mean, forecast_scale, *statistics,
         ops.minimum(count + 1.0, COUNT_CAP),
     ], axis=-1)
     return score, likelihood, surprise, flag, top_channel, onset, new_state
