@@ -210,11 +210,11 @@ class KafkaWorker:
 
 
 @contextlib.contextmanager
-def build_worker(settings: Settings, model: ModelInfo, metrics: WorkerMetrics,
+def build_worker(settings: Settings, artifact: ModelArtifact, metrics: WorkerMetrics,
                  wrappers: PartWrappers = UNWRAPPED) -> Iterator[KafkaWorker]:
     """Checks and creates the topics, connects the sink and the changelog, and assembles the
-    worker; closes the connections on exit (the sink too, unless the worker ran: its run
-    closes it). Connection problems raise the start-up errors of
+    worker serving ``artifact``; closes the connections on exit (the sink too, unless the
+    worker ran: its run closes it). Connection problems raise the start-up errors of
     :mod:`cellwatch.startup_errors`."""
     options = kafka_client_options(settings.kafka)
     config = worker_config(settings)
@@ -237,7 +237,8 @@ def build_worker(settings: Settings, model: ModelInfo, metrics: WorkerMetrics,
                 changelog_check = ChangelogCheck(options, config.changelog_topic, partitions)
             sink = wrappers.sink(KafkaRecordSink(options,
                                                  transactional_id=transactional_id(settings)))
-        worker = assemble_worker(config, model, sink, metrics, changelog=changelog,
+        worker = assemble_worker(config, model_info(artifact), sink, metrics,
+                                 changelog=changelog,
                                  changelog_check=changelog_check, wrappers=wrappers)
         built = KafkaWorker(worker, settings, options, wrappers)
         yield built
@@ -299,7 +300,7 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
     if not wait_for_brokers(settings.kafka.bootstrap_servers,
                             settings.kafka.startup_timeout_seconds, stop=stop):
         return  # stopped (SIGTERM) while waiting for a broker: nothing started yet
-    with build_worker(settings, model_info(artifact), metrics, wrappers) as built:
+    with build_worker(settings, artifact, metrics, wrappers) as built:
         worker = built.worker
         probes.worker = worker
         path = settings.model.artifact

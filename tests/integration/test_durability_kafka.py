@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from deploy.kafka.local_broker import REPO_ROOT, KafkaBroker, free_port
 from detector.artifact import load_artifact
 from streaming import worker as worker_module
 from streaming.engine import Reading, ScoringEngine
 from streaming.state_store import StateStore
-from tests.integration.servers import REPO_ROOT, KafkaBroker, free_port
 from tests.integration.streaming_support import (
     CHANNELS,
     committed_offsets,

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
 from cellwatch.cli import main
-from tests.integration.servers import REPO_ROOT, free_port
+from deploy.kafka.local_broker import REPO_ROOT, free_port
 from tests.integration.streaming_support import (
     CHANNELS,
     committed_offsets,
