@@ -450,10 +450,6 @@ class WorkerMetrics:
         self.last_batch_completed_timestamp.set(
             time.time() if completed_at_s is None else completed_at_s)
 
-    def record_skipped(self, n: int) -> None:
-        """Readings skipped outside ``observe_batch`` (already applied before a restore)."""
-        self.readings_skipped.inc(_count(n, "skipped"))
-
     # -- streams and state -----------------------------------------------------------------
 
     def set_streams(self, active: int, state_bytes: int) -> None:
@@ -472,10 +468,6 @@ class WorkerMetrics:
     def forget_partition(self, topic: str, partition: int) -> None:
         """Remove a revoked or lost partition's lag series (no error if it has none)."""
         self.consumer_lag.remove(str(topic), str(_count(partition, "partition")))
-
-    def forget_all_partitions(self) -> None:
-        """Remove every lag series (all partitions lost)."""
-        self.consumer_lag.clear()
 
     def set_assigned_partitions(self, n: int) -> None:
         self.assigned_partitions.set(_count(n, "assigned partitions"))
@@ -503,11 +495,13 @@ class WorkerMetrics:
     # -- durability ------------------------------------------------------------------------
 
     def observe_checkpoint(self, seconds: float, records: int, nbytes: int) -> None:
-        """A successful checkpoint."""
+        """A successful checkpoint of ``records`` changelog records (states and tombstones),
+        which count as the changelog's output records too."""
         records, nbytes = _count(records, "records"), _count(nbytes, "nbytes")
         self.checkpoint_duration.observe(seconds)
         self.checkpoint_records.inc(records)
         self.checkpoint_bytes.inc(nbytes)
+        self.output_records.labels(TopicRole.CHANGELOG).inc(records)
 
     def record_checkpoint_failure(self) -> None:
         self.checkpoint_failures.inc()
@@ -533,7 +527,3 @@ class WorkerMetrics:
 
     def record_capacity_evictions(self, n: int) -> None:
         self.stream_capacity_evictions.inc(_count(n, "capacity evictions"))
-
-    def record_dead_letters(self, n: int) -> None:
-        """Records written to the dead-letter topic (same as ``record_outputs("dead_letter")``)."""
-        self.record_outputs(TopicRole.DEAD_LETTER, n)

@@ -380,6 +380,8 @@ def test_checkpoint_records_carry_layout_state_and_source_offset(
         assert worker.store.partition[row] == partition
     written = registry.get_sample_value("cellwatch_checkpoint_records_total")
     assert written == len(broker.on(CHANGELOG))
+    assert registry.get_sample_value("cellwatch_output_records_total",
+                                     {"topic_role": "changelog"}) == written
     assert registry.get_sample_value("cellwatch_checkpoint_bytes_total") == sum(
         len(r.value) for r in broker.on(CHANGELOG))
 
