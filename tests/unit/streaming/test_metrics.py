@@ -13,12 +13,12 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from streaming.batch_histogram import BatchHistogram
 from streaming.metrics import (
     LATENCY_BUCKETS,
     LIKELIHOOD_BUCKETS,
     REJECT_REASONS,
     SCORE_BUCKETS,
-    BatchHistogram,
     RejectReason,
     WorkerMetrics,
 )
