@@ -42,13 +42,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.throughput import (  # noqa: E402
+from benchmarks.end_to_end.environment import (  # noqa: E402
     build_artifact,
     machine,
-    produce_readings,
     speed_probe,
     versions,
 )
+from benchmarks.end_to_end.readings import produce_readings  # noqa: E402
 
 log = logging.getLogger("durability")
 
@@ -72,6 +72,18 @@ def _end_offsets_sum(consumer, topic: str) -> int:
     return sum(ends.values())
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
+    finally:
+        consumer.close(autocommit=False)
+
+
 def worker_mode(bootstrap: str, artifact: Path, topic: str, readings: int, mode: str,
                 timeout_s: float) -> dict:
     """One worker run in ``mode``, timed from its first published score to full commit."""
@@ -79,7 +91,6 @@ def worker_mode(bootstrap: str, artifact: Path, topic: str, readings: int, mode:
 
     from cellwatch.settings import load_settings
     from cellwatch.wiring import run_worker
-    from tests.integration.streaming_support import committed_offsets
 
     prefix = f"{topic}.{mode}"
     settings = load_settings(environ={}, overrides={
@@ -239,8 +250,8 @@ def restore(bootstrap: str, artifact: Path, states: int) -> dict:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
+    from deploy.kafka.local_broker import KafkaBroker
     from streaming.kafka_io import ensure_topic
-    from tests.integration.servers import KafkaBroker
 
     report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "readings": args.readings, "streams": args.streams,

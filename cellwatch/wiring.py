@@ -1,15 +1,24 @@
-"""From the settings tree to the objects of ``training`` and ``streaming``.
+"""From the settings tree to the objects of ``training`` and ``streaming``: the only place
+that builds the worker's parts.
 
-The CLI commands stay thin by calling these; nothing here parses flags or prints.
+:func:`assemble_worker` builds a worker and its parts around given connections (in memory in
+the unit tests); :func:`build_worker` does it from the settings, connected to Kafka;
+:func:`run_worker` runs one as ``cellwatch run`` does (the CLI, the integration tests and the
+benchmarks call it). A :class:`PartWrappers` wraps parts as they are built (the benchmarks
+time them so). The CLI commands stay thin by calling these; nothing here parses flags or
+prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gc
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -17,7 +26,10 @@ from prometheus_client import CollectorRegistry
 from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
 from cellwatch.startup_errors import kafka_startup, metrics_address_error, wait_for_brokers
 from detector.artifact import METADATA_FILE, ModelArtifact, load_artifact
+from streaming.changelog import ChangelogWriter
+from streaming.checkpoint import Checkpoint
 from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES
+from streaming.engine import ScoringEngine
 from streaming.http_endpoint import MetricsEndpoint
 from streaming.kafka_io import (
     KafkaChangelogReader,
@@ -27,10 +39,14 @@ from streaming.kafka_io import (
     ensure_topics,
     partition_count,
 )
+from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics
 from streaming.model_reload import ModelWatcher
+from streaming.partitions import PartitionTracker
+from streaming.ports import ChangelogReader, ReadingSource, RecordSink
+from streaming.state_store import StateStore
 from streaming.topic_checks import ChangelogCheck, dead_letter_topic_limit
-from streaming.worker import ModelInfo, Worker, WorkerConfig
+from streaming.worker import ModelInfo, Worker, WorkerConfig, WorkerParts
 from training.trainer import TrainingOptions
 
 log = logging.getLogger(__name__)
@@ -118,8 +134,126 @@ def training_options(training: TrainingSettings, verbose: int = 1) -> TrainingOp
         time_features=training.time_features, verbose=verbose)
 
 
+def _unchanged(part: Any) -> Any:
+    return part
+
+
+@dataclasses.dataclass(frozen=True)
+class PartWrappers:
+    """Each takes a part as wiring built it and returns what the worker uses in its place
+    (by default the part itself); ``worker`` sees the built worker. The benchmarks wrap the
+    parts with timers this way."""
+
+    source: Callable[[ReadingSource], ReadingSource] = _unchanged
+    sink: Callable[[RecordSink], RecordSink] = _unchanged
+    parser: Callable[[ReadingParser], ReadingParser] = _unchanged
+    engine: Callable[[ScoringEngine], ScoringEngine] = _unchanged
+    worker: Callable[[Worker], Worker] = _unchanged
+
+
+UNWRAPPED = PartWrappers()
+
+
+def assemble_worker(config: WorkerConfig, model: ModelInfo, sink: RecordSink,
+                    metrics: WorkerMetrics, *, changelog: ChangelogReader | None = None,
+                    changelog_check: Callable[[], None] | None = None,
+                    clock: Callable[[], float] = time.time,
+                    wrappers: PartWrappers = UNWRAPPED) -> Worker:
+    """A worker and its parts around the given connections.
+
+    Args:
+        changelog: reads the state changelog for restores; required with
+            ``config.changelog_topic`` (and only with it).
+        changelog_check: raises :class:`~streaming.ports.TopicSetupError` when the changelog
+            is gone or no longer has the shape the checkpoints need; called before every
+            checkpoint and after a failed one.
+        clock: wall clock in seconds; injectable for tests.
+    """
+    if (config.changelog_topic is None) != (changelog is None):
+        raise ValueError("a changelog topic and a changelog reader go together")
+    store = StateStore(model.step.layout)
+    engine = wrappers.engine(ScoringEngine(model.step, store, model.channels, model.version,
+                                           config.episode_gap, clock=clock))
+    parser = wrappers.parser(ReadingParser(model.channels, config.max_message_bytes,
+                                           max_abs_value=config.max_abs_value,
+                                           max_stream_id_bytes=config.max_stream_id_bytes,
+                                           earliest_ts_ms=EARLIEST_TS_MS))
+    lock = threading.Lock()
+    writer = (ChangelogWriter(config.changelog_topic, sink, config.readings_topic)
+              if config.changelog_topic is not None else None)
+    checkpoint = Checkpoint(store, sink, config.readings_topic, metrics, lock, writer,
+                            changelog_check)
+    partitions = PartitionTracker(store, checkpoint, metrics, config.readings_topic, lock,
+                                  changelog, clock)
+    parts = WorkerParts(store, engine, parser, checkpoint, partitions, lock)
+    return wrappers.worker(Worker(config, model, parts, sink, metrics, clock=clock))
+
+
+@dataclasses.dataclass
+class KafkaWorker:
+    """A worker connected to Kafka (:func:`build_worker`), not yet consuming."""
+
+    worker: Worker
+    settings: Settings
+    options: dict[str, Any]
+    wrappers: PartWrappers
+
+    def join_group(self) -> ReadingSource:
+        """The consumer of the readings topic in the worker's group; its partition tracker
+        hears of the rebalances."""
+        kafka, config = self.settings.kafka, self.worker.config
+        with kafka_startup(kafka.bootstrap_servers):
+            source = KafkaReadingSource(self.options, config.readings_topic, kafka.group_id,
+                                        self.worker.partitions,
+                                        session_timeout_ms=kafka.session_timeout_ms)
+        return self.wrappers.source(source)
+
+
+@contextlib.contextmanager
+def build_worker(settings: Settings, artifact: ModelArtifact, metrics: WorkerMetrics,
+                 wrappers: PartWrappers = UNWRAPPED) -> Iterator[KafkaWorker]:
+    """Checks and creates the topics, connects the sink and the changelog, and assembles the
+    worker serving ``artifact``; closes the connections on exit (the sink too, unless the
+    worker ran: its run closes it). Connection problems raise the start-up errors of
+    :mod:`cellwatch.startup_errors`."""
+    options = kafka_client_options(settings.kafka)
+    config = worker_config(settings)
+    changelog = changelog_check = sink = None
+    built: KafkaWorker | None = None
+    try:
+        with kafka_startup(settings.kafka.bootstrap_servers):
+            co_partitioned = ensure_topics(
+                options, config.readings_topic,
+                [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
+            config = dataclasses.replace(
+                config, co_partitioned=co_partitioned,
+                dead_letter_max_bytes=dead_letter_topic_limit(
+                    options, config.dead_letter_topic) or DEFAULT_TOPIC_MAX_BYTES)
+            if config.changelog_topic is not None:
+                partitions = partition_count(options, config.readings_topic)
+                ensure_changelog(options, config.changelog_topic, partitions)
+                changelog = KafkaChangelogReader(options, config.changelog_topic,
+                                                 read_committed=settings.worker.transactional)
+                changelog_check = ChangelogCheck(options, config.changelog_topic, partitions)
+            sink = wrappers.sink(KafkaRecordSink(options,
+                                                 transactional_id=transactional_id(settings)))
+        worker = assemble_worker(config, model_info(artifact), sink, metrics,
+                                 changelog=changelog,
+                                 changelog_check=changelog_check, wrappers=wrappers)
+        built = KafkaWorker(worker, settings, options, wrappers)
+        yield built
+    finally:
+        if sink is not None and (built is None or built.worker.source is None):
+            sink.close()
+        if changelog is not None:
+            changelog.close()
+        if changelog_check is not None:
+            changelog_check.close()
+
+
 def run_worker(settings: Settings, stop: threading.Event, on_ready=None,
-               reload_requested: threading.Event | None = None) -> None:
+               reload_requested: threading.Event | None = None,
+               wrappers: PartWrappers = UNWRAPPED) -> None:
     """Loads the model, serves metrics and runs the worker until ``stop`` is set.
 
     ``on_ready(endpoint)`` is called once the metrics endpoint listens (tests use it);
@@ -137,7 +271,7 @@ def run_worker(settings: Settings, stop: threading.Event, on_ready=None,
         raise metrics_address_error(settings.metrics.host, settings.metrics.port,
                                     error) from None
     try:
-        _serve(settings, stop, endpoint, metrics, probes, on_ready, reload_requested)
+        _serve(settings, stop, endpoint, metrics, probes, on_ready, reload_requested, wrappers)
     finally:
         endpoint.stop()
     log.info("worker stopped after committing its last batch")
@@ -161,33 +295,13 @@ class _StartingProbes:
 
 def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
            metrics: WorkerMetrics, probes: _StartingProbes, on_ready,
-           reload_requested: threading.Event | None) -> None:
+           reload_requested: threading.Event | None, wrappers: PartWrappers) -> None:
     artifact = load_artifact(settings.model.artifact)
-    options = kafka_client_options(settings.kafka)
-    config = worker_config(settings)
-    servers = settings.kafka.bootstrap_servers
-    if not wait_for_brokers(servers, settings.kafka.startup_timeout_seconds, stop=stop):
+    if not wait_for_brokers(settings.kafka.bootstrap_servers,
+                            settings.kafka.startup_timeout_seconds, stop=stop):
         return  # stopped (SIGTERM) while waiting for a broker: nothing started yet
-    changelog = changelog_check = sink = None
-    running = False  # worker.run closes the sink; before it runs, this function does
-    try:
-        with kafka_startup(servers):
-            co_partitioned = ensure_topics(
-                options, config.readings_topic,
-                [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
-            config = dataclasses.replace(
-                config, co_partitioned=co_partitioned,
-                dead_letter_max_bytes=dead_letter_topic_limit(
-                    options, config.dead_letter_topic) or DEFAULT_TOPIC_MAX_BYTES)
-            if config.changelog_topic is not None:
-                partitions = partition_count(options, config.readings_topic)
-                ensure_changelog(options, config.changelog_topic, partitions)
-                changelog = KafkaChangelogReader(options, config.changelog_topic,
-                                                 read_committed=settings.worker.transactional)
-                changelog_check = ChangelogCheck(options, config.changelog_topic, partitions)
-            sink = KafkaRecordSink(options, transactional_id=transactional_id(settings))
-        worker = Worker(config, model_info(artifact), sink, metrics, changelog=changelog,
-                        changelog_check=changelog_check)
+    with build_worker(settings, artifact, metrics, wrappers) as built:
+        worker = built.worker
         probes.worker = worker
         path = settings.model.artifact
         watcher = ModelWatcher(
@@ -202,20 +316,8 @@ def _serve(settings: Settings, stop: threading.Event, endpoint: MetricsEndpoint,
         gc.freeze()
         with watcher:
             log.info("metrics on %s/metrics; model %s; consuming %s as group %s",
-                     endpoint.url, artifact.metadata.model_version, config.readings_topic,
-                     settings.kafka.group_id)
+                     endpoint.url, artifact.metadata.model_version,
+                     worker.config.readings_topic, settings.kafka.group_id)
             if on_ready is not None:
                 on_ready(endpoint)
-            with kafka_startup(servers):
-                source = KafkaReadingSource(
-                    options, config.readings_topic, settings.kafka.group_id, worker,
-                    session_timeout_ms=settings.kafka.session_timeout_ms)
-            running = True
-            worker.run(source, stop)
-    finally:
-        if sink is not None and not running:
-            sink.close()
-        if changelog is not None:
-            changelog.close()
-        if changelog_check is not None:
-            changelog_check.close()
+            worker.run(built.join_group(), stop)

@@ -60,7 +60,9 @@ the model the clock as whole harmonics. A changelog record of another version is
 (the worker counts it and starts that stream's learning period again), and an artifact
 written with another layout version fails to load and must be trained again.
 
-Records are little-endian float32 on the wire (:meth:`StateLayout.to_bytes`).
+Records survive restarts and rebalances: the streaming worker checkpoints each changed
+stream's record, little-endian float32 (``record_bytes`` long) followed by its own bookkeeping,
+to a compacted changelog topic and restores it from there (``streaming.changelog``).
 """
 
 from __future__ import annotations
@@ -172,20 +174,6 @@ class StateLayout:
     def initial(self, streams: int) -> np.ndarray:
         """Records of streams never seen: zero history, as the Keras model's zero padding."""
         return np.zeros((streams, self.size), dtype=np.float32)
-
-    def to_bytes(self, records: np.ndarray) -> bytes:
-        """Records ``[n, size]`` as little-endian float32 bytes."""
-        self.check(records)
-        return np.ascontiguousarray(records, dtype=_WIRE_DTYPE).tobytes()
-
-    def from_bytes(self, data: bytes) -> np.ndarray:
-        """The inverse of :meth:`to_bytes`; a length that is not whole records is an error."""
-        if len(data) % self.record_bytes:
-            raise ValueError(
-                f"state bytes: expected a multiple of {self.record_bytes} bytes "
-                f"(layout v{self.version}, {self.size} float32), received {len(data)} bytes")
-        records = np.frombuffer(data, dtype=_WIRE_DTYPE).reshape(-1, self.size)
-        return records.astype(np.float32, copy=True)
 
     def check(self, records: np.ndarray) -> None:
         """Raises ValueError unless ``records`` is a float32 ``[n, size]`` array."""

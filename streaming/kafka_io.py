@@ -205,10 +205,6 @@ class KafkaReadingSource:
                 lags[tp.partition] = max(0, end - position)
         return lags
 
-    def forget(self, partitions: Sequence[int]) -> None:
-        for partition in partitions:
-            self._positions.pop(partition, None)
-
     def close(self) -> None:
         # Closing leaves the group, which runs the revoke callback for owned partitions.
         self._consumer.close(autocommit=False)

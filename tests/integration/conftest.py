@@ -18,13 +18,8 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-try:
-    # Works whenever the repo root is importable (python -m pytest, pythonpath=["."]), and keeps
-    # one module object shared with benchmarks that import it the same way.
-    from tests.integration import servers
-except ImportError:
-    # pytest's default "prepend" import mode puts this folder on sys.path.
-    import servers
+from deploy.kafka import local_broker
+from tests.integration import servers
 
 KAFKA_BOOTSTRAP_ENV = "CELLWATCH_TEST_KAFKA_BOOTSTRAP"
 
@@ -46,24 +41,24 @@ def _unavailable(what: str, missing: Sequence[str]) -> None:
 @pytest.fixture(scope="session")
 def kafka_broker(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[servers.KafkaBroker | servers.ExternalKafka]:
+) -> Iterator[local_broker.KafkaBroker | local_broker.ExternalKafka]:
     """A real broker for the whole session; ``.bootstrap`` is its ``host:port``.
 
     Tests that stop or kill it must check ``.managed`` (False for an external broker).
     """
     external = os.environ.get(KAFKA_BOOTSTRAP_ENV, "").strip()
     if external:
-        yield servers.ExternalKafka(external)
+        yield local_broker.ExternalKafka(external)
         return
-    missing = servers.kafka_missing_requirements()
+    missing = local_broker.kafka_missing_requirements()
     if missing:
         _unavailable("the Kafka integration tests", missing)
-    broker = servers.KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker = local_broker.KafkaBroker(tmp_path_factory.mktemp("kafka"))
     try:
         broker.start()
-    except servers.BrokerError as exc:
+    except local_broker.BrokerError as exc:
         # Stop whatever half-started before reporting: a stray JVM would outlive the session.
-        with contextlib.suppress(servers.BrokerError):
+        with contextlib.suppress(local_broker.BrokerError):
             broker.stop()
         pytest.fail(f"could not start the local Kafka broker:\n{exc}", pytrace=False)
     try:
@@ -87,7 +82,7 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 @pytest.fixture
 def kafka_admin(
-    kafka_broker: servers.KafkaBroker | servers.ExternalKafka,
+    kafka_broker: local_broker.KafkaBroker | local_broker.ExternalKafka,
 ) -> Iterator[KafkaAdminClient]:
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, client_id="cellwatch-tests")
     try:

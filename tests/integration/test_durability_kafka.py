@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from cellwatch import wiring
+from deploy.kafka.local_broker import REPO_ROOT, KafkaBroker, free_port
 from detector.artifact import load_artifact
-from streaming import worker as worker_module
 from streaming.engine import Reading, ScoringEngine
 from streaming.output_records import encode_scores
 from streaming.state_store import StateStore
-from tests.integration.servers import REPO_ROOT, KafkaBroker, free_port
 from tests.integration.streaming_support import (
     CHANNELS,
     committed_offsets,
@@ -239,7 +239,8 @@ def test_the_durability_check_reports_a_reading_lost_or_applied_twice(
     stream, faulty_ts, _ = rows[10 * streams + 3]  # the 11th reading of stream-003
     following_ts = rows[11 * streams + 3][1]
     if fault_kind is not None:
-        monkeypatch.setattr(worker_module, "ScoringEngine", functools.partial(
+        # cellwatch.wiring builds the worker's engine.
+        monkeypatch.setattr(wiring, "ScoringEngine", functools.partial(
             FaultyEngine, fault=DurabilityFault(fault_kind, stream, faulty_ts)))
 
     with worker_thread(worker_settings(bootstrap, artifact, topic, prefix)) as running:

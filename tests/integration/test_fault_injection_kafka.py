@@ -60,7 +60,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from tests.integration.servers import KafkaBroker
+from deploy.kafka.local_broker import KafkaBroker
 from tests.integration.streaming_support import (
     CHANNELS,
     committed_offsets,

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
 from cellwatch.cli import main
+from deploy.kafka.local_broker import REPO_ROOT, free_port
 from detector.readings import ReadingMessageWriter
-from tests.integration.servers import REPO_ROOT, free_port
 from tests.integration.streaming_support import (
     CHANNELS,
     committed_offsets,

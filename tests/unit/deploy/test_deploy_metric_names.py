@@ -20,7 +20,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from streaming.metrics import BatchHistogram, WorkerMetrics
+from streaming.batch_histogram import BatchHistogram
+from streaming.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "cellwatch.json"

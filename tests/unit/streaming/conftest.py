@@ -144,8 +144,8 @@ class DurabilityFault:
 
 class FaultyEngine(ScoringEngine):
     """The real scoring engine with one :class:`DurabilityFault`, to show that a durability
-    check catches a lost or doubly applied reading. The worker builds it in place of its
-    engine (``streaming.worker.ScoringEngine``); everything else is the real path."""
+    check catches a lost or doubly applied reading. A test puts it in place of the worker's
+    engine (``worker.engine``); everything else is the real path."""
 
     def __init__(self, *args, fault: DurabilityFault, **kwargs) -> None:
         super().__init__(*args, **kwargs)

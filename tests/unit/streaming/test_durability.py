@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cellwatch.wiring import assemble_worker
 from detector.state import StateLayout
 from detector.step import StreamingStep
 from streaming import worker as worker_module
@@ -122,7 +123,7 @@ class BrokerSource:
         if self.clock is not None:
             self.clock[0] += 1.0
         if self.polls == 1:
-            self.worker.on_assigned(self.partitions)
+            self.worker.partitions.on_assigned(self.partitions)
         if self.polls == self.crash_at:
             raise Crash
         batch: list[FakeRecord] = []
@@ -170,10 +171,11 @@ def model_of(step: StreamingStep, version: str = MODEL_VERSION) -> ModelInfo:
 
 
 def make_worker(step: StreamingStep, broker: Broker, registry: CollectorRegistry | None = None,
-                config: WorkerConfig = CONFIG, transactional: bool = False) -> Worker:
-    return Worker(config, model_of(step), BrokerSink(broker, transactional),
-                  WorkerMetrics(registry or CollectorRegistry()),
-                  changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
+                config: WorkerConfig = CONFIG, transactional: bool = False,
+                sink: BrokerSink | None = None) -> Worker:
+    return assemble_worker(config, model_of(step), sink or BrokerSink(broker, transactional),
+                           WorkerMetrics(registry or CollectorRegistry()),
+                           changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
 
 
 def assigned_transactional_worker(step: StreamingStep, broker: Broker) -> Worker:
@@ -186,7 +188,7 @@ def assigned_transactional_worker(step: StreamingStep, broker: Broker) -> Worker
 
 def assign(worker: Worker, partitions: Sequence[int]) -> None:
     """A rebalance callback, then what the loop does after the poll that ran it."""
-    worker.on_assigned(partitions)
+    worker.partitions.on_assigned(partitions)
     worker.restore_assigned()
 
 
@@ -344,9 +346,7 @@ def test_offsets_are_committed_only_after_the_checkpoint_is_acknowledged(
         step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]) -> None:
     broker = Broker(all_readings(recorded))
     registry = CollectorRegistry()
-    worker = make_worker(step, broker, registry)
-    worker.sink = UnreachableChangelogSink(broker)
-    worker.checkpoints.sink = worker.sink
+    worker = make_worker(step, broker, registry, sink=UnreachableChangelogSink(broker))
     stop = threading.Event()
     with pytest.raises(OutputError, match="changelog unreachable"):
         worker.run(BrokerSource(broker, worker, (0, 1), stop, clock=fake_monotonic), stop)
@@ -382,6 +382,8 @@ def test_checkpoint_records_carry_layout_state_and_source_offset(
         assert worker.store.partition[row] == partition
     written = registry.get_sample_value("cellwatch_checkpoint_records_total")
     assert written == len(broker.on(CHANGELOG))
+    assert registry.get_sample_value("cellwatch_output_records_total",
+                                     {"topic_role": "changelog"}) == written
     assert registry.get_sample_value("cellwatch_checkpoint_bytes_total") == sum(
         len(r.value) for r in broker.on(CHANGELOG))
 
@@ -397,12 +399,12 @@ def test_revoke_checkpoints_the_partition_and_hands_back_its_offsets(
     assign(worker, [0, 1])
     worker.process([record_of(r) for r in readings[:4] + readings[60:62]])
     assert broker.on(CHANGELOG) == []  # not yet checkpointed
-    to_commit = worker.on_revoked([0])
+    to_commit = worker.partitions.on_revoked([0])
     assert to_commit == {0: 4}
     assert sorted(r.key for r in broker.on(CHANGELOG)) == [b"a", b"b"]
     assert all(r.partition == 0 for r in broker.on(CHANGELOG))
     # Handed back by the same rebalance: the states stay, nothing to restore.
-    worker.on_assigned([0, 1])
+    worker.partitions.on_assigned([0, 1])
     assert "a" in worker.store and worker.readiness() == (True, "ok")
 
 
@@ -414,11 +416,11 @@ def test_a_moved_partition_is_dropped_and_restored_when_it_comes_back(
     assign(worker, [0, 1])
     worker.process([record_of(r) for r in readings[:6]])
     before = worker.store.encode_record(worker.store.row_of("a"))
-    worker.on_revoked([0, 1])
-    worker.on_assigned([1])  # partition 0 went to another member
+    worker.partitions.on_revoked([0, 1])
+    worker.partitions.on_assigned([1])  # partition 0 went to another member
     assert "a" not in worker.store
-    worker.on_revoked([1])
-    worker.on_assigned([0, 1])
+    worker.partitions.on_revoked([1])
+    worker.partitions.on_assigned([0, 1])
     assert worker.readiness() == (False, "restoring partitions [0]")
     worker.restore_assigned()
     assert worker.store.encode_record(worker.store.row_of("a")) == before
@@ -431,9 +433,9 @@ def test_a_lost_partition_is_never_written(step: StreamingStep, recorded: np.nda
     worker = make_worker(step, broker)
     assign(worker, [0, 1])
     worker.process([record_of(r) for r in readings[:6]])
-    worker.on_lost([0])
+    worker.partitions.on_lost([0])
     assert "a" not in worker.store and "b" not in worker.store
-    worker.checkpoint()
+    worker.commit_checkpoint()
     assert broker.on(CHANGELOG) == []  # partition 0 had nothing else; 1 was not touched
     assert broker.committed == {}
 
@@ -465,11 +467,11 @@ def test_a_rebalance_aborts_the_transaction_and_restores_what_was_committed(
     broker = Broker(readings)
     worker = assigned_transactional_worker(step, broker)
     worker.process([record_of(r) for r in readings[:6]])
-    worker.checkpoint()
+    worker.commit_checkpoint()
     committed = worker.store.encode_record(worker.store.row_of("a"))
     published = len(broker.log)
     worker.process([record_of(r) for r in readings[6:12]])  # an open transaction
-    assert worker.on_revoked([0, 1]) == {}
+    assert worker.partitions.on_revoked([0, 1]) == {}
     assert ("abort", len(worker.sink.sent)) in worker.sink.events
     assert len(worker.store) == 0 and len(broker.log) == published
     assign(worker, [0, 1])
@@ -477,7 +479,7 @@ def test_a_rebalance_aborts_the_transaction_and_restores_what_was_committed(
     assert broker.committed == {0: 6}
     # Replayed from the committed offsets, the aborted readings are scored again, identically.
     worker.process([record_of(r) for r in readings[6:12]])
-    worker.checkpoint()
+    worker.commit_checkpoint()
     expected = reference(step, readings[:12])
     assert {k: v.pop() for k, v in scores_by_key(broker).items()} == expected
 
@@ -488,10 +490,10 @@ def test_a_lost_partition_aborts_the_transaction_and_the_kept_ones_are_restored(
     broker = Broker(readings)
     worker = assigned_transactional_worker(step, broker)
     worker.process([record_of(r) for r in readings[:4] + readings[60:64]])
-    worker.checkpoint()
+    worker.commit_checkpoint()
     committed_c = worker.store.encode_record(worker.store.row_of("c"))
     worker.process([record_of(r) for r in readings[64:68]])  # an open transaction
-    worker.on_lost([0])
+    worker.partitions.on_lost([0])
     assert ("abort", len(worker.sink.sent)) in worker.sink.events
     assert len(worker.store) == 0
     worker.restore_assigned()
@@ -502,8 +504,8 @@ def test_a_lost_partition_aborts_the_transaction_and_the_kept_ones_are_restored(
 def test_transactions_need_the_changelog(step: StreamingStep) -> None:
     config = dataclasses.replace(CONFIG, changelog_topic=None)
     with pytest.raises(ValueError, match="transactional outputs need the state changelog"):
-        Worker(config, model_of(step), FakeRecordSink(transactional=True),
-               WorkerMetrics(CollectorRegistry()))
+        assemble_worker(config, model_of(step), FakeRecordSink(transactional=True),
+                        WorkerMetrics(CollectorRegistry()))
 
 
 # Eviction -----------------------------------------------------------------------------------
@@ -515,15 +517,15 @@ def test_evicted_streams_get_a_tombstone_and_stay_away_after_a_restore(
     broker = Broker(readings)
     now = [1_800_000_000.0]
     config = dataclasses.replace(CONFIG, idle_eviction_s=100.0, maintenance_interval_s=0.0)
-    worker = Worker(config, model_of(step), BrokerSink(broker), WorkerMetrics(
+    worker = assemble_worker(config, model_of(step), BrokerSink(broker), WorkerMetrics(
         CollectorRegistry()), changelog=BrokerChangelog(broker), clock=lambda: now[0])
     assign(worker, [0, 1])
     worker.process([record_of(r) for r in readings[:4]])
-    worker.checkpoint()
+    worker.commit_checkpoint()
     now[0] += 1000.0
     worker._maintain()
     assert len(worker.store) == 0
-    worker.checkpoint()
+    worker.commit_checkpoint()
     assert [(r.key, r.value) for r in broker.on(CHANGELOG)[-2:]] == [(b"a", None),
                                                                    (b"b", None)]
     store = StateStore(step.layout)

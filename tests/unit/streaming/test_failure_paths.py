@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cellwatch.wiring import assemble_worker
 from detector.step import StreamingStep
 from streaming.changelog import restore_states
 from streaming.metrics import WorkerMetrics
 from streaming.ports import OutputError, TopicSetupError
 from streaming.state_store import StateStore
-from streaming.worker import Worker
 from tests.unit.streaming.conftest import record_of
 from tests.unit.streaming.test_durability import (
     CHANGELOG,
@@ -39,7 +39,7 @@ class ClosingLikeKafkaSource(BrokerSource):
     the offsets it hands back are committed."""
 
     def close(self) -> None:
-        self.broker.committed.update(self.worker.on_revoked(self.partitions))
+        self.broker.committed.update(self.worker.partitions.on_revoked(self.partitions))
         super().close()
 
 
@@ -66,9 +66,7 @@ def test_a_failed_flush_never_checkpoints_what_its_batch_advanced(
         fail_at: int) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)
-    worker = make_worker(step, broker)
-    worker.sink = LosingSink(broker, fail_at)
-    worker.checkpoints.sink = worker.sink
+    worker = make_worker(step, broker, sink=LosingSink(broker, fail_at))
     stop = threading.Event()
     source = ClosingLikeKafkaSource(broker, worker, (0, 1), stop, clock=fake_monotonic)
     with pytest.raises(OutputError):
@@ -87,9 +85,8 @@ def test_a_failed_checkpoint_is_not_retried_by_the_revoke_on_the_way_out(
     that closing the consumer runs must not commit the offsets that checkpoint covered."""
     readings = all_readings(recorded)
     broker = Broker(readings)
-    worker = make_worker(step, broker)
-    worker.sink = LosingSink(broker, fail_at=3)  # 2 batches, then the first checkpoint
-    worker.checkpoints.sink = worker.sink
+    # 2 batches, then the first checkpoint
+    worker = make_worker(step, broker, sink=LosingSink(broker, fail_at=3))
     stop = threading.Event()
     with pytest.raises(OutputError):
         worker.run(ClosingLikeKafkaSource(broker, worker, (0, 1), stop,
@@ -114,7 +111,7 @@ def test_a_changelog_of_the_wrong_shape_stops_the_worker_before_it_writes(
             raise TopicSetupError("state changelog 'changelog': expected 2 partitions, "
                                   "found 1")
 
-    worker.checkpoints.check_topic = changelog_check
+    worker.checkpoint.check_topic = changelog_check
     stop = threading.Event()
     with pytest.raises(TopicSetupError, match="expected 2 partitions"):
         worker.run(ClosingLikeKafkaSource(broker, worker, (0, 1), stop,
@@ -132,15 +129,15 @@ def test_streams_evicted_beyond_max_streams_get_tombstones_and_stay_away(
     broker = Broker(readings)
     registry = CollectorRegistry()
     config = dataclasses.replace(CONFIG, max_streams=3)
-    worker = Worker(config, model_of(step), BrokerSink(broker), WorkerMetrics(registry),
-                    changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
+    worker = assemble_worker(config, model_of(step), BrokerSink(broker), WorkerMetrics(registry),
+                             changelog=BrokerChangelog(broker), clock=lambda: 1_800_000_000.0)
     assign(worker, [0, 1])
     a0, b0 = readings[0], readings[1]
     c0, d0 = readings[60], readings[61]
     worker.process([record_of(r) for r in (a0, b0, c0)])
-    worker.checkpoint()
+    worker.commit_checkpoint()
     worker.process([record_of(d0)])  # a is the least recently used: evicted
-    worker.checkpoint()
+    worker.commit_checkpoint()
     assert "a" not in worker.store and len(worker.store) == 3
     tombstone, newest = broker.on(CHANGELOG)[-2:]
     assert (tombstone.key, tombstone.value, tombstone.partition) == (b"a", None, 0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cellwatch.wiring import assemble_worker
 from detector.step import StreamingStep
 from streaming.dead_letters import dead_letter
 from streaming.messages import Rejection, RejectReason, reading_message
@@ -42,8 +43,8 @@ NOW_S = 1_800_000_000.0  # the worker's wall clock: 2027-01-15
 def make_worker(step, sink: FakeRecordSink, registry: CollectorRegistry, **config) -> Worker:
     model = ModelInfo(step=step, channels=CHANNELS, version=MODEL_VERSION,
                       trained_at="2024-01-01T00:00:00Z", trained_at_s=1_704_067_200.0)
-    worker = Worker(dataclasses.replace(CONFIG, **config), model, sink,
-                    WorkerMetrics(registry), clock=lambda: NOW_S)
+    worker = assemble_worker(dataclasses.replace(CONFIG, **config), model, sink,
+                             WorkerMetrics(registry), clock=lambda: NOW_S)
     worker.source = FakeReadingSource([])
     return worker
 
@@ -215,7 +216,7 @@ def test_non_finite_results_are_written_as_null_never_as_invalid_json(
     inf = float("inf")
     scripted = ScriptedStep(step, {minutes(1)[0]: (inf, 0), minutes(2)[0]: (float("nan"), 1)})
     model = ModelInfo(scripted, CHANNELS, MODEL_VERSION, "2024-01-01T00:00:00Z", 0.0)
-    worker = Worker(CONFIG, model, sink, WorkerMetrics(registry), clock=lambda: NOW_S)
+    worker = assemble_worker(CONFIG, model, sink, WorkerMetrics(registry), clock=lambda: NOW_S)
     worker.source = FakeReadingSource([])
     worker.process([record_of(r) for r in readings_of(recorded[:1, :8], ["s"])])
 

@@ -13,12 +13,12 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from streaming.batch_histogram import BatchHistogram
 from streaming.metrics import (
     LATENCY_BUCKETS,
     LIKELIHOOD_BUCKETS,
     REJECT_REASONS,
     SCORE_BUCKETS,
-    BatchHistogram,
     RejectReason,
     WorkerMetrics,
 )
@@ -393,7 +393,7 @@ def test_lag_series_are_removed_when_a_partition_is_forgotten(
                  partition="0") is None
     assert value(registry, "cellwatch_consumer_lag_messages", topic="readings",
                  partition="1") == 3
-    metrics.forget_all_partitions()
+    metrics.forget_partition("readings", 1)
     assert "cellwatch_consumer_lag_messages{" not in generate_latest(registry).decode()
     metrics.set_assigned_partitions(2)
     assert value(registry, "cellwatch_assigned_partitions") == 2
@@ -424,19 +424,16 @@ def test_streams_and_durability_helpers(registry: CollectorRegistry,
                                         metrics: WorkerMetrics) -> None:
     metrics.set_streams(active=1_234, state_bytes=567_890)
     metrics.record_evictions(3)
-    metrics.record_skipped(4)
     metrics.observe_checkpoint(0.2, records=50, nbytes=4_000)
     metrics.record_checkpoint_failure()
     metrics.observe_restore(1.5, records=700)
     metrics.record_rebalance("assigned")
     metrics.record_outputs("scores", 100)
-    metrics.record_dead_letters(2)
-    metrics.record_outputs("dead_letter", 1)
+    metrics.record_outputs("dead_letter", 3)
     expected = {
         ("cellwatch_active_streams", ()): 1_234,
         ("cellwatch_state_store_bytes", ()): 567_890,
         ("cellwatch_stream_evictions_total", ()): 3,
-        ("cellwatch_readings_skipped_total", ()): 4,
         ("cellwatch_checkpoint_duration_seconds_sum", ()): 0.2,
         ("cellwatch_checkpoint_records_total", ()): 50,
         ("cellwatch_checkpoint_bytes_total", ()): 4_000,
@@ -445,6 +442,7 @@ def test_streams_and_durability_helpers(registry: CollectorRegistry,
         ("cellwatch_restore_records_total", ()): 700,
         ("cellwatch_rebalances_total", (("kind", "assigned"),)): 1,
         ("cellwatch_output_records_total", (("topic_role", "scores"),)): 100,
+        ("cellwatch_output_records_total", (("topic_role", "changelog"),)): 50,
         ("cellwatch_output_records_total", (("topic_role", "dead_letter"),)): 3,
         ("cellwatch_dead_letters_total", ()): 3,
     }

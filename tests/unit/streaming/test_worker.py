@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cellwatch.wiring import assemble_worker
 from detector.state import STATE_LAYOUT_VERSION
 from detector.step import StreamingStep
 from streaming.engine import Reading, ScoringEngine
@@ -60,7 +61,8 @@ def sink(events: list) -> FakeRecordSink:
 def worker(step: StreamingStep, sink: FakeRecordSink, registry: CollectorRegistry) -> Worker:
     model = ModelInfo(step=step, channels=CHANNELS, version=MODEL_VERSION,
                       trained_at="2024-01-01T00:00:00Z", trained_at_s=1_704_067_200.0)
-    return Worker(CONFIG, model, sink, WorkerMetrics(registry), clock=lambda: 1_800_000_000.0)
+    return assemble_worker(CONFIG, model, sink, WorkerMetrics(registry),
+                           clock=lambda: 1_800_000_000.0)
 
 
 def attach(worker: Worker, records=(), events: list | None = None, **kwargs
@@ -226,8 +228,8 @@ def test_outputs_go_to_their_reading_partition_when_co_partitioned(
     config = dataclasses.replace(CONFIG, co_partitioned=co_partitioned)
     scripted = ScriptedStep(step, {minutes(1)[0]: (6.0, 2)})  # a flags at minute 1
     model = ModelInfo(scripted, CHANNELS, MODEL_VERSION, "2024-01-01T00:00:00Z", 0.0)
-    worker = Worker(config, model, sink, WorkerMetrics(registry),
-                    clock=lambda: 1_800_000_000.0)  # after the readings: none is "future"
+    worker = assemble_worker(config, model, sink, WorkerMetrics(registry),
+                             clock=lambda: 1_800_000_000.0)  # after the readings: none is "future"
     attach(worker)
     a = readings_of(recorded[:1, :6], ["a"], partition=2)
     b = readings_of(recorded[1:2, :6], ["b"], partition=5, t0_ms=T0_MS + 1)  # never flags
@@ -252,24 +254,24 @@ def test_giving_up_a_partition_drops_its_streams(
         worker: Worker, sink: FakeRecordSink, step: StreamingStep, recorded: np.ndarray,
         registry: CollectorRegistry, callback: str) -> None:
     attach(worker)
-    worker.on_assigned([0, 1])
+    worker.partitions.on_assigned([0, 1])
     assert worker.readiness()[0]
     p0 = readings_of(recorded[:2, :4], ["a", "b"], partition=0)
     p1 = readings_of(recorded[2:3, :4], ["c"], partition=1, first_offset=0)
     worker.process([record_of(r) for r in p0 + p1])
     assert all(stream in worker.store for stream in "abc")
-    getattr(worker, callback)([0])
+    getattr(worker.partitions, callback)([0])
     if callback == "on_revoked":
         # Kept until the assignment shows partition 0 went elsewhere.
         assert "a" in worker.store
-        worker.on_assigned([1])
+        worker.partitions.on_assigned([1])
     assert "a" not in worker.store and "b" not in worker.store and "c" in worker.store
     assert metric(registry, "cellwatch_assigned_partitions") == 1
     kind = "revoked" if callback == "on_revoked" else "lost"
     assert metric(registry, "cellwatch_rebalances_total", kind=kind) == 1
 
     # When partition 0 comes back, its streams start from scratch (and are not "in the past").
-    worker.on_assigned([0])
+    worker.partitions.on_assigned([0])
     sink.sent.clear()
     worker.process([record_of(p0[0])])
     assert [(s.key, s.value) for s in sink.on("scores")] == reference_scores(step, [p0[0]])
@@ -279,12 +281,12 @@ def test_partitions_handed_back_by_a_rebalance_keep_their_streams(
         worker: Worker, recorded: np.ndarray) -> None:
     """An eager rebalance revokes everything and often returns the same partitions."""
     attach(worker)
-    worker.on_assigned([0, 1])
+    worker.partitions.on_assigned([0, 1])
     readings = readings_of(recorded[:2, :4], ["a", "b"], partition=0)
     worker.process([record_of(r) for r in readings])
     before = worker.store.state[worker.store.row_of("a")].copy()
-    worker.on_revoked([0, 1])
-    worker.on_assigned([0, 1])
+    worker.partitions.on_revoked([0, 1])
+    worker.partitions.on_assigned([0, 1])
     np.testing.assert_array_equal(worker.store.state[worker.store.row_of("a")], before)
 
 
@@ -383,7 +385,7 @@ def test_maintenance_evicts_idle_streams_and_reports_lag(
     config = WorkerConfig("readings", "scores", "anomalies", "dead-letters",
                           idle_eviction_s=60.0)
     model = ModelInfo(step, CHANNELS, MODEL_VERSION, "2024-01-01T00:00:00Z", 0.0)
-    worker = Worker(config, model, sink, WorkerMetrics(registry), clock=lambda: now[0])
+    worker = assemble_worker(config, model, sink, WorkerMetrics(registry), clock=lambda: now[0])
     attach(worker, lags={3: 42})
     worker.process([record_of(r) for r in readings_of(recorded[:2, :1])])
     now[0] += 100.0
