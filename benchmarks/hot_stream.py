@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from detector.features import ChannelScaler  # noqa: E402
 from detector.model import ForecasterConfig, build_forecaster, step_params  # noqa: E402
-from detector.scorer import ScorerConfig  # noqa: E402
+from detector.scorer_config import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
 from streaming.engine import Reading, ScoringEngine  # noqa: E402
 from streaming.output_records import encode_episode, encode_scores  # noqa: E402

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from detector.export import ExportedStep  # noqa: E402
 from detector.features import ChannelScaler, clock_features  # noqa: E402
 from detector.model import ForecasterConfig, build_forecaster, step_params  # noqa: E402
-from detector.scorer import ScorerConfig  # noqa: E402
+from detector.scorer_config import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
 
 CHANNELS = 4

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from detector.features import ChannelScaler
 from detector.model import ForecasterConfig, step_params
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.state import StateLayout
 from detector.step import StreamingStep
 

@@ -23,7 +23,8 @@ import numpy as np
 from detector.array_ops import NumpyOps
 from detector.features import ChannelScaler
 from detector.forecaster_step import StepParams, forecast, with_exact_kernels
-from detector.scorer import NORMALIZED_LIMIT, ScorerConfig, assess
+from detector.scorer import NORMALIZED_LIMIT, assess
+from detector.scorer_config import ScorerConfig
 from detector.state import COUNT_CAP, StateLayout
 
 

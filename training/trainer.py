@@ -35,7 +35,7 @@ import tensorflow as tf
 from detector.artifact import ArtifactMetadata, save_artifact
 from detector.features import ChannelScaler, clock_features
 from detector.model import ForecasterConfig, build_forecaster, gaussian_nll
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from training.output_destinations import CHECKPOINT_SUFFIX, check_artifact_destination
 from training.recordings import Recording
 

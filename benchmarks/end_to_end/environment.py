@@ -33,7 +33,7 @@ def build_artifact(path: Path, seed: int) -> Path:
     from detector.artifact import save_artifact
     from detector.features import ChannelScaler
     from detector.model import ForecasterConfig, build_forecaster
-    from detector.scorer import ScorerConfig
+    from detector.scorer_config import ScorerConfig
 
     keras.utils.set_random_seed(seed)
     config = ForecasterConfig(channels=len(CHANNELS))

@@ -15,7 +15,7 @@ from cellwatch.settings import Settings, load_settings
 from cellwatch.wiring import run_worker
 from detector.artifact import save_artifact
 from detector.features import ChannelScaler
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from streaming.messages import reading_message
 from tests.unit.detector.conftest import make_model
 

@@ -93,7 +93,7 @@ _FINGERPRINT = """
 import hashlib, numpy as np
 from detector.features import ChannelScaler
 from detector.forecaster_step import StepParams
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
 rng = np.random.default_rng(3)
 F, C, D, U, M, H = 4, 5, 9, 16, 12, 10

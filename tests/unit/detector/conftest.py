@@ -10,7 +10,7 @@ import pytest
 
 from detector.features import ChannelScaler, clock_features
 from detector.model import ForecasterConfig, build_forecaster, step_params
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from detector.features import MS_PER_DAY, clock_features
 from detector.model import step_params
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
 from tests.unit.detector.conftest import make_model
 

@@ -12,7 +12,7 @@ import pytest
 from detector.artifact import ArtifactError, load_artifact, read_metadata, save_artifact
 from detector.export import load_exported_step, save_exported_step
 from detector.features import ChannelScaler
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from tests.unit.detector.conftest import make_model, make_recording, scaler_for
 
 CHANNELS = ("temperature", "pressure", "vibration")

@@ -11,7 +11,7 @@ import pytest
 
 from detector.array_ops import activation_name
 from detector.model import ForecasterConfig, step_params
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.state import StateLayout
 from detector.step import StreamingStep
 from tests.unit.detector.conftest import Recording, keras_forecasts, make_recording, scaler_for

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pytest
 
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
 from streaming.engine import BatchResult, Reading, ScoringEngine
 from streaming.messages import reading_message

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from detector.episodes import episode_spans
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.state import StateLayout
 from detector.step import StreamingStep
 from streaming.engine import BatchResult, Reading, ScoringEngine

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from detector.scorer import ScorerConfig
+from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
 from streaming.engine import ScoringEngine
 from streaming.messages import ReadingParser, reading_message

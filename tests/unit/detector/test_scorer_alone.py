@@ -1,0 +1,65 @@
+"""The scorer on its own: synthetic readings and forecasts, no model weights.
+
+:func:`detector.scorer.assess` reads the forecast the state holds and returns the scorer's
+fields of the next record; here a test plays the forecaster's part (a forecast of 0 with a
+scale of 1 for every channel), so the scorer's behaviour can be checked against known
+distributions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.array_ops import NumpyOps
+from detector.scorer import assess
+from detector.scorer_config import ScorerConfig
+from detector.state import StateLayout
+
+CHANNELS = 3
+LAYOUT = StateLayout(channels=CHANNELS, input_width=CHANNELS, memory_units=1)
+SCORER = ScorerConfig(learning_period=100, history=1000, level_history=1000, refractory=50)
+
+
+def score(readings: np.ndarray, hours: np.ndarray):
+    """Scores ``readings`` ``[streams, steps, F]`` (normalized units) reading by reading
+    against a forecast of 0 with scale 1; returns flags, surprises and top channels."""
+    streams, steps, _ = readings.shape
+    f = LAYOUT.fields
+    scorer_fields = slice(f["score_average"].start, f["flagged_run"].stop)
+    state = LAYOUT.initial(streams)
+    flags, surprises, tops = [], [], []
+    for t in range(steps):
+        state[:, f["forecast_mean"]] = 0.0
+        state[:, f["forecast_scale"]] = 1.0
+        x = readings[:, t].astype(np.float32)
+        _, _, surprise, flag, top, _, statistics = assess(
+            NumpyOps, SCORER, LAYOUT, x, x, hours[:, t], state)
+        state = state.copy()
+        state[:, scorer_fields] = np.concatenate(statistics, axis=-1)
+        state[:, f["reading_t1"]] = x
+        state[:, f["count"]] += 1.0
+        flags.append(flag)
+        surprises.append(surprise)
+        tops.append(top)
+    return np.stack(flags, 1), np.stack(surprises, 1), np.stack(tops, 1)
+
+
+def test_gaussian_readings_are_flagged_about_as_often_as_the_threshold_says():
+    rng = np.random.default_rng(0)
+    readings = rng.normal(size=(20, 1500, CHANNELS))
+    hours = np.tile((np.arange(1500) // 60) % 24, (20, 1))
+    flags, surprises, _ = score(readings, hours)
+    scored = flags[:, SCORER.learning_period + 1:]
+    # At most the nominal 1 - threshold (the tests' Bonferroni corrections make it lower).
+    assert scored.mean() <= 1.0 - SCORER.threshold
+    assert np.isfinite(surprises).all() and surprises.min() >= 0.0
+
+
+def test_a_residual_spike_is_flagged_on_its_channel_without_any_model():
+    rng = np.random.default_rng(1)
+    readings = rng.normal(size=(2, 400, CHANNELS))
+    readings[0, 300, 2] += 12.0
+    hours = np.tile((np.arange(400) // 60) % 24, (2, 1))
+    flags, surprises, tops = score(readings, hours)
+    assert flags[0, 300] and tops[0, 300] == 2
+    assert surprises[0, 300] > 5.0 and not flags[1, 300]
