@@ -172,8 +172,12 @@ def assemble_worker(config: WorkerConfig, model: ModelInfo, sink: RecordSink,
     if (config.changelog_topic is None) != (changelog is None):
         raise ValueError("a changelog topic and a changelog reader go together")
     store = StateStore(model.step.layout)
-    engine = wrappers.engine(ScoringEngine(model.step, store, model.channels, model.version,
-                                           config.episode_gap, clock=clock))
+
+    def engine_for(served: ModelInfo) -> ScoringEngine:
+        return wrappers.engine(ScoringEngine(served.step, store, served.channels,
+                                             served.version, config.episode_gap, clock=clock))
+
+    engine = engine_for(model)
     parser = wrappers.parser(ReadingParser(model.channels, config.max_message_bytes,
                                            max_abs_value=config.max_abs_value,
                                            max_stream_id_bytes=config.max_stream_id_bytes,
@@ -185,7 +189,7 @@ def assemble_worker(config: WorkerConfig, model: ModelInfo, sink: RecordSink,
                             changelog_check)
     partitions = PartitionTracker(store, checkpoint, metrics, config.readings_topic, lock,
                                   changelog, clock)
-    parts = WorkerParts(store, engine, parser, checkpoint, partitions, lock)
+    parts = WorkerParts(store, engine, engine_for, parser, checkpoint, partitions, lock)
     return wrappers.worker(Worker(config, model, parts, sink, metrics, clock=clock))
 
 

@@ -39,12 +39,13 @@ class ModelInfo:
 
 
 def swapped_engine(current: ModelInfo, offered: ModelInfo, store: StateStore,
-                   episode_gap: int, clock: Callable[[], float], metrics: WorkerMetrics
+                   engine_for: Callable[[ModelInfo], ScoringEngine], metrics: WorkerMetrics
                    ) -> ScoringEngine | None:
-    """The engine that serves ``offered`` in place of ``current`` over ``store``, or None
-    when it cannot (other channels: refused, the current model stays). With the same state
-    layout the streams keep their states; otherwise every stream starts its learning period
-    again (its last reading time and offset stay, so nothing is applied twice)."""
+    """The engine that serves ``offered`` in place of ``current`` over ``store`` (built by
+    ``engine_for``, as the first one was), or None when it cannot (other channels: refused,
+    the current model stays). With the same state layout the streams keep their states;
+    otherwise every stream starts its learning period again (its last reading time and
+    offset stay, so nothing is applied twice)."""
     if tuple(offered.channels) != tuple(current.channels):
         log.error("model %s not loaded: its channels %s differ from the served model's %s",
                   offered.version, list(offered.channels), list(current.channels))
@@ -53,8 +54,7 @@ def swapped_engine(current: ModelInfo, offered: ModelInfo, store: StateStore,
     kept = offered.step.layout == store.layout
     if not kept:
         store.reset_states(offered.step.layout)
-    engine = ScoringEngine(offered.step, store, offered.channels, offered.version,
-                           episode_gap, clock=clock)
+    engine = engine_for(offered)
     metrics.set_model(offered.version, offered.trained_at, offered.trained_at_s,
                       state_layout_label(offered.step.layout))
     metrics.record_model_reload("kept_state" if kept else "reset_state")

@@ -120,6 +120,9 @@ class WorkerParts:
 
     store: StateStore
     engine: ScoringEngine
+    # Builds the engine that serves a model over ``store`` (the first one, and each model
+    # reloaded later), so that a reloaded model is wired as the first one was.
+    engine_for: Callable[[ModelInfo], ScoringEngine]
     parser: ReadingParser
     checkpoint: Checkpoint
     partitions: PartitionTracker
@@ -149,6 +152,7 @@ class Worker:
         self.clock = clock
         self.store = parts.store
         self.engine = parts.engine
+        self._engine_for = parts.engine_for
         self.parser = parts.parser
         self.checkpoint = parts.checkpoint
         self.partitions = parts.partitions
@@ -269,8 +273,8 @@ class Worker:
             model, self._offered_model = self._offered_model, None
             if model is None:
                 return
-            engine = swapped_engine(self.model, model, self.store, self.config.episode_gap,
-                                    self.clock, self.metrics)
+            engine = swapped_engine(self.model, model, self.store, self._engine_for,
+                                    self.metrics)
             if engine is not None:
                 self.engine, self.model = engine, model
 

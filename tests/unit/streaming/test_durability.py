@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from cellwatch.wiring import assemble_worker
+from cellwatch.wiring import PartWrappers, assemble_worker
 from detector.state import StateLayout
 from detector.step import StreamingStep
 from streaming import worker as worker_module
@@ -614,6 +614,25 @@ def test_a_model_with_another_layout_restarts_learning_without_reapplying(
     assert registry.get_sample_value("cellwatch_readings_skipped_total") == 4
     fresh = ScoringEngine(new_step, StateStore(new_step.layout), CHANNELS, "v2", 3)
     assert broker.on("scores")[-1].value == score_records(fresh.process([readings[4]]))[0][1]
+
+
+def test_a_reloaded_model_is_served_by_an_engine_wiring_builds(step: StreamingStep) -> None:
+    """The engine of a reloaded model comes from the same factory as the first one, so the
+    parts the caller wrapped (the benchmarks' timers) stay wrapped after a reload."""
+    wrapped: list[str] = []
+
+    def mark(engine: ScoringEngine) -> ScoringEngine:
+        wrapped.append(engine.model_version)
+        return engine
+
+    worker = assemble_worker(CONFIG, model_of(step), BrokerSink(Broker([])),
+                             WorkerMetrics(CollectorRegistry()),
+                             changelog=BrokerChangelog(Broker([])),
+                             wrappers=PartWrappers(engine=mark))
+    worker.offer_model(model_of(step, version="v2"))
+    worker.swap_offered_model()
+    assert wrapped == [MODEL_VERSION, "v2"]
+    assert worker.engine.model_version == "v2"
 
 
 def test_a_model_with_other_channels_is_refused(step: StreamingStep) -> None:
