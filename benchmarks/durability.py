@@ -208,7 +208,8 @@ def restore(bootstrap: str, artifact: Path, states: int) -> dict:
 
     from detector.artifact import load_artifact
     from streaming.changelog import ChangelogWriter
-    from streaming.kafka_io import KafkaRecordSink, ensure_changelog
+    from streaming.kafka_io import KafkaRecordSink
+    from streaming.kafka_topics import ensure_changelog
     from streaming.state_store import StateStore
 
     options = {"bootstrap_servers": [bootstrap]}
@@ -251,7 +252,7 @@ def restore(bootstrap: str, artifact: Path, states: int) -> dict:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     from deploy.kafka.local_broker import KafkaBroker
-    from streaming.kafka_io import ensure_topic
+    from streaming.kafka_topics import ensure_topic
 
     report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "readings": args.readings, "streams": args.streams,

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from deploy.kafka.local_broker import KafkaBroker
     from detector.artifact import load_artifact
-    from streaming.kafka_io import ensure_topic
+    from streaming.kafka_topics import ensure_topic
 
     report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "readings": args.readings, "streams": args.streams,

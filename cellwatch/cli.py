@@ -400,7 +400,8 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
     from cellwatch.wiring import kafka_client_options
     from detector.artifact import load_artifact
     from streaming.engine import ScoringEngine
-    from streaming.kafka_io import KafkaRecordSink, ensure_topic
+    from streaming.kafka_io import KafkaRecordSink
+    from streaming.kafka_topics import ensure_topic
     from streaming.replay import replay_to_kafka, score_in_process
     from streaming.state_store import StateStore
     from training.output_destinations import check_output_file, replaced_when_complete

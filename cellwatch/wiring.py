@@ -35,10 +35,8 @@ from streaming.kafka_io import (
     KafkaChangelogReader,
     KafkaReadingSource,
     KafkaRecordSink,
-    ensure_changelog,
-    ensure_topics,
-    partition_count,
 )
+from streaming.kafka_topics import ensure_changelog, ensure_topics, partition_count
 from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics
 from streaming.model_reload import ModelWatcher

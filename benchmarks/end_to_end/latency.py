@@ -145,7 +145,7 @@ def latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, part
 def _latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, partitions: int,
              rate: float, seconds: float, max_readings: int, warmup_s: float,
              seed: int, workdir: Path, gc_freeze: bool) -> dict:
-    from streaming.kafka_io import ensure_topic
+    from streaming.kafka_topics import ensure_topic
 
     topic = f"{prefix}.readings"
     ensure_topic({"bootstrap_servers": bootstrap}, topic, partitions)

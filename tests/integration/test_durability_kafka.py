@@ -424,7 +424,7 @@ def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(
         kafka_broker, topic_factory, unique_name, kafka_admin):
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from streaming.kafka_io import ensure_changelog
+    from streaming.kafka_topics import ensure_changelog
     from streaming.ports import TopicSetupError
 
     options = {"bootstrap_servers": [kafka_broker.bootstrap]}
