@@ -49,6 +49,7 @@ from benchmarks.end_to_end.environment import (  # noqa: E402
     versions,
 )
 from benchmarks.end_to_end.readings import produce_readings  # noqa: E402
+from deploy.kafka.local_broker import committed_offsets  # noqa: E402
 
 log = logging.getLogger("durability")
 
@@ -70,18 +71,6 @@ def _end_offsets_sum(consumer, topic: str) -> int:
         return 0
     ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
     return sum(ends.values())
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
-    finally:
-        consumer.close(autocommit=False)
 
 
 def worker_mode(bootstrap: str, artifact: Path, topic: str, readings: int, mode: str,

@@ -90,6 +90,22 @@ def kafka_missing_requirements() -> list[str]:
 # --- Kafka -----------------------------------------------------------------------------------
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic``, per partition (0 where none).
+
+    kafka-python is imported here, when called, so that importing this module still needs
+    only the standard library."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
+    finally:
+        consumer.close(autocommit=False)
+
+
 class BrokerError(RuntimeError):
     """broker.sh failed; the message carries its output (including the broker log tail)."""
 

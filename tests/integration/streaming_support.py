@@ -150,16 +150,6 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 90.
         consumer.close()
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
-    finally:
-        consumer.close(autocommit=False)
-
-
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:

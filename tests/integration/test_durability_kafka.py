@@ -25,14 +25,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cellwatch import wiring
-from deploy.kafka.local_broker import REPO_ROOT, KafkaBroker, free_port
+from deploy.kafka.local_broker import REPO_ROOT, KafkaBroker, committed_offsets, free_port
 from detector.artifact import load_artifact
 from streaming.engine import Reading, ScoringEngine
 from streaming.output_records import encode_scores
 from streaming.state_store import StateStore
 from tests.integration.streaming_support import (
     CHANNELS,
-    committed_offsets,
     end_offsets,
     produce,
     reading_bytes,

@@ -60,10 +60,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from deploy.kafka.local_broker import KafkaBroker
+from deploy.kafka.local_broker import KafkaBroker, committed_offsets
 from tests.integration.streaming_support import (
     CHANNELS,
-    committed_offsets,
     end_offsets,
     reading_bytes,
     readings,

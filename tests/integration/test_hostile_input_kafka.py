@@ -13,10 +13,10 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from cellwatch import wiring
+from deploy.kafka.local_broker import committed_offsets
 from streaming.kafka_io import KafkaRecordSink
 from streaming.ports import OutputError
 from tests.integration.streaming_support import (
-    committed_offsets,
     end_offsets,
     produce,
     read_topic,

@@ -19,11 +19,10 @@ from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
 from cellwatch.cli import main
-from deploy.kafka.local_broker import REPO_ROOT, free_port
+from deploy.kafka.local_broker import REPO_ROOT, committed_offsets, free_port
 from detector.readings import ReadingMessageWriter
 from tests.integration.streaming_support import (
     CHANNELS,
-    committed_offsets,
     end_offsets,
     produce,
     read_topic,

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
+from deploy.kafka.local_broker import committed_offsets
 from tests.integration.streaming_support import (
     CHANNELS,
-    committed_offsets,
     end_offsets,
     produce,
     read_topic,
