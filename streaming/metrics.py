@@ -122,21 +122,31 @@ class WorkerMetrics:
         self._lock = threading.Lock()
         self._newest_reading_ts_s = -math.inf
         self._model_labels: tuple[str, str, str] | None = None
+        self._declare_reading_metrics()
+        self._declare_batch_metrics()
+        self._declare_consumer_metrics()
+        self._declare_stream_metrics()
+        self._declare_model_metrics()
+        self._declare_durability_metrics()
+        self.worker_start_timestamp.set(time.time() if start_time_s is None else start_time_s)
 
-        def counter(name: str, doc: str, labelnames: Sequence[str] = ()) -> Counter:
-            return Counter(PREFIX + name, doc, labelnames, registry=registry)
+    # -- declarations, by subject ----------------------------------------------------------
 
-        def gauge(name: str, doc: str, labelnames: Sequence[str] = ()) -> Gauge:
-            return Gauge(PREFIX + name, doc, labelnames, registry=registry)
+    def _counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Counter:
+        return Counter(PREFIX + name, doc, labelnames, registry=self.registry)
 
-        def histogram(name: str, doc: str, buckets: Sequence[float],
-                      labelnames: Sequence[str] = (),
-                      label_values: Iterable[Sequence[str]] = ()) -> BatchHistogram:
-            collector = BatchHistogram(PREFIX + name, doc, buckets, labelnames, label_values)
-            registry.register(collector)
-            return collector
+    def _gauge(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Gauge:
+        return Gauge(PREFIX + name, doc, labelnames, registry=self.registry)
 
-        # Readings.
+    def _histogram(self, name: str, doc: str, buckets: Sequence[float],
+                   labelnames: Sequence[str] = (),
+                   label_values: Iterable[Sequence[str]] = ()) -> BatchHistogram:
+        collector = BatchHistogram(PREFIX + name, doc, buckets, labelnames, label_values)
+        self.registry.register(collector)
+        return collector
+
+    def _declare_reading_metrics(self) -> None:
+        counter = self._counter
         self.readings_consumed = counter(
             "readings_consumed_total", "Reading records consumed from the readings topic.")
         self.readings_scored = counter(
@@ -155,7 +165,9 @@ class WorkerMetrics:
         self.anomaly_episodes = counter(
             "anomaly_episodes_total", "Anomaly episodes opened.")
 
-        # Latency, batches, steps and scores.
+    def _declare_batch_metrics(self) -> None:
+        """Latency, batches, steps and scores."""
+        histogram = self._histogram
         self.end_to_end_latency = histogram(
             "end_to_end_latency_seconds",
             "Time from a reading's own timestamp (reference=reading_time) or from the broker's "
@@ -179,7 +191,8 @@ class WorkerMetrics:
             "anomaly_likelihood", "Anomaly likelihoods of scored readings (0.5 while learning).",
             LIKELIHOOD_BUCKETS)
 
-        # Kafka consumer.
+    def _declare_consumer_metrics(self) -> None:
+        counter, gauge = self._counter, self._gauge
         self.consumer_lag = gauge(
             "consumer_lag_messages",
             "Records between the consumer's position and the end of an assigned partition.",
@@ -191,7 +204,9 @@ class WorkerMetrics:
         for kind in RebalanceKind:
             self.rebalances.labels(kind.value)
 
-        # Streams and state.
+    def _declare_stream_metrics(self) -> None:
+        """Streams and their state."""
+        counter, gauge = self._counter, self._gauge
         self.active_streams = gauge("active_streams", "Streams with state held by this worker.")
         self.state_store_bytes = gauge(
             "state_store_bytes", "Bytes of per-stream state held by this worker.")
@@ -210,7 +225,8 @@ class WorkerMetrics:
         self.worker_start_timestamp = gauge(
             "worker_start_timestamp_seconds", "Wall-clock Unix time at which the worker started.")
 
-        # Model.
+    def _declare_model_metrics(self) -> None:
+        counter, gauge = self._counter, self._gauge
         self.model_info = gauge(
             "model_info", "The loaded model: always 1, labelled with its version, training "
             "time and state layout (version/floats per stream).",
@@ -222,7 +238,9 @@ class WorkerMetrics:
         for outcome in ModelReloadOutcome:
             self.model_reloads.labels(outcome.value)
 
-        # Durability.
+    def _declare_durability_metrics(self) -> None:
+        """Checkpoints, restores, dead letters and output records."""
+        counter, histogram = self._counter, self._histogram
         self.checkpoint_duration = histogram(
             "checkpoint_duration_seconds",
             "Duration of one checkpoint of changed stream states to the changelog.",
@@ -254,8 +272,6 @@ class WorkerMetrics:
             ["topic_role"])
         for role in TopicRole:
             self.output_records.labels(role.value)
-
-        self.worker_start_timestamp.set(time.time() if start_time_s is None else start_time_s)
 
     # -- per batch -------------------------------------------------------------------------
 

@@ -1,0 +1,327 @@
+"""The scorer's six tests, one pair of functions each: judging a reading, then learning from it.
+
+:func:`detector.scorer.assess` runs every test's ``*_evidence`` function on the state before
+the reading (nothing is learned there), decides from their tails whether the reading is
+flagged, and only then runs every ``learn_*`` function, which update the test's statistics
+from the reading where the decision says so (``learn``: 1.0 for a reading learned from, 0.0
+otherwise). What each test is, when it works and its references are in
+:mod:`detector.scorer`'s docstring; the comments here say why a formula has its form.
+
+Every function takes ``ops`` (:class:`detector.array_ops.NumpyOps` or TensorFlow's), so the
+same formulas run in the NumPy step and in the exported TensorFlow step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from detector.scorer_config import ScorerConfig
+from detector.tail_probabilities import (
+    CALIBRATION_PRIOR_READINGS,
+    MIN_TAIL,
+    upper_tail,
+    variance_ratio_z,
+)
+
+# Relative resolution of float32, the floor of every level and change variance.
+RESOLUTION = 1e-6
+# The season test's bins: the hours of the (UTC) day.
+SEASON_BINS = 24
+
+Array = Any  # a NumPy array or a TensorFlow tensor, as ``ops`` makes them
+
+
+class Reading(NamedTuple):
+    """What every test reads of the reading and of its stream's record."""
+
+    normalized: Array  # [B, F] the readings, normalized (unclipped)
+    clipped: Array  # [B, F] the same, clipped as the model sees them
+    hours: Array  # [B] int32 hour of the day (UTC)
+    count: Array  # [B] readings seen before this one
+    first: Array  # [B] bool: the stream's first reading
+    has_forecast: Array  # [B] bool: the state holds a forecast for this reading
+    variance_floor: Array  # [B, F] the smallest variance float32 resolves around the level
+    channels: int
+
+
+def read(ops, layout, normalized, clipped, hours, state) -> Reading:
+    """The :class:`Reading` of ``normalized`` against ``state`` ``[B, S]``."""
+    f = layout.fields
+    count = state[:, f["count"]][:, 0]
+    # Variances below what float32 resolves around the stream's level count as that: the
+    # floor guards against dividing by zero, not against a stream whose units are small
+    # (one model's normalization serves streams of very different units).
+    resolution = RESOLUTION * (ops.abs(state[:, f["level_mean"]]) + RESOLUTION)
+    return Reading(normalized, clipped, hours, count, count == 0.0, count >= 1.0,
+                   resolution * resolution, layout.channels)
+
+
+def running_weight(ops, seen, history: int):
+    """A running mean's weight until ``history`` values were seen, then exponential."""
+    return ops.maximum(1.0 / ops.maximum(seen, 1.0), 1.0 / history)
+
+
+# --- forecast: the moving average of residual scores against its long-run distribution ----
+
+class ForecastEvidence(NamedTuple):
+    tail: Array  # [B]
+    score: Array  # [B] the raw score: RMS of the recalibrated standardized residuals
+    residual: Array  # [B, F] standardized by the recalibrated scale
+    model_residual: Array  # [B, F] standardized by the model's own scale
+    scale_ratio: Array  # [B, F]
+    average: Array  # [B] the moving average of scores before this reading
+    new_average: Array  # [B] ... with this reading
+    mean: Array  # [B] the long-run mean of the average
+    var: Array  # [B] ... and its variance
+
+
+def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: Reading) -> ForecastEvidence:
+    # This reading against the forecast the previous reading left in the state.
+    model_residual = (r.normalized - state[:, f["forecast_mean"]]) / ops.where(
+        r.has_forecast[:, None], state[:, f["forecast_scale"]], 1.0)
+    model_residual = ops.where(r.has_forecast[:, None], model_residual, 0.0)
+    # The model's forecast scale, recalibrated per stream: by the stream's own long-run mean
+    # square of the model's standardized residuals (1, the model's own scale, until it has
+    # seen a forecast), so a stream the model forecasts more or less tightly than the
+    # streams it was trained on (one normalization serves streams of very different units)
+    # is judged by its own residuals; floored at float32's resolution around its level.
+    scale_ratio = ops.where((r.count >= 2.0)[:, None], state[:, f["scale_ratio"]], 1.0)
+    model_scale = state[:, f["forecast_scale"]]
+    residual = model_residual / ops.sqrt(ops.maximum(
+        scale_ratio, r.variance_floor / ops.maximum(model_scale * model_scale, MIN_TAIL)))
+    score = ops.sqrt(ops.mean_of_rows(residual * residual))
+    average = state[:, f["score_average"]][:, 0]
+    mean = state[:, f["score_mean"]][:, 0]
+    var = state[:, f["score_var"]][:, 0]
+    capped = ops.minimum(score, scorer.score_cap)
+    new_average = ops.where(r.count == 1.0, capped,
+                            average + scorer.average_weight * (capped - average))
+    sigma = ops.maximum(ops.sqrt(var), scorer.min_sigma)
+    tail = upper_tail(ops, (new_average - mean) / sigma)
+    return ForecastEvidence(tail, score, residual, model_residual, scale_ratio, average,
+                            new_average, mean, var)
+
+
+def learn_forecast(ops, scorer: ScorerConfig, r: Reading, e: ForecastEvidence, learn):
+    """``[average, mean, var, scale_ratio]`` of the next record."""
+    # Over the averages, from the first forecast.
+    weight = learn * running_weight(ops, r.count, scorer.history)
+    delta = e.new_average - e.mean
+    new_mean = ops.where(r.has_forecast, e.mean + weight * delta, e.mean)
+    new_var = ops.where(r.has_forecast, (1.0 - weight) * (e.var + weight * delta * delta),
+                        e.var)
+    new_average = ops.where(r.has_forecast, e.new_average, e.average)
+    # The scale ratio over forecasts, the model's own scale counting as the calibration
+    # prior's readings; a residual counts up to what would flag it on its own, so one
+    # outlier does not inflate the stream's scale.
+    ratio_weight = (learn * ops.indicator(r.has_forecast) * running_weight(
+        ops, r.count + CALIBRATION_PRIOR_READINGS, scorer.history))[:, None]
+    bounded_ratio = ops.minimum(e.model_residual * e.model_residual,
+                                scorer.flag_chi2 * e.scale_ratio)
+    new_scale_ratio = e.scale_ratio + ratio_weight * (bounded_ratio - e.scale_ratio)
+    return [new_average[:, None], new_mean[:, None], new_var[:, None], new_scale_ratio]
+
+
+# --- level and shift: each channel against its long-run mean, and an EWMA chart of it -----
+
+class LevelEvidence(NamedTuple):
+    tail: Array  # [B]
+    z: Array  # [B, F]
+    mean: Array  # [B, F] the long-run mean
+    var: Array  # [B, F] ... and variance
+
+
+def level_evidence(ops, f, state, r: Reading) -> LevelEvidence:
+    mean = state[:, f["level_mean"]]
+    var = state[:, f["level_var"]]
+    z = ops.abs(r.normalized - mean) / ops.sqrt(ops.maximum(var, r.variance_floor))
+    tail = (2.0 * r.channels) * upper_tail(ops, ops.max_of_rows(z))
+    return LevelEvidence(tail, z, mean, var)
+
+
+class ShiftEvidence(NamedTuple):
+    tail: Array  # [B]
+    z: Array  # [B, F]
+    new_mean: Array  # [B, F] the EWMA of deviations, with this reading
+    var: Array  # [B, F] the EWMA's own long-run mean square
+
+
+def shift_evidence(ops, scorer: ScorerConfig, f, state, r: Reading,
+                   level: LevelEvidence) -> ShiftEvidence:
+    # A deviation counts up to what would flag it on its own, so one spike does not hold
+    # the average up after it.
+    level_sd = ops.sqrt(ops.maximum(level.var, r.variance_floor))
+    bound = math.sqrt(scorer.flag_chi2) * level_sd
+    deviation = ops.minimum(ops.maximum(r.normalized - level.mean, -bound), bound)
+    shift_mean = state[:, f["shift_mean"]]
+    new_mean = ops.where(r.first[:, None], 0.0,
+                         shift_mean + scorer.average_weight * (deviation - shift_mean))
+    # The average's spread: its own long-run mean square, as a drifting channel's average
+    # wanders far more than independent readings' would; at least theirs.
+    var = state[:, f["shift_var"]]
+    iid_share = scorer.average_weight / (2.0 - scorer.average_weight)
+    z = ops.abs(new_mean) / ops.sqrt(ops.maximum(
+        var, iid_share * ops.maximum(level.var, r.variance_floor)))
+    tail = ops.where(r.count >= 2.0, (2.0 * r.channels) * upper_tail(
+        ops, ops.max_of_rows(z)), 1.0)
+    return ShiftEvidence(tail, z, new_mean, var)
+
+
+def learn_level_and_shift(ops, scorer: ScorerConfig, r: Reading, level: LevelEvidence,
+                          shift: ShiftEvidence, learn):
+    """``[level_mean, level_var, shift_mean, shift_var]`` of the next record."""
+    # Over readings, this one included from the first.
+    weight = (learn * running_weight(ops, r.count + 1.0, scorer.level_history))[:, None]
+    delta = r.normalized - level.mean
+    new_level_mean = level.mean + weight * delta
+    new_level_var = (1.0 - weight) * (level.var + weight * delta * delta)
+    new_shift_var = shift.var + weight * (shift.new_mean * shift.new_mean - shift.var)
+    return [new_level_mean, new_level_var, shift.new_mean, new_shift_var]
+
+
+# --- season: each channel against its mean at this hour of the day -------------------------
+
+class SeasonEvidence(NamedTuple):
+    tail: Array  # [B]
+    z: Array  # [B, F]
+    block: Array  # [B, 24, F] the hourly means
+    visits: Array  # [B] readings learned at this hour
+    var: Array  # [B, F] the deviations' variance
+    deviation: Array  # [B, F] from this hour's mean
+
+
+def season_evidence(ops, f, state, r: Reading) -> SeasonEvidence:
+    # In units of the deviations from the hourly means; a mean of n readings is itself
+    # uncertain by 1/n of that variance.
+    block = ops.reshape(state[:, f["season_mean"]], (-1, SEASON_BINS, r.channels))
+    visits = ops.take_rows(state[:, f["season_visits"]], r.hours)
+    hour_mean = ops.take_rows(block, r.hours)
+    var = state[:, f["season_var"]]
+    deviation = r.normalized - hour_mean
+    spread = ops.maximum(var, r.variance_floor) * (
+        1.0 + 1.0 / ops.maximum(visits, 1.0))[:, None]
+    z = ops.where((visits >= 2.0)[:, None], ops.abs(deviation) / ops.sqrt(spread), 0.0)
+    tail = (2.0 * r.channels) * upper_tail(ops, ops.max_of_rows(z))
+    return SeasonEvidence(tail, z, block, visits, var, deviation)
+
+
+def learn_season(ops, scorer: ScorerConfig, f, state, r: Reading, e: SeasonEvidence, learn):
+    """``[season_mean, season_visits, season_var]`` of the next record: this hour's mean
+    over its readings, the deviations' variance over all."""
+    new_visits = ops.add_to_rows(state[:, f["season_visits"]], r.hours, learn)
+    hour_weight = learn / ops.maximum(e.visits + learn, 1.0)
+    new_block = ops.add_to_rows(e.block, r.hours, hour_weight[:, None] * e.deviation)
+    weight = (learn * ops.indicator(e.visits >= 1.0) * running_weight(
+        ops, r.count + 1.0, scorer.level_history))[:, None]
+    new_var = e.var + weight * (e.deviation * e.deviation - e.var)
+    return [ops.reshape(new_block, (-1, SEASON_BINS * r.channels)), new_visits, new_var]
+
+
+# --- variability and repeats: the changes from the previous reading ------------------------
+
+class VariabilityEvidence(NamedTuple):
+    tail: Array  # [B]
+    z: Array  # [B, F]
+    change: Array  # [B, F] this clipped reading less the previous one
+    change_sq: Array  # [B, F]
+    short: Array  # [B, F] the recent mean square of changes before this reading
+    new_short: Array  # [B, F] ... with this reading
+    long: Array  # [B, F] the long-run mean square of changes
+    long_degrees: Array  # [B] the changes the long-run mean holds
+
+
+def variability_evidence(ops, scorer: ScorerConfig, f, state,
+                         r: Reading) -> VariabilityEvidence:
+    # Changes are of the clipped values, which the previous record holds as its input.
+    change = r.clipped - state[:, f["reading_t1"]]
+    change_sq = change * change
+    short = state[:, f["change_short"]]
+    long = state[:, f["change_long"]]
+    # A change counts up to what would be a flag on its own (a chi2(1) value at the
+    # threshold, times the long-run mean square), so one spike does not keep the recent
+    # variance up for the window's length after it: the test is for bursts.
+    bounded_sq = ops.where((r.count >= 2.0)[:, None], ops.minimum(
+        change_sq, scorer.flag_chi2 * ops.maximum(long, r.variance_floor)), change_sq)
+    new_short = ops.where((r.count == 1.0)[:, None], change_sq,
+                          short + scorer.variability_weight * (bounded_sq - short))
+    # The long-run mean holds count - 1 changes, or about 2 * history - 1 once exponential.
+    long_degrees = ops.minimum(ops.maximum(r.count - 1.0, 1.0), 2.0 * scorer.history - 1.0)
+    # Both floored: a channel that never moves (a flat line) keeps a ratio of 1.
+    z = variance_ratio_z(
+        ops, ops.maximum(new_short, r.variance_floor) / ops.maximum(long, r.variance_floor),
+        scorer.variability_span, long_degrees[:, None])
+    z = ops.where((r.count >= 2.0)[:, None], z, 0.0)
+    tail = r.channels * upper_tail(ops, ops.max_of_rows(z))
+    return VariabilityEvidence(tail, z, change, change_sq, short, new_short, long,
+                               long_degrees)
+
+
+class RepeatsEvidence(NamedTuple):
+    tail: Array  # [B]
+    evidence: Array  # [B, F] -log10 of the current run's probability (0 without a repeat)
+    repeated: Array  # [B, F] 1.0 where the reading repeats the previous one exactly
+    previous_run: Array  # [B, F] the run of repeats before this reading
+    run: Array  # [B, F] ... with it
+    rate: Array  # [B, F] the long-run rate of repeating
+    follow_hits: Array  # [B, F] repeats right after a repeat, in completed runs
+    follow_occasions: Array  # [B, F] repeats of completed runs
+    first_chance: Array  # [B, F] p, the chance of a first repeat
+    follow_chance: Array  # [B, F] q, the chance of a repeat after a repeat
+
+
+def repeats_evidence(ops, f, state, r: Reading,
+                     variability: VariabilityEvidence) -> RepeatsEvidence:
+    # The run of exact repeats as a two-state Markov chain: the first repeat at the
+    # channel's repeat rate p, each further one at its rate q of repeating right after a
+    # repeat, learned from completed runs only, so that a run is judged by the runs before
+    # it and not by itself (Laplace's rule of succession for both).
+    repeated = ops.indicator(variability.change == 0.0)
+    previous_run = state[:, f["repeat_run"]]
+    run = ops.where(r.has_forecast[:, None], (previous_run + 1.0) * repeated, 0.0)
+    rate = state[:, f["repeat_rate"]]
+    follow_hits = state[:, f["repeat_follow_hits"]]
+    follow_occasions = state[:, f["repeat_follow_occasions"]]
+    seen = variability.long_degrees[:, None]
+    first_chance = (rate * seen + 1.0) / (seen + 2.0)
+    follow_chance = (follow_hits + 1.0) / (follow_occasions + 2.0)
+    # -log10(p * q ** (r - 1)), larger is rarer; 0 without a repeat.
+    evidence = -repeated * (ops.log10(first_chance)
+                            + (run - 1.0) * ops.log10(follow_chance))
+    tail = ops.where(r.count >= 2.0, r.channels * ops.exp(
+        -ops.max_of_rows(evidence) * math.log(10.0)), 1.0)
+    return RepeatsEvidence(tail, evidence, repeated, previous_run, run, rate, follow_hits,
+                           follow_occasions, first_chance, follow_chance)
+
+
+def ended_runs(ops, e: RepeatsEvidence, learn_run):
+    """``[B, F]`` 1.0 where a run of repeats just ended and is learned from: unless it ended
+    flagged, and not yet for longer than the learning period (``learn_run`` says)."""
+    return ops.indicator(e.previous_run >= 1.0) * (1.0 - e.repeated) * learn_run[:, None]
+
+
+def learn_changes(ops, scorer: ScorerConfig, r: Reading, v: VariabilityEvidence,
+                  e: RepeatsEvidence, ended, learn):
+    """``[change_short, change_long, repeat_rate, repeat_follow_hits,
+    repeat_follow_occasions, repeat_run]`` of the next record: over changes (the first
+    comes with the second reading)."""
+    weight = (learn * running_weight(ops, r.count, scorer.history))[:, None]
+    new_long = ops.where(r.has_forecast[:, None],
+                         v.long + weight * (v.change_sq - v.long), v.long)
+    new_short = ops.where(r.has_forecast[:, None], v.new_short, v.short)
+    new_rate = ops.where(r.has_forecast[:, None], e.rate + weight * (e.repeated - e.rate),
+                         e.rate)
+    # A run that just ended joins the follow counts (of its r repeats, r - 1 followed a
+    # repeat); the counts fade over `history` readings.
+    fade = 1.0 - 1.0 / scorer.history
+    new_follow_hits = e.follow_hits * fade + ended * (e.previous_run - 1.0)
+    new_follow_occasions = e.follow_occasions * fade + ended * e.previous_run
+    return [new_short, new_long, new_rate, new_follow_hits, new_follow_occasions, e.run]
+
+
+def ended_run_surprise(ops, r: Reading, e: RepeatsEvidence, ended):
+    """``[B]`` the surprise each run that just ended had reached (0 where none ended),
+    Bonferroni over the channels: what the repeats test's calibration learns from."""
+    ended_evidence = -ended * (ops.log10(e.first_chance)
+                               + (e.previous_run - 1.0) * ops.log10(e.follow_chance))
+    return ops.maximum(ops.max_of_rows(ended_evidence) - math.log10(r.channels), 0.0)
