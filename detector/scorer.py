@@ -62,8 +62,13 @@ Siffer et al., KDD 2017): a stream whose test
 surprises itself more often, or more strongly, than the test's model says (a Gaussian tail;
 geometric runs of repeats), as heavy tails, a noise-free cycle or a quantized or idle
 sensor do, has that test's surprise lowered to match; the correction never raises one. The
-four Gaussian tests' calibrations learn reading by reading, the repeats test's from the
-surprise each completed run of repeats had reached. The reading's single surprise is the largest of
+five Gaussian tests' calibrations learn reading by reading, except that a run of readings
+above 1 teaches the excess only its first ``average_span`` readings and, if it lasts longer,
+its peak once when it has ended (bounded runs declustering): a slow anomaly that is not yet
+flagged cannot teach the calibration, while it lasts, that large surprises are usual (on
+NAB's 35 files 60.5 before, 59.3 after; SKAB's F1 0.695 before, 0.772 after, its ROC AUC
+0.801 and 0.858). The repeats test's calibration learns from the surprise each completed run
+of repeats had reached. The reading's single surprise is the largest of
 the six, less ``log10(6)`` (Bonferroni over the tests), **calibrated in its far tail**
 (:func:`~detector.tail_probabilities.calibrate_tail`): a second peaks-over-threshold fit,
 of the surprises above 3 that the stream reported as onsets (one per burst: declustered),
@@ -124,7 +129,7 @@ within its own usual range is not seen, since every test is per channel (4 of SK
 valve faults here); an anomaly within ``refractory`` readings after a larger one has no
 onset (its surprise and flag still show).
 Cost: O(channels) per reading, about 40 element-wise operations on the batch;
-``36 * channels + 52`` floats of state (the hourly profile is ``25 * channels + 24``).
+``36 * channels + 57`` floats of state (the hourly profile is ``25 * channels + 24``).
 """
 
 from __future__ import annotations
@@ -332,6 +337,7 @@ class _Calibration(NamedTuple):
     exceed_rate: Any  # [B, tests]
     uncensored_rate: Any  # [B, tests]
     excess_rate: Any  # [B, tests]
+    cluster_progress: Any  # [B, tests - 1] see learn
     tail_rate: Any  # [B]
     tail_excess: Any  # [B]
     tail_weight: Any  # [B] the far tail's running weight
@@ -345,6 +351,7 @@ class _Calibration(NamedTuple):
                       state[:, f["uncensored_rate"]]),
             ops.where(first[:, None], CALIBRATION_RATE * CALIBRATION_EXCESS * UNCENSORED_SHARE,
                       state[:, f["excess_rate"]]),
+            state[:, f["cluster_progress"]],
             ops.where(first, TAIL_RATE, state[:, f["tail_rate"]][:, 0]),
             ops.where(first, TAIL_RATE * CALIBRATION_EXCESS, state[:, f["tail_excess"]][:, 0]),
             # A rate near one in a thousand needs at least a thousand readings of memory.
@@ -353,8 +360,8 @@ class _Calibration(NamedTuple):
 
     def learn(self, ops, scorer: ScorerConfig, reading: Reading, raw_surprises,
               ended_surprise, ended, repeats, single_raw, decision: _Decision) -> list:
-        """``[exceed_rate, uncensored_rate, excess_rate, tail_rate, tail_excess]`` of the
-        next record.
+        """``[exceed_rate, uncensored_rate, excess_rate, cluster_progress, tail_rate,
+        tail_excess]`` of the next record.
 
         Over readings, from the prior's readings; the repeats test's over the runs the
         follow counts learn from (a run of r repeats ends with r - 1 hits), from the prior's
@@ -363,7 +370,20 @@ class _Calibration(NamedTuple):
         they learn from every unflagged reading and from the first of each run of flagged
         ones: learning only from unflagged ones would keep a stream whose normal spikes are
         flagged from ever learning that they are normal, and learning from a whole run
-        would let a lasting fault teach that it is normal."""
+        would let a lasting fault teach that it is normal.
+
+        The Gaussian tests' excesses are declustered, in a bounded form of runs
+        declustering (Coles, "An Introduction to Statistical Modeling of Extreme Values",
+        2001, 5.3.2): a cluster of consecutive readings above 1 teaches the excess its first
+        ``average_span`` readings as they come and, if it lasts longer, its peak once, when
+        it has ended. A slow anomaly that is not yet flagged (a drift, a valve closing)
+        keeps a test above 1 for hundreds of readings; learning each of them taught the
+        calibration, while the anomaly lasted, that large surprises are usual on this
+        stream, and hid the anomaly (measured on the demo: a drift's season test went from
+        a slope of 0.9 to 0.4 in 179 readings). What lasts longer than the persistence
+        test's window is that test's to judge. ``cluster_progress`` is 0 outside a cluster,
+        ``k`` in its ``k``-th reading learned from (up to ``average_span``), and
+        ``average_span`` plus the peak so far beyond that."""
         calibration_learns = _calibration_learns(ops, scorer, decision.flagged_run)
         prior_weight = calibration_learns * running_weight(
             ops, reading.count + CALIBRATION_PRIOR_READINGS, scorer.history)
@@ -373,13 +393,32 @@ class _Calibration(NamedTuple):
         weights = ops.concat([prior_weight[:, None]] * (len(TESTS) - 1)
                              + [run_weight[:, None]], axis=-1)
         learned = ops.concat([raw_surprises[:, :-1], ended_surprise[:, None]], axis=-1)
-        exceeded = ops.indicator(learned > 1.0)
-        uncensored = exceeded * ops.indicator(learned < 1.0 + CALIBRATION_CENSOR)
-        new_exceed_rate = self.exceed_rate + weights * (exceeded - self.exceed_rate)
-        new_uncensored_rate = self.uncensored_rate + weights * (
+        new_exceed_rate = self.exceed_rate + weights * (
+            ops.indicator(learned > 1.0) - self.exceed_rate)
+
+        span = float(scorer.average_span)
+        gaussian = raw_surprises[:, :-1]
+        in_cluster = gaussian > 1.0
+        progress = self.cluster_progress
+        beyond_span = progress >= span
+        learns = calibration_learns[:, None]
+        new_progress = ops.where(in_cluster, ops.where(
+            beyond_span, span + ops.maximum(progress - span, gaussian * learns),
+            progress + learns), 0.0)
+        long_ended = ops.logical_and(ops.logical_not(in_cluster), progress > span)
+        excess_learned = ops.concat([ops.where(long_ended, progress - span, gaussian),
+                                     ended_surprise[:, None]], axis=-1)
+        gaussian_weight = prior_weight[:, None] * (1.0 - ops.indicator(
+            ops.logical_and(in_cluster, beyond_span)))
+        excess_weights = ops.concat([gaussian_weight, run_weight[:, None]], axis=-1)
+        exceeded = ops.indicator(excess_learned > 1.0)
+        uncensored = exceeded * ops.indicator(excess_learned < 1.0 + CALIBRATION_CENSOR)
+        new_uncensored_rate = self.uncensored_rate + excess_weights * (
             uncensored - self.uncensored_rate)
-        new_excess_rate = self.excess_rate + weights * (
-            exceeded * ops.minimum(learned - 1.0, CALIBRATION_CENSOR) - self.excess_rate)
+        new_excess_rate = self.excess_rate + excess_weights * (
+            exceeded * ops.minimum(excess_learned - 1.0, CALIBRATION_CENSOR)
+            - self.excess_rate)
+
         tail_learned = ops.minimum(single_raw, MAX_SURPRISE)
         # Declustered: a surprise counts as an exceedance where it is reported as an onset.
         tail_exceeded = ops.indicator(tail_learned > TAIL_LEVEL) * ops.indicator(
@@ -388,5 +427,5 @@ class _Calibration(NamedTuple):
         new_tail_rate = self.tail_rate + tail_weight * (tail_exceeded - self.tail_rate)
         new_tail_excess = self.tail_excess + tail_weight * (
             tail_exceeded * (tail_learned - TAIL_LEVEL) - self.tail_excess)
-        return [new_exceed_rate, new_uncensored_rate, new_excess_rate,
+        return [new_exceed_rate, new_uncensored_rate, new_excess_rate, new_progress,
                 new_tail_rate[:, None], new_tail_excess[:, None]]

@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 5, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
+Layout version 6, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
 reads the clock and 0 when not, ``T`` = 6 tests):
 
 ===========================  =====  =======================================================
@@ -40,6 +40,9 @@ field                        width  meaning
                                     per completed run)
 ``uncensored_rate``          T      per test: the same, for surprises between 1 and 3
 ``excess_rate``              T      per test: long-run mean of the excess over 1, up to 2
+``cluster_progress``         T-1    per Gaussian test: 0 outside a run of surprises above
+                                    1, ``k`` in its ``k``-th reading learned from (up to
+                                    ``average_span``), then ``average_span`` + the run's peak
 ``tail_rate``                1      long-run rate of reported single surprises above 3
 ``tail_excess``              1      long-run mean of their excess over 3 (0 if none)
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
@@ -50,7 +53,9 @@ field                        width  meaning
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 5 added the shift test's and the far tail's fields, and keeps the two previous
+Version 6 added ``cluster_progress`` (the calibrations learn a long run of exceedances
+by its first readings and its peak, not reading by reading). Version 5 added the shift
+test's and the far tail's fields, and keeps the two previous
 readings' times (two floats each) instead of their encoded clock (the step encodes them
 again), so the record stays within 1 KiB for 4 channels. Version 4 added ``scale_ratio``.
 Version 3 added everything from ``season_mean`` to
@@ -71,7 +76,7 @@ import dataclasses
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 5
+STATE_LAYOUT_VERSION = 6
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -143,6 +148,7 @@ class StateLayout:
             ("exceed_rate", 6),
             ("uncensored_rate", 6),
             ("excess_rate", 6),
+            ("cluster_progress", 5),
             ("tail_rate", 1),
             ("tail_excess", 1),
             ("evidence_average", 1),

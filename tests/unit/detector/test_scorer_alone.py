@@ -63,3 +63,20 @@ def test_a_residual_spike_is_flagged_on_its_channel_without_any_model():
     flags, surprises, tops = score(readings, hours)
     assert flags[0, 300] and tops[0, 300] == 2
     assert surprises[0, 300] > 5.0 and not flags[1, 300]
+
+
+def test_a_slow_ramp_does_not_teach_the_calibration_that_it_is_normal():
+    # One channel ramps by 4 deviations over 300 readings: the level and shift tests sit
+    # above a surprise of 1 for most of the ramp. Learning each of those readings as a
+    # normal excess lowered the tests' calibration while the ramp lasted (46 of 60 ramps
+    # found); a cluster teaches its first readings and then its peak once it has ended.
+    rng = np.random.default_rng(2)
+    streams, steps, start, length = 60, 2400, 2000, 300
+    readings = rng.normal(size=(streams, steps, CHANNELS))
+    readings[:, start:start + length, 0] += 4.0 * np.arange(1, length + 1) / length
+    hours = np.tile((np.arange(steps) // 60) % 24, (streams, 1))
+    flags, _, _ = score(readings, hours)
+    found = flags[:, start:start + length].any(axis=1).sum()
+    assert found >= 52, f"{found} of {streams} ramps flagged"
+    calm = flags[:, SCORER.learning_period + 1:start]
+    assert calm.mean() <= 1.0 - SCORER.threshold

@@ -70,6 +70,8 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
         exceed_rate = np.full(6, 0.1)
         uncensored_rate = np.full(6, 0.1 * uncensored_share)
         excess_rate = np.full(6, 0.1 / ln10 * uncensored_share)
+        cluster_length = np.zeros(5)  # readings learned from in each test's current cluster
+        cluster_peak = np.zeros(5)  # the cluster's peak beyond its first average_span ones
         for t in range(steps):
             count = t  # readings seen before this one
             x = normalized[s, t].astype(np.float64)
@@ -194,12 +196,25 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             tail_rate += calibration_learns * tail_weight * (tail_exceeded - tail_rate)
             tail_excess += calibration_learns * tail_weight * (
                 tail_exceeded * (tail_learned - 3) - tail_excess)
-            exceeded = (learned > 1).astype(float)
-            uncensored = exceeded * (learned < 3)
-            exceed_rate = exceed_rate + weights * (exceeded - exceed_rate)
-            uncensored_rate = uncensored_rate + weights * (uncensored - uncensored_rate)
-            excess_rate = excess_rate + weights * (
-                exceeded * np.minimum(learned - 1, 2) - excess_rate)
+            exceed_rate = exceed_rate + weights * ((learned > 1) - exceed_rate)
+            # A cluster of readings above 1 teaches the excess its first average_span
+            # readings, then its peak once it has ended.
+            span = scorer.average_span
+            in_cluster = raw[:5] > 1
+            long_ended = ~in_cluster & (cluster_length >= span) & (cluster_peak > 1)
+            excess_learned = learned.copy()
+            excess_learned[:5] = np.where(long_ended, cluster_peak, raw[:5])
+            excess_weights = weights.copy()
+            excess_weights[:5] *= ~(in_cluster & (cluster_length >= span))
+            cluster_peak = np.where(in_cluster & (cluster_length >= span), np.maximum(
+                cluster_peak, raw[:5] * calibration_learns), 0.0)
+            cluster_length = np.where(in_cluster, np.minimum(
+                cluster_length + calibration_learns, span), 0.0)
+            exceeded = (excess_learned > 1).astype(float)
+            uncensored = exceeded * (excess_learned < 3)
+            uncensored_rate = uncensored_rate + excess_weights * (uncensored - uncensored_rate)
+            excess_rate = excess_rate + excess_weights * (
+                exceeded * np.minimum(excess_learned - 1, 2) - excess_rate)
             if count >= 1:
                 weight = learn * running(count, scorer.history)
                 delta = new_average - mean
