@@ -60,10 +60,10 @@ def advance(ops, params: StepParams, scaler_arrays, scorer: ScorerConfig, layout
     """
     normalized, clipped, model_input, previous_1, previous_2 = model_inputs(
         ops, params, scaler_arrays, layout, values, timestamps_ms, state)
-    features = dependency_features(ops, params, model_input, previous_1, previous_2)
     week = ops.week_time(timestamps_ms) if params.uses_clock else None
-    return advance_recurrent(ops, params, scorer, layout, normalized, clipped,
-                             ops.hour_of_day(timestamps_ms), week, features, state)
+    return advance_recurrent(
+        ops, params, scorer, layout, normalized, clipped, ops.hour_of_day(timestamps_ms), week,
+        lambda: dependency_features(ops, params, model_input, previous_1, previous_2), state)
 
 
 def model_inputs(ops, params: StepParams, scaler_arrays, layout: StateLayout, values,
@@ -101,18 +101,24 @@ def model_inputs(ops, params: StepParams, scaler_arrays, layout: StateLayout, va
 
 
 def advance_recurrent(ops, params: StepParams, scorer: ScorerConfig, layout: StateLayout,
-                     normalized, clipped, hours, week, features, state):
+                      normalized, clipped, hours, week, features, state):
     """The recurrent part of :func:`advance`: scores each reading against its stream's
-    record and advances the record, given what :func:`model_inputs` and
-    :func:`~detector.forecaster_step.dependency_features` made of the reading (``hours``:
-    its hour of the day, ``week``: its :func:`~detector.features.week_time`, ``None``
-    without a clock)."""
+    record and advances the record, given what :func:`model_inputs` made of the reading,
+    ``hours`` (its hour of the day), ``week`` (its :func:`~detector.features.week_time`,
+    ``None`` without a clock) and ``features``, a function giving its
+    :func:`~detector.forecaster_step.dependency_features`.
+
+    ``features`` is called after the scorer, not before: at a batch of 1,024 rows, holding
+    the features through the scorer's temporaries made glibc return heap memory to the
+    system and fault it in again on every call (1,032 page faults a call, 1.75x slower).
+    """
     f = layout.fields
     # Score this reading against what the state expected of it ...
     score, likelihood, surprise, flag, top_channel, onset, statistics = assess(
         ops, scorer, layout, normalized, clipped, hours, state)
     # ... then let the forecaster expect the next one.
-    new_memory, change, forecast_scale = recur(ops, params, features, state[:, f["memory"]])
+    new_memory, change, forecast_scale = recur(ops, params, features(),
+                                               state[:, f["memory"]])
     # The model forecasts the change to the next reading; persistence is its zero point.
     forecast_mean = normalized + change
 
@@ -139,6 +145,10 @@ class PreparedReadings:
     hours: np.ndarray  # int32 [N]
     week: np.ndarray | None  # float32 [N, 2], None without a clock
     features: np.ndarray  # float32 [N, U], the dependency layer's output
+
+
+# The fields of a record that model_inputs reads.
+_INPUT_FIELDS = ("reading_t1", "week_time_t1", "reading_t2", "week_time_t2", "count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,10 +211,19 @@ class StreamingStep:
                                np.asarray(scaler.scale, np.float32),
                                np.float32(scaler.clip))
         self._fields = _FixedLayout(self.layout.fields, self.layout.channels)
+        # The fields of a record that model_inputs reads, and where they sit once gathered.
+        inputs = [(name, self._fields.fields[name]) for name in _INPUT_FIELDS]
+        self._input_columns = np.concatenate([np.arange(where.start, where.stop)
+                                              for _, where in inputs])
+        ends = np.cumsum([where.stop - where.start for _, where in inputs]).tolist()
+        self._input_fields = _FixedLayout(
+            {name: slice(end - (where.stop - where.start), end)
+             for (name, where), end in zip(inputs, ends, strict=True)}, self.layout.channels)
 
     def __call__(self, values: np.ndarray, timestamps_ms: np.ndarray | None,
                  state: np.ndarray) -> tuple[StepResult, np.ndarray]:
-        values, timestamps_ms = self._checked(values, timestamps_ms, state)
+        self.layout.check(state)
+        values, timestamps_ms = self._checked(values, timestamps_ms, state.shape[0])
         batch = values.shape[0]
         if batch <= self.chunk:
             return self._advance(values, timestamps_ms, state)
@@ -214,8 +233,8 @@ class StreamingStep:
                                            state[i:i + self.chunk])
                              for i in range(0, batch, self.chunk)])
 
-    def prepare(self, values: np.ndarray, timestamps_ms: np.ndarray, state: np.ndarray,
-                previous: np.ndarray) -> PreparedReadings:
+    def prepare(self, values: np.ndarray, timestamps_ms: np.ndarray, records: np.ndarray,
+                streams: np.ndarray, previous: np.ndarray) -> PreparedReadings:
         """Everything of a batch's readings that their streams' recurrence does not feed, for
         all of them at once: normalization, clock encodings, the dependency layer.
 
@@ -226,18 +245,31 @@ class StreamingStep:
 
         Args:
             values, timestamps_ms: the batch's readings, ``[N, F]`` and ``[N]``.
-            state: ``[N, S]`` each reading's stream's record before the batch.
+            records: ``[R, S]`` records (the state store's table): ``records[streams[j]]`` is
+                reading ``j``'s stream's record before the batch. Only the fields of the
+                previous readings and the count are read, so the table is not copied.
+            streams: int ``[N]``, see ``records``.
             previous: int ``[N]``, the row of the same stream's reading just before reading
                 ``j`` in this batch, or -1 for a stream's first reading of the batch.
         """
-        values, timestamps_ms = self._checked(values, timestamps_ms, state)
+        self.layout.check(records)
+        streams = np.asarray(streams, dtype=np.int64)
+        values, timestamps_ms = self._checked(values, timestamps_ms, streams.shape[0])
         previous = np.asarray(previous, dtype=np.int64)
         if previous.shape != timestamps_ms.shape:
             raise ValueError(f"previous: expected [{values.shape[0]}], received "
                              f"{list(previous.shape)}")
         params = self._exact_params
-        normalized, clipped, model_input, previous_1, previous_2 = model_inputs(
-            NumpyOps, params, self._scaler_arrays, self._fields, values, timestamps_ms, state)
+        # The few fields model_inputs reads, gathered alone: whole records of a large batch
+        # are tens of megabytes to copy.
+        inputs_state = records[streams[:, None], self._input_columns]
+        # In chunks, as __call__ does: beyond a few thousand rows the temporaries (the clock
+        # encodings, the products' integers) leave the CPU cache.
+        chunks = [slice(i, i + self.chunk) for i in range(0, max(values.shape[0], 1), self.chunk)]
+        normalized, clipped, model_input, previous_1, previous_2 = (
+            np.concatenate(parts) for parts in zip(*(model_inputs(
+                NumpyOps, params, self._scaler_arrays, self._input_fields, values[rows],
+                timestamps_ms[rows], inputs_state[rows]) for rows in chunks), strict=True))
         # A reading after another of its stream in this batch sees that one's input (which
         # is what the record would hold of it by then); before that, the record's inputs.
         has_1 = previous >= 0
@@ -246,7 +278,9 @@ class StreamingStep:
         previous_2 = np.where(has_2[:, None], model_input[before],
                               np.where(has_1[:, None], previous_1, previous_2))
         previous_1 = np.where(has_1[:, None], model_input[previous], previous_1)
-        features = dependency_features(NumpyOps, params, model_input, previous_1, previous_2)
+        features = np.concatenate([dependency_features(
+            NumpyOps, params, model_input[rows], previous_1[rows], previous_2[rows])
+            for rows in chunks])
         return PreparedReadings(normalized, clipped, NumpyOps.hour_of_day(timestamps_ms),
                                 NumpyOps.week_time(timestamps_ms) if params.uses_clock
                                 else None, features)
@@ -267,17 +301,16 @@ class StreamingStep:
             prepared, slice(i, min(i + self.chunk, stop)), state[i - start:i - start + self.chunk])
             for i in range(start, stop, self.chunk)])
 
-    def _checked(self, values, timestamps_ms, state) -> tuple[np.ndarray, np.ndarray]:
+    def _checked(self, values, timestamps_ms, records: int) -> tuple[np.ndarray, np.ndarray]:
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 2 or values.shape[1] != self.layout.channels:
             raise ValueError(
                 f"values: expected [batch, {self.layout.channels}], received "
                 f"{list(values.shape)}")
-        self.layout.check(state)
-        if state.shape[0] != values.shape[0]:
+        if records != values.shape[0]:
             raise ValueError(
                 f"state: expected one record per reading ({values.shape[0]}), received "
-                f"{state.shape[0]}")
+                f"{records}")
         if timestamps_ms is None:
             raise ValueError("timestamps_ms: the step needs each reading's time")
         timestamps_ms = np.asarray(timestamps_ms, dtype=np.int64)
@@ -296,8 +329,8 @@ class StreamingStep:
         return self._typed(advance_recurrent(
             NumpyOps, self._exact_params, self.scorer, self._fields, prepared.normalized[rows],
             prepared.clipped[rows], prepared.hours[rows],
-            None if prepared.week is None else prepared.week[rows], prepared.features[rows],
-            state))
+            None if prepared.week is None else prepared.week[rows],
+            lambda: prepared.features[rows], state))
 
     @staticmethod
     def _typed(outputs) -> tuple[StepResult, np.ndarray]:

@@ -214,8 +214,8 @@ class ScoringEngine:
                 position[order] = np.arange(count)
                 previous = np.asarray(previous_reading, dtype=np.int64)[order]
                 previous = np.where(previous >= 0, position[previous], -1)
-                prepared = self.step.prepare(values[order], ts_in_order,
-                                             store.state[rows_arr], previous)
+                prepared = self.step.prepare(values[order], ts_in_order, store.state,
+                                             rows_arr, previous)
             else:
                 values = values[order]
             step_seconds += time.perf_counter() - started

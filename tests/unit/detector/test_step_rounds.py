@@ -53,8 +53,8 @@ def test_prepared_rounds_equal_the_row_step(step, recording, monkeypatch, chunk)
     times = np.array(times)
     prepared = step.prepare(recording.values[owners, times],
                             recording.timestamps_ms[owners, times],
-                            np.concatenate([records[s][starts[s]] for s in owners]),
-                            np.array(previous))
+                            np.concatenate([records[s][starts[s]] for s in range(streams)]),
+                            owners, np.array(previous))
     # Each round's rows must be a run: the prepared rows, sorted by round (prepare has
     # already joined each reading with its previous ones, so rows may move).
     order = np.argsort(rank, kind="stable")
@@ -82,9 +82,9 @@ def test_prepared_rounds_equal_the_row_step(step, recording, monkeypatch, chunk)
 def test_rows_must_be_a_run_of_the_states(step, recording):
     state = step.layout.initial(2)
     prepared = step.prepare(recording.values[:2, 0], recording.timestamps_ms[:2, 0], state,
-                            np.array([-1, -1]))
+                            np.array([0, 1]), np.array([-1, -1]))
     with pytest.raises(ValueError, match="rows"):
         step.advance_prepared(prepared, slice(0, 1), state)
     with pytest.raises(ValueError, match="previous"):
         step.prepare(recording.values[:2, 0], recording.timestamps_ms[:2, 0], state,
-                     np.array([-1]))
+                     np.array([0, 1]), np.array([-1]))
