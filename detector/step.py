@@ -302,6 +302,8 @@ class StreamingStep:
             for i in range(start, stop, self.chunk)])
 
     def _checked(self, values, timestamps_ms, records: int) -> tuple[np.ndarray, np.ndarray]:
+        """``values`` and ``timestamps_ms`` as arrays, checked against ``records``, the number
+        of state records given for them."""
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 2 or values.shape[1] != self.layout.channels:
             raise ValueError(

@@ -7,7 +7,10 @@ edge (:mod:`streaming.output_records`).
 A batch is scored in rounds: round ``k`` holds the ``k``-th reading of every stream in the
 batch, so several readings of one stream keep their order while all streams of a round share
 one vectorized step call. Typical polls hold at most one reading per stream and need one
-round; no reading is ever scored by a per-reading model call.
+round; no reading is ever scored by a per-reading model call. A batch of several rounds (a
+hot stream's) is first prepared as a whole (:meth:`detector.step.StreamingStep.prepare`:
+normalization, clock encodings, the forecaster's input layer), so each round runs only the
+recurrence; the results are the same bits either way.
 
 Per stream the engine also enforces time order (a reading not after the stream's last one is
 rejected as ``out_of_order`` or ``duplicate``), skips readings whose source offset its state
@@ -19,6 +22,7 @@ same rule ``cellwatch evaluate`` counts episodes by.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -208,8 +212,10 @@ class ScoringEngine:
             offsets, partitions = offsets[order], partitions[order]
             prepared = None
             started = time.perf_counter()
+            # Several rounds: what no recurrence feeds is computed for all of them once. A
+            # step without prepare (a wrapper that scripts or breaks __call__, in tests) is
+            # called per round with the round's readings.
             if bounds.size > 2 and hasattr(self.step, "prepare"):
-                # Several rounds: what no recurrence feeds is computed for all of them once.
                 position = np.empty(count, np.int64)
                 position[order] = np.arange(count)
                 previous = np.asarray(previous_reading, dtype=np.int64)[order]
@@ -219,7 +225,7 @@ class ScoringEngine:
             else:
                 values = values[order]
             step_seconds += time.perf_counter() - started
-            for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            for start, stop in itertools.pairwise(bounds.tolist()):
                 members = order[start:stop]
                 round_rows = rows_arr[start:stop]
                 round_ts = ts_in_order[start:stop]
