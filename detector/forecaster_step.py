@@ -68,9 +68,22 @@ def forecast(ops, params: StepParams, model_input, previous_1, previous_2, memor
         ``(new_memory [B, M], change [B, F], scale [B, F])``: the forecast of the next
         reading as a change from this one, and its standard deviation (normalized units).
     """
+    return recur(ops, params, dependency_features(
+        ops, params, model_input, previous_1, previous_2), memory)
+
+
+def dependency_features(ops, params: StepParams, model_input, previous_1, previous_2):
+    """ThreePointDependency's output ``[B, U]``: a function of three readings' inputs alone,
+    so a stream's readings of a whole batch can have theirs in one product before the
+    recurrence runs (:meth:`detector.step.StreamingStep.prepare`)."""
     window = ops.concat([model_input, previous_1, previous_2], axis=-1)
-    features = ACTIVATIONS[params.dependency_activation](
+    return ACTIVATIONS[params.dependency_activation](
         ops, ops.matmul(window, params.dependency_kernel) + params.dependency_bias)
+
+
+def recur(ops, params: StepParams, features, memory):
+    """The recurrent part of :func:`forecast`: the memory cell, the dense stack and the head,
+    from the dependency ``features [B, U]`` and the ``memory [B, M]``."""
     units = params.memory_units
     gates = ops.matmul(ops.concat([features, memory], axis=-1), params.gate_kernel) \
         + params.gate_bias

@@ -7,7 +7,10 @@ edge (:mod:`streaming.output_records`).
 A batch is scored in rounds: round ``k`` holds the ``k``-th reading of every stream in the
 batch, so several readings of one stream keep their order while all streams of a round share
 one vectorized step call. Typical polls hold at most one reading per stream and need one
-round; no reading is ever scored by a per-reading model call.
+round; no reading is ever scored by a per-reading model call. A batch of several rounds (a
+hot stream's) is first prepared as a whole (:meth:`detector.step.StreamingStep.prepare`:
+normalization, clock encodings, the forecaster's input layer), so each round runs only the
+recurrence; the results are the same bits either way.
 
 Per stream the engine also enforces time order (a reading not after the stream's last one is
 rejected as ``out_of_order`` or ``duplicate``), skips readings whose source offset its state
@@ -19,6 +22,7 @@ same rule ``cellwatch evaluate`` counts episodes by.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -153,6 +157,8 @@ class ScoringEngine:
         rows: list[int] = []
         batch_last_ts: dict[int, int] = {}
         batch_count: dict[int, int] = {}
+        batch_last_index: dict[int, int] = {}  # the row's latest accepted reading, by index
+        previous_reading: list[int] = []  # of each accepted reading, -1 for a row's first
         skipped = 0
         for index, reading in enumerate(readings):
             row = store.row_for(reading.stream, reading.partition)
@@ -177,6 +183,8 @@ class ScoringEngine:
             batch_last_ts[row] = reading.ts_ms
             rank = batch_count.get(row, 0)
             batch_count[row] = rank + 1
+            previous_reading.append(batch_last_index.get(row, -1))
+            batch_last_index[row] = len(accepted)
             accepted.append(index)
             rounds.append(rank)
             rows.append(row)
@@ -192,35 +200,61 @@ class ScoringEngine:
         step_calls = 0
         if count:
             rows_arr = np.asarray(rows, dtype=np.int64)
-            rounds_arr = np.asarray(rounds, dtype=np.int64)
             values = np.stack([readings[i].values for i in accepted])
             offsets = np.fromiter((readings[i].offset for i in accepted), np.int64, count)
             partitions = np.fromiter((readings[i].partition for i in accepted), np.int32, count)
-            last_round = int(rounds_arr.max())
-            for rank in range(last_round + 1):
-                members = np.arange(count) if last_round == 0 else np.flatnonzero(
-                    rounds_arr == rank)
-                round_rows = rows_arr[members]
+            rounds_arr = np.asarray(rounds, dtype=np.int64)
+            # Round by round, in arrival order within a round: each round is then one slice
+            # of the arrays below (views, no gathering per round).
+            order = np.argsort(rounds_arr, kind="stable")
+            bounds = np.searchsorted(rounds_arr[order], np.arange(int(rounds_arr.max()) + 2))
+            rows_arr, ts_in_order = rows_arr[order], ts[order]
+            offsets, partitions = offsets[order], partitions[order]
+            prepared = None
+            started = time.perf_counter()
+            # Several rounds: what no recurrence feeds is computed for all of them once. A
+            # step without prepare (a wrapper that scripts or breaks __call__, in tests) is
+            # called per round with the round's readings.
+            if bounds.size > 2 and hasattr(self.step, "prepare"):
+                position = np.empty(count, np.int64)
+                position[order] = np.arange(count)
+                previous = np.asarray(previous_reading, dtype=np.int64)[order]
+                previous = np.where(previous >= 0, position[previous], -1)
+                prepared = self.step.prepare(values[order], ts_in_order, store.state,
+                                             rows_arr, previous)
+            else:
+                values = values[order]
+            step_seconds += time.perf_counter() - started
+            for start, stop in itertools.pairwise(bounds.tolist()):
+                members = order[start:stop]
+                round_rows = rows_arr[start:stop]
+                round_ts = ts_in_order[start:stop]
                 started = time.perf_counter()
-                result, store.state[round_rows] = self.step(
-                    values[members], ts[members], store.state[round_rows])
+                if prepared is None:
+                    result, store.state[round_rows] = self.step(
+                        values[start:stop], round_ts, store.state[round_rows])
+                else:
+                    result, store.state[round_rows] = self.step.advance_prepared(
+                        prepared, slice(start, stop), store.state[round_rows])
                 step_seconds += time.perf_counter() - started
                 step_calls += 1
-                store.last_ts_ms[round_rows] = ts[members]
+                store.last_ts_ms[round_rows] = round_ts
                 # The partition of a stream's latest reading owns it (a producer that broke
                 # keying may have moved it); offsets only compare within that partition.
-                same = store.partition[round_rows] == partitions[members]
+                round_partitions = partitions[start:stop]
+                round_offsets = offsets[start:stop]
+                same = store.partition[round_rows] == round_partitions
                 store.last_offset[round_rows] = np.where(
-                    same, np.maximum(store.last_offset[round_rows], offsets[members]),
-                    offsets[members])
-                store.partition[round_rows] = partitions[members]
+                    same, np.maximum(store.last_offset[round_rows], round_offsets),
+                    round_offsets)
+                store.partition[round_rows] = round_partitions
                 store.last_seen_s[round_rows] = now_s
                 store.last_used[round_rows] = store.next_use + members
                 store.dirty[round_rows] = True
                 for name, column in columns.items():
                     column[members] = getattr(result, name)
                 flagged += int(result.flag.sum())
-                opened += self._fold_episodes(round_rows, ts[members], result, episodes)
+                opened += self._fold_episodes(round_rows, round_ts, result, episodes)
             store.next_use += count
         scores = ScoredReadings(
             streams=[readings[i].stream for i in accepted], ts_ms=ts,
