@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from cellwatch.logging_setup import CONFLUENT_LOGGER
 from cellwatch.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def confluent_client_config(kafka: KafkaSettings) -> dict[str, Any]:
         "client.id": kafka.client_id,
         "security.protocol": kafka.security_protocol.lower(),
         "socket.timeout.ms": kafka.request_timeout_ms,
-        "logger": logging.getLogger("confluent_kafka"),
+        "logger": logging.getLogger(CONFLUENT_LOGGER),
     }
     for key, name in _LIBRDKAFKA_NAMES.items():
         value = getattr(kafka, key)

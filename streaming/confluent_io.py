@@ -246,8 +246,9 @@ class ConfluentRecordSink:
             worker and stable across its restarts.
 
     Best-effort records (dead letters) go through a producer of their own, without
-    idempotence, when there are no transactions (as in :mod:`streaming.kafka_io`): a record
-    refused for good must not touch the idempotent producer's sequence of the outputs. In a
+    idempotence and one record per batch, when there are no transactions (as in
+    :mod:`streaming.kafka_io`): a record refused for good must not fail the outputs or the
+    dead letters batched with it. In a
     transaction every record commits together, and a refused dead letter fails it.
     """
 
@@ -262,8 +263,12 @@ class ConfluentRecordSink:
         self._producer = Producer({**common, "enable.idempotence": True,
                                    "on_delivery": self._failures, **extra})
         self._best_effort_failures = _DeliveryFailures()
+        # One record per batch: the broker refuses a batch whole, and librdkafka (unlike
+        # kafka-python) does not split a refused batch, so a dead letter too large for its
+        # topic would take the ones batched with it down too.
         self._best_effort_producer = None if transactional_id is not None else Producer(
-            {**common, "enable.idempotence": False, "on_delivery": self._best_effort_failures})
+            {**common, "enable.idempotence": False, "batch.num.messages": 1,
+             "on_delivery": self._best_effort_failures})
         self._dropped_at_send = 0
         self._transactional = transactional_id is not None
         self._in_transaction = False
