@@ -64,13 +64,16 @@ def confluent_client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka connection and security properties of the ``kafka`` section.
 
     librdkafka logs through the ``confluent_kafka`` Python logger (so the log handlers'
-    secret filter sees its lines too, :mod:`cellwatch.logging_setup`).
+    secret filter sees its lines too, :mod:`cellwatch.logging_setup`). Nagle's algorithm is
+    off: the worker's requests are small and latency-bound (a flush waits for each batch's
+    acknowledgement), the way kafka-python already sends them.
     """
     config: dict[str, Any] = {
         "bootstrap.servers": ",".join(kafka.bootstrap_servers),
         "client.id": kafka.client_id,
         "security.protocol": kafka.security_protocol.lower(),
         "socket.timeout.ms": kafka.request_timeout_ms,
+        "socket.nagle.disable": True,
         "logger": logging.getLogger(CONFLUENT_LOGGER),
     }
     for key, name in _LIBRDKAFKA_NAMES.items():

@@ -80,6 +80,7 @@ def test_security_settings_pass_through_under_librdkafka_names(tmp_path: Path) -
         "client.id": "worker-7",
         "security.protocol": "sasl_ssl",
         "socket.timeout.ms": 12000,
+        "socket.nagle.disable": True,
         "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "reader",
         "sasl.password": "hunter2",
