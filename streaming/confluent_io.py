@@ -287,10 +287,13 @@ class ConfluentRecordSink:
         best_effort = best_effort and self._best_effort_producer is not None
         producer = self._best_effort_producer if best_effort else self._producer
         try:
-            if partition is None:
-                producer.produce(topic, value, key, headers=list(headers) or None)
+            # Positional, and headers only when there are any: one call per output record,
+            # and keywords cost (-1 is librdkafka's "let the key choose").
+            if headers:
+                producer.produce(topic, value, key, -1 if partition is None else partition,
+                                 headers=list(headers))
             else:
-                producer.produce(topic, value, key, partition, headers=list(headers) or None)
+                producer.produce(topic, value, key, -1 if partition is None else partition)
         except BufferError:
             producer.poll(0.5)  # the local queue is full: let deliveries drain it, once
             self.send(topic, key, value, headers, partition, best_effort)

@@ -333,7 +333,8 @@ def test_a_group_survives_losing_a_member_and_gaining_one(
     assert newcomer_scored > 0  # it took partitions over and scored part of the second half
 
 
-def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, kafka_broker):
+def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, kafka_broker,
+                                               kafka_client):
     if not kafka_broker.managed:
         pytest.skip("needs a broker this test may stop and start")
     with KafkaBroker(tmp_path / "kafka") as broker:
@@ -345,7 +346,7 @@ def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics({topic: {"num_partitions": 4}}, wait_for_metadata=True)
         admin.close()
-        env = worker_env(bootstrap, artifact, topic, prefix)
+        env = worker_env(bootstrap, artifact, topic, prefix, kafka_client)
         rows = readings(streams=500, per_stream=100, seed=23)
         produce(bootstrap, topic, messages_of(rows))
         expected = reference_scores(artifact, rows)

@@ -60,7 +60,7 @@ def test_outputs_are_idempotent_and_dead_letters_have_their_own_producer(sink) -
     sink.send("dead", b"k", b"bad", [("h", b"1")], best_effort=True)
     assert sink.flush() == 0
     assert sink._producer.delivered == [("scores", b"k", b"v", 2, None)]
-    assert sink._best_effort_producer.delivered == [("dead", b"k", b"bad", None, [("h", b"1")])]
+    assert sink._best_effort_producer.delivered == [("dead", b"k", b"bad", -1, [("h", b"1")])]
 
 
 def test_a_dead_letter_refused_at_produce_is_dropped_and_counted(sink) -> None:
