@@ -128,3 +128,210 @@ def test_a_message_reads_as_a_source_record() -> None:
             record.value) == ("readings", 3, 41, 1_700_000_000_123, b"stream-1", b"{}")
     assert record.headers == [("origin", b"test")]
     assert ConfluentRecord(FakeMessage()).headers == ()
+
+
+class Partition:
+    """What librdkafka hands the rebalance callbacks: a topic and a partition."""
+
+    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class RecordingListener:
+    def __init__(self, to_commit=None) -> None:
+        self.calls: list = []
+        self.to_commit = to_commit or {}
+
+    def on_assigned(self, partitions):
+        self.calls.append(("assigned", partitions))
+
+    def on_revoked(self, partitions):
+        self.calls.append(("revoked", partitions))
+        return self.to_commit
+
+    def on_lost(self, partitions):
+        self.calls.append(("lost", partitions))
+
+
+class FakeConsumer:
+    """A consumer of topic ``readings`` with one partition whose queue the test fills."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.queue: list = []
+        self.commits: list = []
+        self.seeks: list = []
+        self.callbacks: dict = {}
+        self.calls: list = []
+        self.seek_error = None
+        self.assigned: list = []
+
+    def list_topics(self, timeout=None):
+        topic = type("T", (), {"error": None, "partitions": {0: None}})()
+        return type("M", (), {"topics": {"readings": topic}})()
+
+    def subscribe(self, topics, on_assign, on_revoke, on_lost):
+        self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+
+    def consume(self, count, timeout):
+        self.calls.append(("consume", count, timeout))
+        taken, self.queue = self.queue[:count], self.queue[count:]
+        return taken
+
+    def poll(self, timeout):
+        self.calls.append(("poll", timeout))
+        return self.queue.pop(0) if self.queue else None
+
+    def commit(self, offsets, asynchronous):
+        assert asynchronous is False
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+
+    def committed(self, partitions, timeout=None):
+        return [Partition(tp.topic, tp.partition, 7 if tp.partition == 0 else -1001)
+                for tp in partitions]
+
+    def seek(self, tp):
+        if self.seek_error is not None:
+            raise KafkaException(KafkaError(self.seek_error))
+        self.seeks.append((tp.partition, tp.offset))
+
+    def incremental_unassign(self, partitions):
+        self.assigned = [a for a in self.assigned
+                         if a[0] not in {tp.partition for tp in partitions}]
+
+    def incremental_assign(self, partitions):
+        self.assigned += [(tp.partition, tp.offset) for tp in partitions]
+
+
+class Message(FakeMessage):
+    def __init__(self, offset: int, error=None, partition: int = 3) -> None:
+        super().__init__()
+        self._offset, self._error, self._partition = offset, error, partition
+
+    def offset(self):
+        return self._offset
+
+    def partition(self):
+        return self._partition
+
+    def value(self):
+        return b"%d" % self._offset
+
+    def error(self):
+        return self._error
+
+
+@pytest.fixture
+def consumer_source(monkeypatch):
+    monkeypatch.setattr(confluent_io, "Consumer", FakeConsumer)
+
+    def build(listener=None):
+        listener = listener or RecordingListener()
+        source = confluent_io.ConfluentReadingSource({"bootstrap.servers": "x:1"}, "readings",
+                                                     "group", listener)
+        return source, source._consumer, listener
+
+    return build
+
+
+def test_the_group_commits_by_hand_only_and_rebalances_cooperatively(consumer_source) -> None:
+    _, consumer, _ = consumer_source()
+    assert consumer.config["enable.auto.commit"] is False
+    assert consumer.config["enable.auto.offset.store"] is False
+    assert consumer.config["partition.assignment.strategy"] == "cooperative-sticky"
+
+
+def test_a_revoke_commits_the_offsets_the_listener_hands_back(consumer_source) -> None:
+    _, consumer, listener = consumer_source(RecordingListener({2: 40}))
+    consumer.callbacks["assign"](consumer, [Partition("readings", 2), Partition("other", 9)])
+    consumer.callbacks["revoke"](consumer, [Partition("readings", 2)])
+    consumer.callbacks["lost"](consumer, [Partition("readings", 3)])
+    assert listener.calls == [("assigned", [2]), ("revoked", [2]), ("lost", [3])]
+    assert consumer.commits == [{2: 40}]
+
+
+def test_a_poll_takes_what_is_fetched_and_waits_only_for_a_first_record(consumer_source
+                                                                         ) -> None:
+    source, consumer, _ = consumer_source()
+    consumer.queue = [Message(1), Message(2), Message(3)]
+    assert [r.offset for r in source.poll(200, 10)] == [1, 2, 3]
+    assert consumer.calls == [("consume", 10, 0)]  # no wait: records were there
+    consumer.calls.clear()
+    assert source.poll(200, 10) == []
+    assert consumer.calls == [("consume", 10, 0), ("poll", 0.2)]
+
+
+def test_a_poll_skips_errors_and_raises_a_fatal_one(consumer_source) -> None:
+    source, consumer, _ = consumer_source()
+    consumer.queue = [Message(4), Message(0, KafkaError(KafkaError._TRANSPORT)), Message(5)]
+    assert [r.offset for r in source.poll(200, 10)] == [4, 5]
+    consumer.queue = [Message(0, KafkaError(KafkaError._FATAL, fatal=True))]
+    with pytest.raises(KafkaException):
+        source.poll(200, 10)
+
+
+def test_a_rewind_seeks_to_the_committed_offsets_or_the_start(consumer_source) -> None:
+    source, consumer, _ = consumer_source()
+    source.rewind([0, 1])
+    assert consumer.seeks == [(0, 7), (1, confluent_kafka.OFFSET_BEGINNING)]
+
+
+def test_a_rewind_of_a_partition_not_fetching_yet_assigns_it_again(consumer_source) -> None:
+    source, consumer, _ = consumer_source()
+    consumer.assigned = [(0, -1001), (1, -1001)]
+    consumer.seek_error = KafkaError._STATE
+    source.rewind([0])
+    assert consumer.assigned == [(1, -1001), (0, 7)]
+    consumer.seek_error = KafkaError._TRANSPORT
+    with pytest.raises(KafkaException):
+        source.rewind([0])
+
+
+class ChangelogConsumer(FakeConsumer):
+    """Changelog partition 0 ends at offset 3 when the read starts; partition 1 is empty."""
+
+    def get_watermark_offsets(self, tp, timeout=None):
+        return (0, 3) if tp.partition == 0 else (5, 5)
+
+    def consume(self, count, timeout):
+        if not self.queue:  # a reader that missed its end would wait here for ever
+            raise AssertionError("the reader went on after the partition's end")
+        return super().consume(count, timeout)
+
+    def assign(self, partitions):
+        self.assigned = [(tp.partition, tp.offset) for tp in partitions]
+
+    def unassign(self):
+        self.assigned = []
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def changelog_reader(monkeypatch):
+    monkeypatch.setattr(confluent_io, "Consumer", ChangelogConsumer)
+    reader = confluent_io.ConfluentChangelogReader({"client.id": "w"}, "changelog",
+                                                   read_committed=True)
+    assert reader._consumer.config["isolation.level"] == "read_committed"
+    assert reader._consumer.config["enable.partition.eof"] is True
+    return reader
+
+
+def test_the_changelog_is_read_up_to_its_end_at_the_call(changelog_reader) -> None:
+    consumer = changelog_reader._consumer
+    consumer.queue = [Message(0, partition=0),
+                      Message(0, KafkaError(KafkaError._TRANSPORT), partition=0),
+                      Message(2, partition=0), Message(3, partition=0)]  # 3: written since
+    records = list(changelog_reader.read([0, 1]))
+    assert records == [(0, b"stream-1", b"0"), (0, b"stream-1", b"2")]
+    assert consumer.assigned == []  # unassigned after the read
+
+
+def test_a_read_committed_changelog_ends_at_its_end_event(changelog_reader) -> None:
+    """An open transaction's records lie below the high watermark and are never delivered:
+    the end-of-partition event ends the read at the last stable offset."""
+    consumer = changelog_reader._consumer
+    consumer.queue = [Message(0, partition=0),
+                      Message(1, KafkaError(KafkaError._PARTITION_EOF), partition=0)]
+    assert list(changelog_reader.read([0, 1])) == [(0, b"stream-1", b"0")]
