@@ -43,6 +43,7 @@ REFUSED_FOR_GOOD = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
     KafkaError.INVALID_MSG, KafkaError.INVALID_TIMESTAMP, KafkaError.INVALID_MSG_SIZE})
 _NO_HEADERS: tuple = ()
+QUEUE_FULL_WAIT_S = 60.0
 
 
 class ConfluentRecord:
@@ -248,8 +249,8 @@ class ConfluentRecordSink:
     Best-effort records (dead letters) go through a producer of their own, without
     idempotence and one record per batch, when there are no transactions (as in
     :mod:`streaming.kafka_io`): a record refused for good must not fail the outputs or the
-    dead letters batched with it. In a
-    transaction every record commits together, and a refused dead letter fails it.
+    dead letters batched with it. In a transaction every record commits together, and a
+    refused dead letter fails it.
     """
 
     def __init__(self, config: Mapping[str, Any], linger_ms: int = 5,
@@ -286,27 +287,35 @@ class ConfluentRecordSink:
             self._begin()
         best_effort = best_effort and self._best_effort_producer is not None
         producer = self._best_effort_producer if best_effort else self._producer
-        try:
-            # Positional, and headers only when there are any: one call per output record,
-            # and keywords cost (-1 is librdkafka's "let the key choose").
-            if headers:
-                producer.produce(topic, value, key, -1 if partition is None else partition,
-                                 headers=list(headers))
-            else:
-                producer.produce(topic, value, key, -1 if partition is None else partition)
-        except BufferError:
-            producer.poll(0.5)  # the local queue is full: let deliveries drain it, once
-            self.send(topic, key, value, headers, partition, best_effort)
-            return
-        except KafkaException as exception:
-            error = exception.args[0]
-            if error.code() in REFUSED_FOR_GOOD and best_effort:
-                log.error("a dead letter for %s refused by the producer and dropped: %s",
-                          topic, error)
-                self._dropped_at_send += 1
+        # -1 is librdkafka's "let the key choose".
+        target = -1 if partition is None else partition
+        full_until = None
+        while True:
+            try:
+                # Positional, and headers only when there are any: this runs once per output
+                # record, and keyword arguments cost.
+                if headers:
+                    producer.produce(topic, value, key, target, headers=list(headers))
+                else:
+                    producer.produce(topic, value, key, target)
                 return
-            raise OutputError(f"record for {topic!r} not accepted by the producer: "
-                              f"{error}") from exception
+            except BufferError:
+                # The local queue is full (the broker is slow or away): wait for deliveries
+                # to drain it, as kafka-python's send blocks up to max_block_ms (60 s).
+                full_until = full_until or time.monotonic() + QUEUE_FULL_WAIT_S
+                if time.monotonic() > full_until:
+                    raise OutputError(f"record for {topic!r} not accepted: the producer's "
+                                      f"queue stayed full for {QUEUE_FULL_WAIT_S:g} s") from None
+                producer.poll(0.1)
+            except KafkaException as exception:
+                error = exception.args[0]
+                if error.code() in REFUSED_FOR_GOOD and best_effort:
+                    log.error("a dead letter for %s refused by the producer and dropped: %s",
+                              topic, error)
+                    self._dropped_at_send += 1
+                    return
+                raise OutputError(f"record for {topic!r} not accepted by the producer: "
+                                  f"{error}") from exception
 
     def flush(self, timeout_s: float = 60.0) -> int:
         dropped, self._dropped_at_send = self._dropped_at_send, 0

@@ -335,3 +335,23 @@ def test_a_read_committed_changelog_ends_at_its_end_event(changelog_reader) -> N
     consumer.queue = [Message(0, partition=0),
                       Message(1, KafkaError(KafkaError._PARTITION_EOF), partition=0)]
     assert list(changelog_reader.read([0, 1])) == [(0, b"stream-1", b"0")]
+
+
+def test_a_full_queue_is_waited_for_then_fails_the_output(sink, monkeypatch) -> None:
+    full = {"left": 2}
+    real_produce = sink._producer.produce
+
+    def produce(*args, **kwargs):
+        if full["left"]:
+            full["left"] -= 1
+            raise BufferError("queue full")
+        real_produce(*args, **kwargs)
+
+    monkeypatch.setattr(sink._producer, "produce", produce)
+    monkeypatch.setattr(sink._producer, "poll", lambda timeout: 0, raising=False)
+    sink.send("scores", b"k", b"v")  # two full queues, then taken
+    assert sink.flush() == 0 and sink._producer.delivered[-1][2] == b"v"
+    full["left"] = 10**9
+    monkeypatch.setattr(confluent_io, "QUEUE_FULL_WAIT_S", 0.05)
+    with pytest.raises(OutputError, match="queue stayed full"):
+        sink.send("scores", b"k", b"v")
