@@ -350,6 +350,9 @@ SHORT_PREFIX_BATCH_SIZE = 8
                  help="Comma-separated host:port list.")
 @settings_option("kafka.group_id", "--group", help="Consumer group of the workers.")
 @settings_option("kafka.readings_topic", "--readings-topic", help="Topic to consume.")
+@settings_option("kafka.client", "--kafka-client",
+                 type=click.Choice(["kafka-python", "confluent"]),
+                 help="Kafka client library (confluent: pip install 'cellwatch[confluent]').")
 @settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
                  help="Model artifact to serve.")
 @settings_option("metrics.port", "--metrics-port", type=int, help="Metrics endpoint port.")
@@ -390,6 +393,9 @@ def run(ctx: click.Context, **_flags: Any) -> None:
               help="Score in process (no broker) and write score records as JSON lines.")
 @settings_option("kafka.bootstrap_servers", "--bootstrap-servers",
                  help="Comma-separated host:port list.")
+@settings_option("kafka.client", "--kafka-client",
+                 type=click.Choice(["kafka-python", "confluent"]),
+                 help="Kafka client library (confluent: pip install 'cellwatch[confluent]').")
 @settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
                  help="Model artifact for --score-to.")
 @click.pass_context

@@ -107,3 +107,13 @@ def test_librdkafka_accepts_every_property_the_settings_map_to(tmp_path: Path) -
     producer.flush(0)
     with pytest.raises(confluent_kafka.KafkaException, match="No such configuration property"):
         confluent_kafka.Producer({**confluent_client_config(kafka), "sasl.mechanism.typo": "x"})
+
+
+def test_the_run_flag_chooses_the_client_and_names_itself_in_errors() -> None:
+    from click.testing import CliRunner
+
+    from cellwatch.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--kafka-client", "librdkafka"], env={})
+    assert result.exit_code == 2
+    assert "--kafka-client" in result.output and "'librdkafka' is not one of" in result.output
