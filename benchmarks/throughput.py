@@ -6,10 +6,10 @@ names one, saves a 4-channel model artifact with the forecaster's seeded initial
 training: throughput does not depend on the weights), produces N readings of 10,000 streams
 into an 8-partition topic keyed by stream, and measures on that topic:
 
-a. a bare kafka-python consumer in a fresh group (and a fresh process, without TensorFlow)
-   that only ``json.loads`` each message;
+a. a bare consumer in a fresh group (and a fresh process, without TensorFlow) that only
+   ``json.loads`` each message;
 b. the cellwatch worker end to end: ``cellwatch.wiring.run_worker`` itself (``Worker`` +
-   ``KafkaReadingSource`` + ``KafkaRecordSink``, metrics registry and endpoint) in a thread,
+   the client's reading source and record sink, metrics registry and endpoint) in a thread,
    its own group, scores into fresh co-partitioned topics, until every reading is scored,
    acknowledged by the broker and committed; with a breakdown of where the time went (timing
    wrappers around its source, sink, parser and engine, handed to ``run_worker`` as
@@ -19,9 +19,12 @@ c. the Keras layers called once per reading, each stream's state held outside (t
 d. a River ``MinMaxScaler | HalfSpaceTrees`` pipeline, one model shared by all streams (what a
    River user writes first), ``score_one`` then ``learn_one`` per reading, on a sample;
 
-then the end-to-end latency at a fixed offered load (a paced producer process into a fresh
-topic while a fresh worker runs; each score record's arrival at a consumer process on the
-scores topic minus its reading's ``send()`` time), and the resident memory per stream of the
+(a), (b) and the latency run once per Kafka client (``--client``: kafka-python, confluent, or
+both, the default), each worker against the bare consumer of its own client on the same
+topic; each client's ratios are its own. The end-to-end latency is taken at a fixed offered
+load (a paced producer process into a fresh topic while a fresh worker runs; each score
+record's arrival at a consumer process on the scores topic minus its reading's ``send()``
+time). Last, the resident memory per stream of the
 state store and scoring engine at 100,000 and 1,000,000 streams, each in a fresh process.
 
 Rates (c) and (d) time the model calls alone on already decoded readings; (a) and (b) include
@@ -29,6 +32,7 @@ Kafka. NumPy's BLAS and TensorFlow run one thread (the worker runs one step at a
 broker shares the machine). Targets are printed next to the numbers, not enforced.
 
     python benchmarks/throughput.py [--json] [--readings 1000000] [--bootstrap host:port]
+                                    [--client both|kafka-python|confluent]
 
 This file is the command: it runs the phases and reports. Each phase is a module of
 :mod:`benchmarks.end_to_end`.
@@ -78,8 +82,9 @@ from benchmarks.end_to_end.model_baselines import (  # noqa: E402
 from benchmarks.end_to_end.readings import CHANNELS, produce_readings  # noqa: E402
 from benchmarks.end_to_end.running_worker import worker_throughput  # noqa: E402
 
+CLIENTS = ("kafka-python", "confluent")
 TARGETS = {
-    "worker_vs_bare_consumer": ">= 0.8",
+    "worker_vs_bare_consumer": {"kafka-python": ">= 0.35", "confluent": ">= 0.6"},
     "worker_vs_river": ">= 3",
     "latency_p99_ms": "<= 50",
     "bytes_per_stream": "<= 1024",
@@ -141,20 +146,25 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                                              timeout_s=max(300.0, n / 1000))
         phase("produce")
 
-        report["bare_consumer"] = bare_consumer(bootstrap, topic, n,
-                                                timeout_s=max(120.0, n / 2000))
-        phase("bare_consumer")
-        report["worker"] = worker_throughput(bootstrap, artifact_path, topic, f"{tag}.worker",
-                                             n, args.partitions,
-                                             timeout_s=max(300.0, n / 500),
-                                             gc_freeze=args.gc_freeze)
-        phase("worker")
-        if args.latency_seconds > 0:
-            report["latency"] = latency(
-                bootstrap, artifact_path, f"{tag}.latency", args.streams, args.partitions,
-                args.latency_rate, args.latency_seconds, args.latency_max,
-                min(2.0, args.latency_seconds / 10), args.seed, workdir, args.gc_freeze)
-            phase("latency")
+        report["clients"] = {}
+        for client in args.clients:
+            measured: dict = {}
+            report["clients"][client] = measured
+            measured["bare_consumer"] = bare_consumer(bootstrap, topic, n,
+                                                      timeout_s=max(120.0, n / 2000),
+                                                      client=client)
+            phase(f"bare_consumer[{client}]")
+            measured["worker"] = worker_throughput(
+                bootstrap, artifact_path, topic, f"{tag}.{client}.worker", n, args.partitions,
+                timeout_s=max(300.0, n / 500), gc_freeze=args.gc_freeze, client=client)
+            phase(f"worker[{client}]")
+            if args.latency_seconds > 0:
+                measured["latency"] = latency(
+                    bootstrap, artifact_path, f"{tag}.{client}.latency", args.streams,
+                    args.partitions, args.latency_rate, args.latency_seconds,
+                    args.latency_max, min(2.0, args.latency_seconds / 10), args.seed,
+                    workdir, args.gc_freeze, client)
+                phase(f"latency[{client}]")
         # Read after the worker phases, so its decoded dicts do not sit in the worker's heap.
         sample = read_sample(bootstrap, topic, max(args.river_readings, args.keras_readings))
         phase("sample")
@@ -174,25 +184,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                         for s in args.memory_streams}
     phase("memory")
 
-    a = report["bare_consumer"]["readings_per_second"]
-    b = report["worker"]["readings_per_second"]
     c = report["keras_per_reading"]["readings_per_second"]
     d = report["river"]["readings_per_second"] if "river" in report else None  # skipped
-    report["readings_per_second"] = {"bare_consumer": a, "worker": b, "keras_per_reading": c,
-                                     "river_half_space_trees": d}
-    report["ratios"] = {"worker_vs_bare_consumer": round(b / a, 3),
-                        "worker_vs_keras_per_reading": round(b / c, 1),
-                        "worker_vs_river": round(b / d, 2) if d else None}
-    # (c) and (d) are model calls alone; the worker's own model part (the scoring engine,
-    # from the breakdown) is the like-for-like figure next to them.
-    engine = report["worker"]["readings"] / report["worker"]["breakdown_seconds"]["engine_total"]
-    report["model_only"] = {
-        "worker_engine_readings_per_second": round(engine),
-        "engine_vs_keras_per_reading": round(engine / c, 1),
-        "engine_vs_river": round(engine / d, 2) if d else None,
-    }
-    if "latency" in report:
-        report["latency_ms"] = {k: report["latency"]["steady"][k] for k in ("p50_ms", "p99_ms")}
+    for measured in report["clients"].values():
+        summarize_client(measured, c, d)
     report["bytes_per_stream"] = {s: m["rss_bytes_per_stream"]
                                   for s, m in report["memory"].items()}
     report["targets"] = TARGETS
@@ -204,32 +199,58 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     return report
 
 
+def summarize_client(measured: dict, keras_rate: float, river_rate: float | None) -> None:
+    """One client's rates and ratios, next to its measurements."""
+    a = measured["bare_consumer"]["readings_per_second"]
+    b = measured["worker"]["readings_per_second"]
+    measured["readings_per_second"] = {"bare_consumer": a, "worker": b}
+    measured["ratios"] = {"worker_vs_bare_consumer": round(b / a, 3),
+                          "worker_vs_keras_per_reading": round(b / keras_rate, 1),
+                          "worker_vs_river": round(b / river_rate, 2) if river_rate else None}
+    # (c) and (d) are model calls alone; the worker's own model part (the scoring engine,
+    # from the breakdown) is the like-for-like figure next to them.
+    worker = measured["worker"]
+    engine = worker["readings"] / worker["breakdown_seconds"]["engine_total"]
+    measured["model_only"] = {
+        "worker_engine_readings_per_second": round(engine),
+        "engine_vs_keras_per_reading": round(engine / keras_rate, 1),
+        "engine_vs_river": round(engine / river_rate, 2) if river_rate else None,
+    }
+    if "latency" in measured:
+        measured["latency_ms"] = {k: measured["latency"]["steady"][k]
+                                  for k in ("p50_ms", "p99_ms")}
+
+
 def print_table(report: dict) -> None:
-    rps = report["readings_per_second"]
-    ratios = report["ratios"]
     rows = [
         ("readings / streams / partitions",
          f"{report['readings']:,} / {report['streams']:,} / {report['partitions']}", ""),
         ("producing (setup)", f"{report['produce']['readings_per_second']:,} readings/s", ""),
-        ("(a) bare consumer + json.loads", f"{rps['bare_consumer']:,} readings/s", ""),
-        ("(b) cellwatch worker end to end", f"{rps['worker']:,} readings/s", ""),
-        ("(c) Keras per reading", f"{rps['keras_per_reading']:,} readings/s", ""),
-        ("(d) River HalfSpaceTrees (shared)", f"{rps['river_half_space_trees'] or 0:,} readings/s",
+        ("(c) Keras per reading",
+         f"{report['keras_per_reading']['readings_per_second']:,} readings/s", ""),
+        ("(d) River HalfSpaceTrees (shared)",
+         f"{report['river']['readings_per_second'] if 'river' in report else 0:,} readings/s",
          ""),
-        ("b / a", f"{ratios['worker_vs_bare_consumer']}",
-         TARGETS["worker_vs_bare_consumer"]),
-        ("b / c", f"{ratios['worker_vs_keras_per_reading']}", ""),
-        ("b / d", f"{ratios['worker_vs_river']}", TARGETS["worker_vs_river"]),
-        ("worker's scoring engine alone",
-         f"{report['model_only']['worker_engine_readings_per_second']:,} readings/s", ""),
-        ("engine alone / d (model only)", f"{report['model_only']['engine_vs_river']}", ""),
     ]
-    if "latency" in report:
-        steady = report["latency"]["steady"]
-        rate = report["latency"]["offered_readings_per_second"]
-        rows += [(f"latency p50 at {rate:,.0f}/s", f"{steady['p50_ms']} ms", ""),
-                 (f"latency p99 at {rate:,.0f}/s", f"{steady['p99_ms']} ms",
-                  TARGETS["latency_p99_ms"] + " ms")]
+    for client, measured in report["clients"].items():
+        rps, ratios = measured["readings_per_second"], measured["ratios"]
+        rows += [
+            (f"[{client}] (a) bare consumer + json.loads",
+             f"{rps['bare_consumer']:,} readings/s", ""),
+            (f"[{client}] (b) cellwatch worker end to end", f"{rps['worker']:,} readings/s", ""),
+            (f"[{client}] b / a", f"{ratios['worker_vs_bare_consumer']}",
+             TARGETS["worker_vs_bare_consumer"][client]),
+            (f"[{client}] b / c", f"{ratios['worker_vs_keras_per_reading']}", ""),
+            (f"[{client}] b / d", f"{ratios['worker_vs_river']}", TARGETS["worker_vs_river"]),
+            (f"[{client}] worker's scoring engine alone",
+             f"{measured['model_only']['worker_engine_readings_per_second']:,} readings/s", ""),
+        ]
+        if "latency" in measured:
+            steady = measured["latency"]["steady"]
+            rate = measured["latency"]["offered_readings_per_second"]
+            rows += [(f"[{client}] latency p50 at {rate:,.0f}/s", f"{steady['p50_ms']} ms", ""),
+                     (f"[{client}] latency p99 at {rate:,.0f}/s", f"{steady['p99_ms']} ms",
+                      TARGETS["latency_p99_ms"] + " ms")]
     for streams, memory in report["memory"].items():
         rows.append((f"memory per stream at {int(streams):,}",
                      f"{memory['rss_bytes_per_stream']:,} B RSS "
@@ -240,13 +261,14 @@ def print_table(report: dict) -> None:
     print(f"{'':{width}}  {'measured':{value_width}}  target")
     for name, value, target in rows:
         print(f"{name:{width}}  {value:{value_width}}  {target}")
-    print("\nworker breakdown, us per reading:")
-    for name, value in report["worker"]["breakdown_us_per_reading"].items():
-        print(f"  {name:16} {value:8.2f}")
-    collector = report["worker"]["garbage_collector"]
-    print(f"  of which in the garbage collector: {collector['us_per_reading']:.2f} "
-          f"({collector['full_collections']} full collections, "
-          f"{collector['full_collection_seconds']} s)")
+    for client, measured in report["clients"].items():
+        print(f"\nworker breakdown [{client}], us per reading:")
+        for name, value in measured["worker"]["breakdown_us_per_reading"].items():
+            print(f"  {name:16} {value:8.2f}")
+        collector = measured["worker"]["garbage_collector"]
+        print(f"  of which in the garbage collector: {collector['us_per_reading']:.2f} "
+              f"({collector['full_collections']} full collections, "
+              f"{collector['full_collection_seconds']} s)")
     print(f"\nload average (1 min) at the end of each phase: "
           f"{json.dumps(report['load_average_1m'])}")
     print(f"speed probe (us per json.loads, lower is faster) at the end of each phase: "
@@ -276,6 +298,9 @@ def main() -> None:
     parser.add_argument("--latency-max", type=int, default=100_000)
     parser.add_argument("--memory-streams", type=_streams_list, default=[100_000, 1_000_000],
                         help="comma-separated stream counts")
+    parser.add_argument("--client", choices=("both", *CLIENTS), default="both",
+                        help="the Kafka client(s) of the bare consumer, worker and latency "
+                             "runs (both: one after the other, on the same topic)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--gc-freeze", action="store_true",
                         help="what-if: gc.freeze() once the worker is built (not what "
@@ -283,6 +308,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.readings < args.streams or args.readings < 1:
         parser.error("--readings must be at least --streams")
+    args.clients = CLIENTS if args.client == "both" else (args.client,)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("kafka", "streaming", "absl", "tensorflow"):

@@ -350,6 +350,9 @@ SHORT_PREFIX_BATCH_SIZE = 8
                  help="Comma-separated host:port list.")
 @settings_option("kafka.group_id", "--group", help="Consumer group of the workers.")
 @settings_option("kafka.readings_topic", "--readings-topic", help="Topic to consume.")
+@settings_option("kafka.client", "--kafka-client",
+                 type=click.Choice(["kafka-python", "confluent"]),
+                 help="Kafka client library (confluent: pip install 'cellwatch[confluent]').")
 @settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
                  help="Model artifact to serve.")
 @settings_option("metrics.port", "--metrics-port", type=int, help="Metrics endpoint port.")
@@ -390,18 +393,19 @@ def run(ctx: click.Context, **_flags: Any) -> None:
               help="Score in process (no broker) and write score records as JSON lines.")
 @settings_option("kafka.bootstrap_servers", "--bootstrap-servers",
                  help="Comma-separated host:port list.")
+@settings_option("kafka.client", "--kafka-client",
+                 type=click.Choice(["kafka-python", "confluent"]),
+                 help="Kafka client library (confluent: pip install 'cellwatch[confluent]').")
 @settings_option("model.artifact", "--artifact", type=click.Path(path_type=Path),
                  help="Model artifact for --score-to.")
 @click.pass_context
 def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: str | None,
            partitions: int, speed: float, score_path: Path | None, **_flags: Any) -> None:
     """Replay recorded readings into Kafka, or score them in process."""
+    from cellwatch.kafka_clients import kafka_client
     from cellwatch.startup_errors import kafka_startup, wait_for_brokers
-    from cellwatch.wiring import kafka_client_options
     from detector.artifact import load_artifact
     from streaming.engine import ScoringEngine
-    from streaming.kafka_io import KafkaRecordSink
-    from streaming.kafka_topics import ensure_topic
     from streaming.replay import replay_to_kafka, score_in_process
     from streaming.state_store import StateStore
     from training.output_destinations import check_output_file, replaced_when_complete
@@ -429,12 +433,12 @@ def replay(ctx: click.Context, data: tuple[Path, ...], data_format: str, topic: 
                 done[0] = count
 
             if topic is not None:
-                options = kafka_client_options(settings.kafka)
+                client = kafka_client(settings.kafka)
                 servers = settings.kafka.bootstrap_servers
                 wait_for_brokers(servers, settings.kafka.startup_timeout_seconds)
                 with kafka_startup(servers):
-                    ensure_topic(options, topic, partitions)
-                    sink = KafkaRecordSink(options)
+                    client.ensure_topic(client.options, topic, partitions)
+                    sink = client.record_sink(client.options)
                 try:
                     sent = replay_to_kafka(readings, recording.channels, sink, topic, speed,
                                            progress)

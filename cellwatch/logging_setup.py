@@ -17,6 +17,8 @@ import logging
 from cellwatch.settings import REDACTED, SECTIONS, Secret, Settings
 
 KAFKA_LOGGER = "kafka"
+# librdkafka's lines, when kafka.client is confluent (cellwatch/kafka_clients.py).
+CONFLUENT_LOGGER = "confluent_kafka"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -64,7 +66,7 @@ SECRET_MASK = SecretMask()
 
 
 def configure_logging(level: str, kafka_level: str | None) -> None:
-    """Logs at ``level`` to stderr; kafka-python at ``kafka_level``, or else at ``level`` but
+    """Logs at ``level`` to stderr; the Kafka clients at ``kafka_level``, or else at ``level`` but
     no more verbose than INFO (its debug lines are protocol traces, a flood for an operator
     who asked for cellwatch's debug lines)."""
     numeric = logging.getLevelName(level.upper())
@@ -74,6 +76,7 @@ def configure_logging(level: str, kafka_level: str | None) -> None:
     kafka_numeric = (logging.getLevelName(kafka_level.upper()) if kafka_level
                      else max(numeric, logging.INFO))
     logging.getLogger(KAFKA_LOGGER).setLevel(kafka_numeric)
+    logging.getLogger(CONFLUENT_LOGGER).setLevel(kafka_numeric)
     for handler in root.handlers:
         if SECRET_MASK not in handler.filters:
             handler.addFilter(SECRET_MASK)

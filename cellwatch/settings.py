@@ -15,6 +15,7 @@ value came from, what was expected and what was received.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import tomllib
 import typing
@@ -47,6 +48,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # setup, neither of which settings can supply, so they are refused here instead of failing
 # at every connection attempt.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# The Kafka client libraries the worker can run on; confluent-kafka is an extra.
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,9 @@ class KafkaSettings(SettingsSection):
 
     bootstrap_servers: tuple[str, ...] = setting(
         ("127.0.0.1:19092",), "host:port of one or more brokers", positive=True)
+    client: str = setting(
+        "kafka-python", "Kafka client library: kafka-python, or confluent (librdkafka, "
+        "faster; pip install 'cellwatch[confluent]')", choices=KAFKA_CLIENTS)
     client_id: str = setting("cellwatch", "client id sent to the broker")
     group_id: str = setting("cellwatch", "consumer group of the workers")
     readings_topic: str = setting("cellwatch.readings", "topic of incoming sensor readings")
@@ -89,6 +95,11 @@ class KafkaSettings(SettingsSection):
         positive=True)
 
     def _cross_check(self) -> None:
+        if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise SettingsError(
+                "kafka.client: expected kafka-python when the confluent-kafka package is not "
+                "installed (pip install 'cellwatch[confluent]'), received 'confluent'",
+                key="kafka.client")
         uses_sasl = self.security_protocol.startswith("SASL_")
         if uses_sasl and self.sasl_mechanism is None:
             raise SettingsError(

@@ -108,11 +108,43 @@ def wait_for_brokers(servers: Sequence[str], timeout_s: float,
         pause(min(1.0, max(0.0, deadline - clock())))
 
 
+def _confluent_errors() -> tuple[type[BaseException], ...]:
+    """confluent-kafka's exception type when it is installed (it is an extra)."""
+    try:
+        from confluent_kafka import KafkaException
+    except ImportError:
+        return ()
+    return (KafkaException,)
+
+
+def _confluent_startup_error(servers: Sequence[str], exception: BaseException) -> Exception:
+    """The start-up error of what confluent-kafka raised while the clients started."""
+    from confluent_kafka import KafkaError
+
+    error = exception.args[0] if exception.args else None
+    code = error.code() if isinstance(error, KafkaError) else None
+    if code in (KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION):
+        return KafkaUnavailableError(
+            f"Kafka at {', '.join(servers)}: SASL authentication failed ({error}); check "
+            f"kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password")
+    if code is not None and code > 0:  # a broker's answer, not a local (negative) error
+        return TopicSetupError(
+            f"Kafka refused a request while setting up the worker's topics: {error}; "
+            f"create the topics yourself (see deploy/README.md) or grant the worker's "
+            f"principal the rights to")
+    return KafkaUnavailableError(
+        f"Kafka at {', '.join(servers)}: cannot start the clients ({error}); the brokers "
+        f"accept connections, so check kafka.security_protocol and the kafka.sasl_* and "
+        f"kafka.ssl_* settings against the listener (librdkafka's log lines above have the "
+        f"reason)")
+
+
 @contextlib.contextmanager
 def kafka_startup(servers: Sequence[str]) -> Iterator[None]:
-    """Turns what kafka-python raises while the clients start (a bootstrap that times out,
-    a refused TLS or SASL handshake) into one :class:`KafkaUnavailableError` line, and a
-    broker's refusal of a topic request into a :class:`TopicSetupError` (exit code 6)."""
+    """Turns what kafka-python (or confluent-kafka) raises while the clients start (a
+    bootstrap that times out, a refused TLS or SASL handshake) into one
+    :class:`KafkaUnavailableError` line, and a broker's refusal of a topic request into a
+    :class:`TopicSetupError` (exit code 6)."""
     try:
         yield
     except SaslAuthenticationFailedError as error:
@@ -134,3 +166,5 @@ def kafka_startup(servers: Sequence[str]) -> Iterator[None]:
             f"kafka-python's reason); a transactional worker also waits here for a "
             f"transaction a stopped worker left open, which the broker aborts after "
             f"transaction.timeout.ms") from None
+    except _confluent_errors() as error:
+        raise _confluent_startup_error(servers, error) from None

@@ -23,7 +23,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from cellwatch.settings import KafkaSettings, Settings, TrainingSettings
+from cellwatch.kafka_clients import KafkaClient, kafka_client
+from cellwatch.settings import Settings, TrainingSettings
 from cellwatch.startup_errors import kafka_startup, metrics_address_error, wait_for_brokers
 from detector.artifact import METADATA_FILE, ModelArtifact, load_artifact
 from streaming.changelog import ChangelogWriter
@@ -31,49 +32,16 @@ from streaming.checkpoint import Checkpoint
 from streaming.dead_letters import DEFAULT_TOPIC_MAX_BYTES
 from streaming.engine import ScoringEngine
 from streaming.http_endpoint import MetricsEndpoint
-from streaming.kafka_io import (
-    KafkaChangelogReader,
-    KafkaReadingSource,
-    KafkaRecordSink,
-)
-from streaming.kafka_topics import ensure_changelog, ensure_topics, partition_count
 from streaming.messages import EARLIEST_TS_MS, ReadingParser
 from streaming.metrics import WorkerMetrics
 from streaming.model_reload import ModelWatcher
 from streaming.partitions import PartitionTracker
 from streaming.ports import ChangelogReader, ReadingSource, RecordSink
 from streaming.state_store import StateStore
-from streaming.topic_checks import ChangelogCheck, dead_letter_topic_limit
 from streaming.worker import ModelInfo, Worker, WorkerConfig, WorkerParts
 from training.trainer import TrainingOptions
 
 log = logging.getLogger(__name__)
-
-
-def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """kafka-python connection and security options of the ``kafka`` section."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": list(kafka.bootstrap_servers),
-        "client_id": kafka.client_id,
-        "security_protocol": kafka.security_protocol,
-        "request_timeout_ms": kafka.request_timeout_ms,
-        # kafka-python's own wait for a first broker (30 s, an ERROR line per attempt);
-        # wait_for_brokers has waited before any client starts.
-        "bootstrap_timeout_ms": int(kafka.startup_timeout_seconds * 1000),
-    }
-    if kafka.sasl_mechanism is not None:
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-    if kafka.sasl_username is not None:
-        options["sasl_plain_username"] = kafka.sasl_username
-    if kafka.sasl_password is not None:
-        options["sasl_plain_password"] = kafka.sasl_password.reveal()
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        value = getattr(kafka, key)
-        if value is not None:
-            options[key] = str(value)
-    if kafka.ssl_password is not None:
-        options["ssl_password"] = kafka.ssl_password.reveal()
-    return options
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -197,7 +165,7 @@ class KafkaWorker:
 
     worker: Worker
     settings: Settings
-    options: dict[str, Any]
+    client: KafkaClient
     wrappers: PartWrappers
 
     def join_group(self) -> ReadingSource:
@@ -205,9 +173,9 @@ class KafkaWorker:
         hears of the rebalances."""
         kafka, config = self.settings.kafka, self.worker.config
         with kafka_startup(kafka.bootstrap_servers):
-            source = KafkaReadingSource(self.options, config.readings_topic, kafka.group_id,
-                                        self.worker.partitions,
-                                        session_timeout_ms=kafka.session_timeout_ms)
+            source = self.client.reading_source(
+                self.client.options, config.readings_topic, kafka.group_id,
+                self.worker.partitions, session_timeout_ms=kafka.session_timeout_ms)
         return self.wrappers.source(source)
 
 
@@ -218,31 +186,34 @@ def build_worker(settings: Settings, artifact: ModelArtifact, metrics: WorkerMet
     worker serving ``artifact``; closes the connections on exit (the sink too, unless the
     worker ran: its run closes it). Connection problems raise the start-up errors of
     :mod:`cellwatch.startup_errors`."""
-    options = kafka_client_options(settings.kafka)
+    client = kafka_client(settings.kafka)
+    options = client.options
     config = worker_config(settings)
     changelog = changelog_check = sink = None
     built: KafkaWorker | None = None
     try:
         with kafka_startup(settings.kafka.bootstrap_servers):
-            co_partitioned = ensure_topics(
+            co_partitioned = client.ensure_topics(
                 options, config.readings_topic,
                 [config.scores_topic, config.anomalies_topic, config.dead_letter_topic])
             config = dataclasses.replace(
                 config, co_partitioned=co_partitioned,
-                dead_letter_max_bytes=dead_letter_topic_limit(
+                dead_letter_max_bytes=client.dead_letter_topic_limit(
                     options, config.dead_letter_topic) or DEFAULT_TOPIC_MAX_BYTES)
             if config.changelog_topic is not None:
-                partitions = partition_count(options, config.readings_topic)
-                ensure_changelog(options, config.changelog_topic, partitions)
-                changelog = KafkaChangelogReader(options, config.changelog_topic,
-                                                 read_committed=settings.worker.transactional)
-                changelog_check = ChangelogCheck(options, config.changelog_topic, partitions)
-            sink = wrappers.sink(KafkaRecordSink(options,
-                                                 transactional_id=transactional_id(settings)))
+                partitions = client.partition_count(options, config.readings_topic)
+                client.ensure_changelog(options, config.changelog_topic, partitions)
+                changelog = client.changelog_reader(
+                    options, config.changelog_topic,
+                    read_committed=settings.worker.transactional)
+                changelog_check = client.changelog_check(options, config.changelog_topic,
+                                                         partitions)
+            sink = wrappers.sink(client.record_sink(
+                options, transactional_id=transactional_id(settings)))
         worker = assemble_worker(config, model_info(artifact), sink, metrics,
                                  changelog=changelog,
                                  changelog_check=changelog_check, wrappers=wrappers)
-        built = KafkaWorker(worker, settings, options, wrappers)
+        built = KafkaWorker(worker, settings, client, wrappers)
         yield built
     finally:
         if sink is not None and (built is None or built.worker.source is None):

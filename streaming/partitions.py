@@ -3,7 +3,10 @@
 The partition tracker is the consumer's partition listener. kafka-python runs its callbacks
 on the consumer's IO thread while the worker's thread waits in ``poll`` or ``close``; they
 take the worker's lock, and no blocking consumer call is made while holding it (that call
-would need the IO thread, which may be waiting for the lock).
+would need the IO thread, which may be waiting for the lock). confluent-kafka runs them on
+the worker's own thread, inside ``poll`` and ``close``, where the lock is free; with its
+cooperative-sticky group, a rebalance revokes only the partitions that move and assigns
+only the new ones, which the rules below handle as they stand.
 
 * **revoked**: the partition is checkpointed (:meth:`streaming.checkpoint.Checkpoint.write`)
   and its offsets handed back to the consumer to commit before it goes; its states stay

@@ -1,7 +1,8 @@
 """The worker's ports: where readings come from, where records go, who hears of rebalances.
 
-Adapters: :mod:`streaming.kafka_io` for Kafka; unit tests use in-memory fakes of the same
-shape.
+Adapters: :mod:`streaming.kafka_io` (kafka-python) and :mod:`streaming.confluent_io`
+(confluent-kafka) for Kafka, chosen by ``kafka.client`` (:mod:`cellwatch.kafka_clients`);
+unit tests use in-memory fakes of the same shape.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Protocol
 
 
 class SourceRecord(Protocol):
-    """One consumed message (kafka-python's ``ConsumerRecord`` has this shape)."""
+    """One consumed message (kafka-python's ``ConsumerRecord`` has this shape; confluent's
+    messages are copied into :class:`streaming.confluent_io.ConfluentRecord`)."""
 
     topic: str
     partition: int

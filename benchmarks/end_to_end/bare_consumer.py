@@ -1,5 +1,6 @@
-"""(a) The bare consumer: kafka-python in a fresh group and a fresh process (no TensorFlow),
-``json.loads`` of each message, nothing else; and a decoded sample of a topic."""
+"""(a) The bare consumer: a fresh group's consumer in a fresh process (no TensorFlow), with
+the worker's client (kafka-python or confluent-kafka), ``json.loads`` of each message,
+nothing else; and a decoded sample of a topic."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from benchmarks.end_to_end.readings import POLL_RECORDS
 
 
 def _bare_consumer_child(bootstrap: str, topic: str, readings: int, timeout_s: float,
-                         results) -> None:
+                         results, client: str = "kafka-python") -> None:
     try:
-        results.put(_bare_consume(bootstrap, topic, readings, timeout_s))
+        consume = _bare_consume if client == "kafka-python" else _bare_consume_confluent
+        results.put(consume(bootstrap, topic, readings, timeout_s))
     except BaseException as error:
         results.put({"error": repr(error)})
         raise
@@ -66,12 +68,60 @@ def _bare_consume(bootstrap: str, topic: str, readings: int, timeout_s: float) -
             "process": "fresh process: kafka-python, json and NumPy imported, no TensorFlow"}
 
 
-def bare_consumer(bootstrap: str, topic: str, readings: int, timeout_s: float) -> dict:
-    """A fresh group's consumer, in a fresh process, that only decodes each message's JSON."""
+def _bare_consume_confluent(bootstrap: str, topic: str, readings: int, timeout_s: float
+                            ) -> dict:
+    from confluent_kafka import Consumer
+
+    collector = GcTimer()
+    gc.callbacks.append(collector)
+    # The same fetch sizes as the worker's ConfluentReadingSource.
+    consumer = Consumer({"bootstrap.servers": bootstrap,
+                         "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "enable.auto.offset.store": False,
+                         "auto.offset.reset": "earliest",
+                         "max.partition.fetch.bytes": 4 << 20, "fetch.max.bytes": 50 << 20})
+    consumer.subscribe([topic])
+    loads = json.loads
+    count = 0
+    created = time.perf_counter()
+    first = None
+    first_cpu = 0.0
+    deadline = created + timeout_s
+    try:
+        while count < readings:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"bare consumer: {count} of {readings} after {timeout_s} s")
+            messages = consumer.consume(POLL_RECORDS, 0.2)
+            if messages and first is None:
+                first = time.perf_counter()
+                first_cpu = time.process_time()
+                collector.reset()
+            for message in messages:
+                if message.error() is None:
+                    loads(message.value())
+                    count += 1
+        ended = time.perf_counter()
+        cpu = time.process_time() - first_cpu
+    finally:
+        consumer.close()
+        gc.callbacks.remove(collector)
+    return {"readings": count, "seconds": round(ended - first, 3),
+            "join_seconds": round(first - created, 3),
+            "readings_per_second": round(count / (ended - first)),
+            "process_cpu_seconds": round(cpu, 3),
+            "readings_per_cpu_second": round(count / cpu),
+            "garbage_collector_seconds": round(collector.seconds, 3),
+            "process": "fresh process: confluent-kafka, json and NumPy imported, no TensorFlow"}
+
+
+def bare_consumer(bootstrap: str, topic: str, readings: int, timeout_s: float,
+                  client: str = "kafka-python") -> dict:
+    """A fresh group's consumer of ``client``, in a fresh process, that only decodes each
+    message's JSON."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     process = ctx.Process(target=_bare_consumer_child, name="bare-consumer", daemon=True,
-                          args=(bootstrap, topic, readings, timeout_s, results))
+                          args=(bootstrap, topic, readings, timeout_s, results, client))
     process.start()
     try:
         report = get_result(results, time.perf_counter() + timeout_s + 60, "bare consumer")

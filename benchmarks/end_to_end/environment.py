@@ -46,11 +46,18 @@ def build_artifact(path: Path, seed: int) -> Path:
 
 def versions(broker_managed: bool) -> dict:
     found = {}
-    for name in ("kafka-python", "numpy", "tensorflow", "keras", "river", "prometheus-client"):
+    for name in ("kafka-python", "confluent-kafka", "numpy", "tensorflow", "keras", "river",
+                 "prometheus-client"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
+    try:
+        from confluent_kafka import libversion
+
+        found["librdkafka"] = libversion()[0]
+    except ImportError:
+        found["librdkafka"] = None
     found["python"] = platform.python_version()
     jars = sorted(KAFKA_LIBS.glob("kafka_2.13-*.jar"))
     found["kafka_broker"] = (jars[0].stem.removeprefix("kafka_2.13-") if jars and broker_managed

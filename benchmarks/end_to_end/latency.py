@@ -136,15 +136,18 @@ def _worker_latency_histogram(registry, reference: str) -> dict:
 
 def latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, partitions: int,
             rate: float, seconds: float, max_readings: int, warmup_s: float,
-            seed: int, workdir: Path, gc_freeze: bool = False) -> dict:
+            seed: int, workdir: Path, gc_freeze: bool = False,
+            client: str = "kafka-python") -> dict:
+    """The latency of a worker on ``client``; the paced producer and the watcher of the
+    scores are the same kafka-python processes for every client."""
     return retrying(lambda attempt: _latency(
         bootstrap, artifact_path, f"{prefix}{attempt or ''}", streams, partitions, rate,
-        seconds, max_readings, warmup_s, seed, workdir, gc_freeze), "latency")
+        seconds, max_readings, warmup_s, seed, workdir, gc_freeze, client), "latency")
 
 
 def _latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, partitions: int,
              rate: float, seconds: float, max_readings: int, warmup_s: float,
-             seed: int, workdir: Path, gc_freeze: bool) -> dict:
+             seed: int, workdir: Path, gc_freeze: bool, client: str) -> dict:
     from streaming.kafka_topics import ensure_topic
 
     topic = f"{prefix}.readings"
@@ -154,7 +157,7 @@ def _latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, par
     producer_ready, watcher_ready, go = ctx.Event(), ctx.Event(), ctx.Event()
     sent_path, seen_path = str(workdir / "sent.npz"), str(workdir / "seen.npz")
     with running_worker(bootstrap, artifact_path, topic, prefix, partitions,
-                        gc_freeze) as handle:
+                        gc_freeze, client) as handle:
         watcher = ctx.Process(target=_watch_scores, name="score-watcher", daemon=True,
                               args=(bootstrap, handle.worker.config.scores_topic, total,
                                     watcher_ready, seconds + 120, seen_path))
@@ -208,6 +211,7 @@ def _latency(bootstrap: str, artifact_path: Path, prefix: str, streams: int, par
                 "max_ms": round(float(values.max()), 2), "readings": int(values.size)}
 
     return {
+        "client": client,
         "method": "score record's arrival at a consumer of the scores topic (separate process) "
                   "minus its reading's producer send() time (separate process)",
         "offered_readings_per_second": rate,

@@ -61,7 +61,7 @@ class NoPartitionsError(RuntimeError):
 
 @contextlib.contextmanager
 def running_worker(bootstrap: str, artifact_path: Path, readings_topic: str, prefix: str,
-                   partitions: int, gc_freeze: bool = False):
+                   partitions: int, gc_freeze: bool = False, client: str = "kafka-python"):
     """``cellwatch.wiring.run_worker`` itself in a thread (settings, topic creation, sink,
     source, metrics registry and endpoint as deployed), built with timing wrappers around
     its source, sink, parser and engine (:func:`timed_wrappers`); yields once all
@@ -71,6 +71,7 @@ def running_worker(bootstrap: str, artifact_path: Path, readings_topic: str, pre
 
     settings = load_settings(environ={}, overrides={
         "kafka.bootstrap_servers": bootstrap,
+        "kafka.client": client,
         "kafka.client_id": f"{prefix}-worker",
         "kafka.group_id": f"{prefix}-group",
         "kafka.readings_topic": readings_topic,
@@ -162,18 +163,18 @@ def retrying(measure, what: str, attempts: int = 3) -> dict:
 
 def worker_throughput(bootstrap: str, artifact_path: Path, topic: str, prefix: str,
                       readings: int, partitions: int, timeout_s: float,
-                      gc_freeze: bool = False) -> dict:
+                      gc_freeze: bool = False, client: str = "kafka-python") -> dict:
     return retrying(lambda attempt: _worker_throughput(
         bootstrap, artifact_path, topic, f"{prefix}{attempt or ''}", readings, partitions,
-        timeout_s, gc_freeze), "worker throughput")
+        timeout_s, gc_freeze, client), "worker throughput")
 
 
 def _worker_throughput(bootstrap: str, artifact_path: Path, topic: str, prefix: str,
                        readings: int, partitions: int, timeout_s: float,
-                       gc_freeze: bool) -> dict:
+                       gc_freeze: bool, client: str) -> dict:
     created = time.perf_counter()
     with running_worker(bootstrap, artifact_path, topic, prefix, partitions,
-                        gc_freeze) as handle:
+                        gc_freeze, client) as handle:
         # An attribute read: asking the registry would collect every metric, 50 times a second.
         wait_until(lambda: handle.timings.records >= readings, timeout_s,
                    f"worker scoring {readings} readings", handle, interval_s=0.02)
@@ -193,6 +194,7 @@ def _worker_throughput(bootstrap: str, artifact_path: Path, topic: str, prefix: 
         ("engine_step", t.step), ("send", t.send), ("flush", t.flush), ("commit", t.commit),
         ("other_in_batch", t.process - t.parse - t.engine - t.send - t.flush - t.commit)]}
     return {
+        "client": client,
         "readings": counted,
         "scored": scored,
         "outputs": outputs,

@@ -67,6 +67,13 @@ def kafka_broker(
         broker.stop()
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The worker's Kafka client (``kafka.client``): a test that takes this fixture runs
+    once with each, since every promise of the worker must hold with both."""
+    return request.param
+
+
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """``unique_name("orders")`` -> e.g. ``test-roundtrip-orders-3f2a9c1b``: unique per call,

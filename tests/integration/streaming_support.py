@@ -49,8 +49,9 @@ def readings(streams: int, per_stream: int, seed: int = 3,
 
 
 def worker_settings(bootstrap: str, artifact: Path, readings_topic: str, prefix: str,
-                    **worker: object) -> Settings:
+                    client: str = "kafka-python", **worker: object) -> Settings:
     overrides = {
+        "kafka.client": client,
         "kafka.bootstrap_servers": bootstrap,
         "kafka.group_id": f"{prefix}-group",
         "kafka.readings_topic": readings_topic,

@@ -35,13 +35,20 @@ def test_throughput_runs_and_reports_json(kafka_broker) -> None:
         "--streams", "200", "--partitions", "2", "--producers", "1", "--keras-readings", "3",
         "--river-readings", "0", "--latency-seconds", "2", "--latency-rate", "200",
         "--memory-streams", "1000", timeout_s=300)
-    rates = report["readings_per_second"]
-    assert rates["bare_consumer"] > 0 and rates["worker"] > 0 and rates["keras_per_reading"] > 0
-    worker = report["worker"]
-    assert worker["readings"] == worker["scored"] == 2000
-    assert worker["outputs"]["scores"] == 2000 and worker["co_partitioned"]
-    assert worker["breakdown_seconds"]["engine_total"] > 0 and worker["batches"] >= 1
-    assert report["latency"]["scores_seen"] == report["latency"]["produced"] == 400
+    assert set(report["clients"]) == {"kafka-python", "confluent"}
+    assert report["keras_per_reading"]["readings_per_second"] > 0
+    for client, measured in report["clients"].items():
+        rates = measured["readings_per_second"]
+        assert rates["bare_consumer"] > 0 and rates["worker"] > 0, client
+        assert measured["ratios"]["worker_vs_bare_consumer"] > 0
+        worker = measured["worker"]
+        assert worker["client"] == client
+        assert worker["readings"] == worker["scored"] == 2000
+        assert worker["outputs"]["scores"] == 2000 and worker["co_partitioned"]
+        assert worker["breakdown_seconds"]["engine_total"] > 0 and worker["batches"] >= 1
+        latency = measured["latency"]
+        assert latency["client"] == client
+        assert latency["scores_seen"] == latency["produced"] == 400
     assert report["memory"]["1000"]["streams"] == 1000
 
 

@@ -110,8 +110,10 @@ def workers(env: dict[str, str], log_dir: Path) -> Iterator[list[WorkerProcess]]
             worker.close()
 
 
-def worker_env(bootstrap: str, artifact: Path, topic: str, prefix: str) -> dict[str, str]:
+def worker_env(bootstrap: str, artifact: Path, topic: str, prefix: str,
+               client: str = "kafka-python") -> dict[str, str]:
     return {**os.environ,
+            "CELLWATCH_KAFKA_CLIENT": client,
             "CELLWATCH_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CELLWATCH_KAFKA_GROUP_ID": f"{prefix}-group",
             "CELLWATCH_KAFKA_READINGS_TOPIC": topic,
@@ -260,11 +262,11 @@ def test_the_durability_check_reports_a_reading_lost_or_applied_twice(
 
 
 def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
-        kafka_broker, topic_factory, unique_name, artifact, tmp_path):
+        kafka_broker, topic_factory, unique_name, artifact, tmp_path, kafka_client):
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=4, purpose="readings")
     prefix = unique_name("crash")
-    env = worker_env(bootstrap, artifact, topic, prefix)
+    env = worker_env(bootstrap, artifact, topic, prefix, kafka_client)
     rows = readings(streams=2000, per_stream=100, seed=21)
     produce(bootstrap, topic, messages_of(rows))
     expected = reference_scores(artifact, rows)
@@ -294,11 +296,11 @@ def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
 
 
 def test_a_group_survives_losing_a_member_and_gaining_one(
-        kafka_broker, topic_factory, unique_name, artifact, tmp_path):
+        kafka_broker, topic_factory, unique_name, artifact, tmp_path, kafka_client):
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=8, purpose="readings")
     prefix = unique_name("group")
-    env = worker_env(bootstrap, artifact, topic, prefix)
+    env = worker_env(bootstrap, artifact, topic, prefix, kafka_client)
     rows = readings(streams=1200, per_stream=100, seed=22)
     half = len(rows) // 2
     produce(bootstrap, topic, messages_of(rows[:half]))
@@ -331,7 +333,8 @@ def test_a_group_survives_losing_a_member_and_gaining_one(
     assert newcomer_scored > 0  # it took partitions over and scored part of the second half
 
 
-def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, kafka_broker):
+def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, kafka_broker,
+                                               kafka_client):
     if not kafka_broker.managed:
         pytest.skip("needs a broker this test may stop and start")
     with KafkaBroker(tmp_path / "kafka") as broker:
@@ -343,7 +346,7 @@ def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics({topic: {"num_partitions": 4}}, wait_for_metadata=True)
         admin.close()
-        env = worker_env(bootstrap, artifact, topic, prefix)
+        env = worker_env(bootstrap, artifact, topic, prefix, kafka_client)
         rows = readings(streams=500, per_stream=100, seed=23)
         produce(bootstrap, topic, messages_of(rows))
         expected = reference_scores(artifact, rows)
@@ -363,7 +366,7 @@ def test_the_worker_rides_out_a_broker_restart(unique_name, artifact, tmp_path, 
 
 
 def test_transactions_give_read_committed_consumers_each_score_once(
-        kafka_broker, topic_factory, unique_name, artifact):
+        kafka_broker, topic_factory, unique_name, artifact, kafka_client):
     """Two transactional workers, the second joining mid-way (the rebalance aborts the first
     one's open transaction, if any): a read_committed consumer sees every reading's score
     exactly once, equal to the uninterrupted run."""
@@ -376,7 +379,8 @@ def test_transactions_give_read_committed_consumers_each_score_once(
     expected = reference_scores(artifact, rows)
 
     def settings_for(member: str):
-        base = worker_settings(bootstrap, artifact, topic, prefix, transactional=True,
+        base = worker_settings(bootstrap, artifact, topic, prefix, kafka_client,
+                               transactional=True,
                                checkpoint_interval_seconds=5.0, max_poll_records=500)
         return dataclasses.replace(base, kafka=dataclasses.replace(
             base.kafka, client_id=f"{prefix}-{member}"))
@@ -420,13 +424,16 @@ def test_transactions_give_read_committed_consumers_each_score_once(
 
 
 def test_the_changelog_is_created_compacted_and_a_mismatched_one_is_refused(
-        kafka_broker, topic_factory, unique_name, kafka_admin):
+        kafka_broker, topic_factory, unique_name, kafka_admin, kafka_client):
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from streaming.kafka_topics import ensure_changelog
+    from cellwatch.kafka_clients import kafka_client as client_of
+    from cellwatch.settings import KafkaSettings
     from streaming.ports import TopicSetupError
 
-    options = {"bootstrap_servers": [kafka_broker.bootstrap]}
+    client = client_of(KafkaSettings(client=kafka_client,
+                                     bootstrap_servers=(kafka_broker.bootstrap,)))
+    options, ensure_changelog = client.options, client.ensure_changelog
     created = unique_name("changelog")
     try:
         ensure_changelog(options, created, 3)

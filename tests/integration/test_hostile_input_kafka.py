@@ -14,6 +14,8 @@ from kafka.errors import KafkaError
 
 from cellwatch import wiring
 from deploy.kafka.local_broker import committed_offsets
+from streaming import confluent_topics, topic_checks
+from streaming.confluent_io import ConfluentRecordSink
 from streaming.kafka_io import KafkaRecordSink
 from streaming.ports import OutputError
 from tests.integration.streaming_support import (
@@ -58,13 +60,13 @@ def messages_of(rows) -> list[tuple[bytes, bytes]]:
 
 
 def test_a_reading_of_nearly_a_mebibyte_is_dead_lettered_cut_to_fit(
-        kafka_broker, topic_factory, unique_name, artifact):
+        kafka_broker, topic_factory, unique_name, artifact, kafka_client):
     """The broker takes the reading; its dead letter, whole, would exceed the dead-letter
     topic's max.message.bytes (the broker's default) and used to stop every worker on it."""
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=2, purpose="readings")
     prefix = unique_name("huge")
-    settings = worker_settings(bootstrap, artifact, topic, prefix)
+    settings = worker_settings(bootstrap, artifact, topic, prefix, kafka_client)
     huge = b'{"stream":"stream-000","pad":"' + b"x" * (1_048_400 - 32) + b'"}'
     assert len(huge) == 1_048_400
     rows = readings(streams=4, per_stream=10, seed=41)
@@ -85,19 +87,20 @@ def test_a_reading_of_nearly_a_mebibyte_is_dead_lettered_cut_to_fit(
 
 
 def test_a_dead_letter_the_topic_refuses_is_dropped_and_the_worker_goes_on(
-        kafka_broker, topic_factory, unique_name, artifact, monkeypatch):
+        kafka_broker, topic_factory, unique_name, artifact, monkeypatch, kafka_client):
     """The dead-letter topic takes 20 kB, and the worker does not know (it could not read
     the topic's configuration): the broker refuses a 50 kB dead letter for good. Stopping
     would stop every restart on the same reading; the worker drops and counts it."""
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=1, purpose="readings")
     prefix = unique_name("refused")
-    settings = worker_settings(bootstrap, artifact, topic, prefix)
+    settings = worker_settings(bootstrap, artifact, topic, prefix, kafka_client)
     KafkaAdminClient(bootstrap_servers=bootstrap).create_topics(
         {settings.kafka.dead_letter_topic: {"num_partitions": 1,
                                             "configs": {"max.message.bytes": "20000"}}},
         wait_for_metadata=True)
-    monkeypatch.setattr(wiring, "dead_letter_topic_limit", lambda _options, _topic: None)
+    for module in (topic_checks, confluent_topics):
+        monkeypatch.setattr(module, "dead_letter_topic_limit", lambda _options, _topic: None)
     rows = readings(streams=3, per_stream=10, seed=42)
     with worker_thread(settings) as running:
         registry = running["endpoint"].registry
@@ -111,7 +114,8 @@ def test_a_dead_letter_the_topic_refuses_is_dropped_and_the_worker_goes_on(
 
 
 def test_readings_of_a_failed_flush_are_scored_after_the_restart(
-        kafka_broker, topic_factory, unique_name, artifact, kafka_admin, monkeypatch):
+        kafka_broker, topic_factory, unique_name, artifact, kafka_admin, monkeypatch,
+        kafka_client):
     """The scores topic is deleted and recreated with one partition mid-run: the worker's
     outputs fail and it stops. Closing its consumer revokes its partitions; that revoke
     must not checkpoint the states the failed batch advanced, or the restarted worker skips
@@ -119,13 +123,14 @@ def test_readings_of_a_failed_flush_are_scored_after_the_restart(
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=2, purpose="readings")
     prefix = unique_name("lost")
-    settings = worker_settings(bootstrap, artifact, topic, prefix,
+    settings = worker_settings(bootstrap, artifact, topic, prefix, kafka_client,
                                checkpoint_interval_seconds=0.5, max_poll_records=50)
     scores_topic = settings.kafka.scores_topic
     rows = readings(streams=10, per_stream=40, seed=43)
     first, second = rows[:200], rows[200:]
     expected = reference_scores(artifact, rows)
-    monkeypatch.setattr(KafkaRecordSink.flush, "__defaults__", (10.0,))  # fail faster
+    for sink in (KafkaRecordSink, ConfluentRecordSink):
+        monkeypatch.setattr(sink.flush, "__defaults__", (10.0,))  # fail faster
 
     with pytest.raises(OutputError), worker_thread(settings) as running:
         registry = running["endpoint"].registry

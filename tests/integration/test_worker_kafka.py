@@ -57,10 +57,10 @@ def bad_messages(max_bytes: int) -> dict[str, bytes]:
 
 
 def test_worker_scores_rejects_exports_metrics_and_stops_cleanly(
-        kafka_broker, topic_factory, unique_name, artifact, prometheus_factory):
+        kafka_broker, topic_factory, unique_name, artifact, prometheus_factory, kafka_client):
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory(partitions=4, purpose="readings")
-    settings = worker_settings(bootstrap, artifact, topic, unique_name("w"),
+    settings = worker_settings(bootstrap, artifact, topic, unique_name("w"), kafka_client,
                                max_message_bytes=2048, anomaly_episode_gap=3)
     good = readings(STREAMS, PER_STREAM)
     messages = []

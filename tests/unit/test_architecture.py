@@ -21,8 +21,8 @@ ALLOWED = {
     "cellwatch": {"detector", "training", "streaming"},
 }
 FORBIDDEN_THIRD_PARTY = {
-    "detector": {"kafka", "prometheus_client", "click"},
-    "training": {"kafka", "prometheus_client", "click"},
+    "detector": {"kafka", "confluent_kafka", "prometheus_client", "click"},
+    "training": {"kafka", "confluent_kafka", "prometheus_client", "click"},
     "streaming": {"click"},
 }
 
@@ -78,3 +78,49 @@ def test_detector_does_not_load_io_libraries_transitively() -> None:
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# confluent-kafka is an extra: only its adapters import it at module level.
+CONFLUENT_MODULES = {"streaming/confluent_io.py", "streaming/confluent_topics.py"}
+
+
+def module_level_imports(source: str) -> set[str]:
+    """Top-level names imported outside any function (what importing the module loads)."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_only_the_confluent_adapters_import_confluent_kafka_when_loaded() -> None:
+    found = sorted(
+        str(path.relative_to(ROOT)) for package in PROJECT_PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "confluent_kafka" in module_level_imports(path.read_text(encoding="utf-8"))
+        and str(path.relative_to(ROOT)) not in CONFLUENT_MODULES)
+    assert found == []
+
+
+def test_the_kafka_python_worker_is_built_without_confluent_kafka() -> None:
+    """A kafka-python-only install: confluent_kafka cannot be imported at all."""
+    probe = (
+        "import sys\n"
+        "sys.modules['confluent_kafka'] = None  # import confluent_kafka now fails\n"
+        "import cellwatch.cli, cellwatch.wiring\n"
+        "from cellwatch.kafka_clients import kafka_client\n"
+        "from cellwatch.settings import SettingsError, load_settings\n"
+        "print(kafka_client(load_settings(environ={}).kafka).name)\n"
+        "try:\n"
+        "    load_settings(environ={'CELLWATCH_KAFKA_CLIENT': 'confluent'})\n"
+        "except SettingsError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "kafka-python"
+    assert "pip install 'cellwatch[confluent]'" in lines[1]

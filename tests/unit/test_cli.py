@@ -412,8 +412,8 @@ def test_debug_logging_never_shows_the_sasl_password(
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError
 
+    from cellwatch.kafka_clients import kafka_client_options
     from cellwatch.settings import load_settings
-    from cellwatch.wiring import kafka_client_options
 
     result = CliRunner().invoke(main, ["--log-level", "debug", "--kafka-log-level", "debug",
                                        "config", "show"], env=SASL_ENV)

@@ -104,6 +104,24 @@ def test_a_broker_refusing_a_topic_request_is_a_topic_problem_not_an_unreachable
         raise KafkaConnectionError("reset")
 
 
+def test_confluent_start_up_failures_map_to_the_same_exit_codes() -> None:
+    pytest.importorskip("confluent_kafka")
+    from confluent_kafka import KafkaError, KafkaException
+
+    from cellwatch.startup_errors import kafka_startup
+    from streaming.ports import TopicSetupError
+
+    with pytest.raises(TopicSetupError, match="refused a request"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    with pytest.raises(KafkaUnavailableError, match="SASL authentication failed"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
+    with pytest.raises(KafkaUnavailableError, match="cannot start the clients"), \
+            kafka_startup(["127.0.0.1:9092"]):
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+
 def test_a_stop_while_waiting_for_a_broker_ends_the_wait_at_once() -> None:
     """A SIGTERM while no broker is up yet ends the wait when it comes: the pauses between
     attempts wait on the stop event, not a plain sleep, and the wait reports it stopped."""
