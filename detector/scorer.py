@@ -117,7 +117,7 @@ changes, repeats) is roughly stationary per stream, so a departure in any of the
 out against the stream's own history, whatever the stream's units. When it fails: during
 a stream's first ``learning_period`` readings nothing is flagged, and its hourly profile
 needs a few days; a slow drift that the long-run statistics absorb faster than it grows is
-never flagged (measured: 2 of 7 synthetic drifts found); a fault whose readings are each
+never flagged (measured: 3 of 7 synthetic drifts found); a fault whose readings are each
 only mildly unusual is found only if it lasts (the persistence test, or the shift test
 for a held offset), and not at all in a stream whose normal surprises are strongly
 correlated; a fault that recurs (the same spike every day) is flagged the first few times
