@@ -119,6 +119,33 @@ class BatchResult:
         return self.scores.ts_ms
 
 
+@dataclasses.dataclass
+class _Admission:
+    """The readings of a batch that are scored: their positions in the batch, their state
+    rows and rounds, and each one's previous reading of its stream in the batch (its index
+    among the accepted, -1 for a stream's first); and what was rejected or skipped."""
+
+    accepted: list[int] = dataclasses.field(default_factory=list)
+    rows: list[int] = dataclasses.field(default_factory=list)
+    rounds: list[int] = dataclasses.field(default_factory=list)
+    previous: list[int] = dataclasses.field(default_factory=list)
+    rejected: list[RejectedReading] = dataclasses.field(default_factory=list)
+    skipped: int = 0
+
+
+@dataclasses.dataclass
+class _Advanced:
+    """What advancing the admitted readings produced: result columns in admission order,
+    the episodes that ended, counts and the time inside the step."""
+
+    columns: dict[str, np.ndarray]
+    episodes: list[EndedEpisode] = dataclasses.field(default_factory=list)
+    flagged: int = 0
+    opened: int = 0
+    step_seconds: float = 0.0
+    step_calls: int = 0
+
+
 class ScoringEngine:
     """Scores batches of readings against per-stream state.
 
@@ -149,22 +176,40 @@ class ScoringEngine:
 
     def process(self, readings: Sequence[Reading]) -> BatchResult:
         """Scores ``readings`` (in arrival order); rejects or skips those it must."""
+        admitted = self._admit(readings)
+        accepted = admitted.accepted
+        count = len(accepted)
+        ts = np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count)
+        advanced = _Advanced(columns={name: np.empty(count, dtype) for name, dtype in (
+            ("score", np.float32), ("likelihood", np.float32), ("surprise", np.float32),
+            ("onset", np.float32), ("flag", bool), ("top_channel", np.int32))})
+        if count:
+            self._advance(readings, admitted, ts, advanced)
+        scores = ScoredReadings(
+            streams=[readings[i].stream for i in accepted], ts_ms=ts,
+            partitions=[readings[i].partition for i in accepted], **advanced.columns,
+            channels=self.channels, model_version=self.model_version)
+        return BatchResult(
+            scores=scores, episodes=advanced.episodes, rejected=admitted.rejected,
+            skipped=admitted.skipped, flagged=advanced.flagged,
+            episodes_opened=advanced.opened,
+            broker_ts_ms=np.fromiter((readings[i].broker_ts_ms for i in accepted), np.int64,
+                                     count),
+            step_seconds=advanced.step_seconds, step_calls=advanced.step_calls)
+
+    def _admit(self, readings: Sequence[Reading]) -> _Admission:
+        """Which readings are scored, in which round: skips those the state already
+        reflects and rejects those not after their stream's last reading."""
         store = self.store
-        now_s = self.clock()
-        rejected: list[RejectedReading] = []
-        accepted: list[int] = []
-        rounds: list[int] = []
-        rows: list[int] = []
+        admitted = _Admission()
         batch_last_ts: dict[int, int] = {}
         batch_count: dict[int, int] = {}
         batch_last_index: dict[int, int] = {}  # the row's latest accepted reading, by index
-        previous_reading: list[int] = []  # of each accepted reading, -1 for a row's first
-        skipped = 0
         for index, reading in enumerate(readings):
             row = store.row_for(reading.stream, reading.partition)
             if reading.offset >= 0 and reading.offset <= store.last_offset[row] and \
                     reading.partition == store.partition[row]:
-                skipped += 1  # this state already reflects the reading (replay after restore)
+                admitted.skipped += 1  # the state already reflects it (replay after restore)
                 continue
             last = batch_last_ts.get(row)
             if last is None:
@@ -172,7 +217,7 @@ class ScoringEngine:
             if reading.ts_ms <= last:
                 reason = (RejectReason.DUPLICATE if reading.ts_ms == last
                           else RejectReason.OUT_OF_ORDER)
-                rejected.append(RejectedReading(reading, Rejection(
+                admitted.rejected.append(RejectedReading(reading, Rejection(
                     reason, f"stream {reading.stream!r}: ts {reading.ts_ms} is not after the "
                             f"stream's last reading at {last}")))
                 if reading.offset >= 0 and reading.partition == store.partition[row]:
@@ -183,89 +228,77 @@ class ScoringEngine:
             batch_last_ts[row] = reading.ts_ms
             rank = batch_count.get(row, 0)
             batch_count[row] = rank + 1
-            previous_reading.append(batch_last_index.get(row, -1))
-            batch_last_index[row] = len(accepted)
-            accepted.append(index)
-            rounds.append(rank)
-            rows.append(row)
+            admitted.previous.append(batch_last_index.get(row, -1))
+            batch_last_index[row] = len(admitted.accepted)
+            admitted.accepted.append(index)
+            admitted.rounds.append(rank)
+            admitted.rows.append(row)
+        return admitted
 
+    def _advance(self, readings: Sequence[Reading], admitted: _Admission, ts: np.ndarray,
+                 out: _Advanced) -> None:
+        """Advances the admitted readings' streams round by round, into ``out``."""
+        store = self.store
+        now_s = self.clock()
+        accepted = admitted.accepted
         count = len(accepted)
-        columns = {name: np.empty(count, dtype) for name, dtype in (
-            ("score", np.float32), ("likelihood", np.float32), ("surprise", np.float32),
-            ("onset", np.float32), ("flag", bool), ("top_channel", np.int32))}
-        ts = np.fromiter((readings[i].ts_ms for i in accepted), np.int64, count)
-        episodes: list[EndedEpisode] = []
-        flagged = opened = 0
-        step_seconds = 0.0
-        step_calls = 0
-        if count:
-            rows_arr = np.asarray(rows, dtype=np.int64)
-            values = np.stack([readings[i].values for i in accepted])
-            offsets = np.fromiter((readings[i].offset for i in accepted), np.int64, count)
-            partitions = np.fromiter((readings[i].partition for i in accepted), np.int32, count)
-            rounds_arr = np.asarray(rounds, dtype=np.int64)
-            # Round by round, in arrival order within a round: each round is then one slice
-            # of the arrays below (views, no gathering per round).
-            order = np.argsort(rounds_arr, kind="stable")
-            bounds = np.searchsorted(rounds_arr[order], np.arange(int(rounds_arr.max()) + 2))
-            rows_arr, ts_in_order = rows_arr[order], ts[order]
-            offsets, partitions = offsets[order], partitions[order]
-            prepared = None
+        rows_arr = np.asarray(admitted.rows, dtype=np.int64)
+        values = np.stack([readings[i].values for i in accepted])
+        offsets = np.fromiter((readings[i].offset for i in accepted), np.int64, count)
+        partitions = np.fromiter((readings[i].partition for i in accepted), np.int32, count)
+        rounds_arr = np.asarray(admitted.rounds, dtype=np.int64)
+        # Round by round, in arrival order within a round: each round is then one slice
+        # of the arrays below (views, no gathering per round).
+        order = np.argsort(rounds_arr, kind="stable")
+        bounds = np.searchsorted(rounds_arr[order], np.arange(int(rounds_arr.max()) + 2))
+        rows_arr, ts_in_order = rows_arr[order], ts[order]
+        offsets, partitions = offsets[order], partitions[order]
+        prepared = None
+        started = time.perf_counter()
+        # Several rounds: what no recurrence feeds is computed for all of them once. A
+        # step without prepare (a wrapper that scripts or breaks __call__, in tests) is
+        # called per round with the round's readings.
+        if bounds.size > 2 and hasattr(self.step, "prepare"):
+            position = np.empty(count, np.int64)
+            position[order] = np.arange(count)
+            previous = np.asarray(admitted.previous, dtype=np.int64)[order]
+            previous = np.where(previous >= 0, position[previous], -1)
+            prepared = self.step.prepare(values[order], ts_in_order, store.state,
+                                         rows_arr, previous)
+        else:
+            values = values[order]
+        out.step_seconds += time.perf_counter() - started
+        for start, stop in itertools.pairwise(bounds.tolist()):
+            members = order[start:stop]
+            round_rows = rows_arr[start:stop]
+            round_ts = ts_in_order[start:stop]
             started = time.perf_counter()
-            # Several rounds: what no recurrence feeds is computed for all of them once. A
-            # step without prepare (a wrapper that scripts or breaks __call__, in tests) is
-            # called per round with the round's readings.
-            if bounds.size > 2 and hasattr(self.step, "prepare"):
-                position = np.empty(count, np.int64)
-                position[order] = np.arange(count)
-                previous = np.asarray(previous_reading, dtype=np.int64)[order]
-                previous = np.where(previous >= 0, position[previous], -1)
-                prepared = self.step.prepare(values[order], ts_in_order, store.state,
-                                             rows_arr, previous)
+            if prepared is None:
+                result, store.state[round_rows] = self.step(
+                    values[start:stop], round_ts, store.state[round_rows])
             else:
-                values = values[order]
-            step_seconds += time.perf_counter() - started
-            for start, stop in itertools.pairwise(bounds.tolist()):
-                members = order[start:stop]
-                round_rows = rows_arr[start:stop]
-                round_ts = ts_in_order[start:stop]
-                started = time.perf_counter()
-                if prepared is None:
-                    result, store.state[round_rows] = self.step(
-                        values[start:stop], round_ts, store.state[round_rows])
-                else:
-                    result, store.state[round_rows] = self.step.advance_prepared(
-                        prepared, slice(start, stop), store.state[round_rows])
-                step_seconds += time.perf_counter() - started
-                step_calls += 1
-                store.last_ts_ms[round_rows] = round_ts
-                # The partition of a stream's latest reading owns it (a producer that broke
-                # keying may have moved it); offsets only compare within that partition.
-                round_partitions = partitions[start:stop]
-                round_offsets = offsets[start:stop]
-                same = store.partition[round_rows] == round_partitions
-                store.last_offset[round_rows] = np.where(
-                    same, np.maximum(store.last_offset[round_rows], round_offsets),
-                    round_offsets)
-                store.partition[round_rows] = round_partitions
-                store.last_seen_s[round_rows] = now_s
-                store.last_used[round_rows] = store.next_use + members
-                store.dirty[round_rows] = True
-                for name, column in columns.items():
-                    column[members] = getattr(result, name)
-                flagged += int(result.flag.sum())
-                opened += self._fold_episodes(round_rows, round_ts, result, episodes)
-            store.next_use += count
-        scores = ScoredReadings(
-            streams=[readings[i].stream for i in accepted], ts_ms=ts,
-            partitions=[readings[i].partition for i in accepted], **columns,
-            channels=self.channels, model_version=self.model_version)
-        return BatchResult(
-            scores=scores, episodes=episodes, rejected=rejected, skipped=skipped,
-            flagged=flagged, episodes_opened=opened,
-            broker_ts_ms=np.fromiter((readings[i].broker_ts_ms for i in accepted), np.int64,
-                                     count),
-            step_seconds=step_seconds, step_calls=step_calls)
+                result, store.state[round_rows] = self.step.advance_prepared(
+                    prepared, slice(start, stop), store.state[round_rows])
+            out.step_seconds += time.perf_counter() - started
+            out.step_calls += 1
+            store.last_ts_ms[round_rows] = round_ts
+            # The partition of a stream's latest reading owns it (a producer that broke
+            # keying may have moved it); offsets only compare within that partition.
+            round_partitions = partitions[start:stop]
+            round_offsets = offsets[start:stop]
+            same = store.partition[round_rows] == round_partitions
+            store.last_offset[round_rows] = np.where(
+                same, np.maximum(store.last_offset[round_rows], round_offsets),
+                round_offsets)
+            store.partition[round_rows] = round_partitions
+            store.last_seen_s[round_rows] = now_s
+            store.last_used[round_rows] = store.next_use + members
+            store.dirty[round_rows] = True
+            for name, column in out.columns.items():
+                column[members] = getattr(result, name)
+            out.flagged += int(result.flag.sum())
+            out.opened += self._fold_episodes(round_rows, round_ts, result, out.episodes)
+        store.next_use += count
 
     def _fold_episodes(self, rows: np.ndarray, ts: np.ndarray, result,
                        out: list[EndedEpisode]) -> int:
