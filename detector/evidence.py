@@ -32,7 +32,7 @@ SEASON_BINS = 24
 Array = Any  # a NumPy array or a TensorFlow tensor, as ``ops`` makes them
 
 
-class Reading(NamedTuple):
+class ReadingContext(NamedTuple):
     """What every test reads of the reading and of its stream's record."""
 
     normalized: Array  # [B, F] the readings, normalized (unclipped)
@@ -45,15 +45,15 @@ class Reading(NamedTuple):
     channels: int
 
 
-def read(ops, layout, normalized, clipped, hours, state) -> Reading:
-    """The :class:`Reading` of ``normalized`` against ``state`` ``[B, S]``."""
+def read(ops, layout, normalized, clipped, hours, state) -> ReadingContext:
+    """The :class:`ReadingContext` of ``normalized`` against ``state`` ``[B, S]``."""
     f = layout.fields
     count = state[:, f["count"]][:, 0]
     # Variances below what float32 resolves around the stream's level count as that: the
     # floor guards against dividing by zero, not against a stream whose units are small
     # (one model's normalization serves streams of very different units).
     resolution = RESOLUTION * (ops.abs(state[:, f["level_mean"]]) + RESOLUTION)
-    return Reading(normalized, clipped, hours, count, count == 0.0, count >= 1.0,
+    return ReadingContext(normalized, clipped, hours, count, count == 0.0, count >= 1.0,
                    resolution * resolution, layout.channels)
 
 
@@ -76,7 +76,7 @@ class ForecastEvidence(NamedTuple):
     var: Array  # [B] ... and its variance
 
 
-def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: Reading) -> ForecastEvidence:
+def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext) -> ForecastEvidence:
     # This reading against the forecast the previous reading left in the state.
     model_residual = (r.normalized - state[:, f["forecast_mean"]]) / ops.where(
         r.has_forecast[:, None], state[:, f["forecast_scale"]], 1.0)
@@ -103,7 +103,7 @@ def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: Reading) -> Foreca
                             new_average, mean, var)
 
 
-def learn_forecast(ops, scorer: ScorerConfig, r: Reading, e: ForecastEvidence, learn):
+def learn_forecast(ops, scorer: ScorerConfig, r: ReadingContext, e: ForecastEvidence, learn):
     """``[average, mean, var, scale_ratio]`` of the next record."""
     # Over the averages, from the first forecast.
     weight = learn * running_weight(ops, r.count, scorer.history)
@@ -132,7 +132,7 @@ class LevelEvidence(NamedTuple):
     var: Array  # [B, F] ... and variance
 
 
-def level_evidence(ops, f, state, r: Reading) -> LevelEvidence:
+def level_evidence(ops, f, state, r: ReadingContext) -> LevelEvidence:
     mean = state[:, f["level_mean"]]
     var = state[:, f["level_var"]]
     z = ops.abs(r.normalized - mean) / ops.sqrt(ops.maximum(var, r.variance_floor))
@@ -147,7 +147,7 @@ class ShiftEvidence(NamedTuple):
     var: Array  # [B, F] the EWMA's own long-run mean square
 
 
-def shift_evidence(ops, scorer: ScorerConfig, f, state, r: Reading,
+def shift_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
                    level: LevelEvidence) -> ShiftEvidence:
     # A deviation counts up to what would flag it on its own, so one spike does not hold
     # the average up after it.
@@ -168,7 +168,7 @@ def shift_evidence(ops, scorer: ScorerConfig, f, state, r: Reading,
     return ShiftEvidence(tail, z, new_mean, var)
 
 
-def learn_level_and_shift(ops, scorer: ScorerConfig, r: Reading, level: LevelEvidence,
+def learn_level_and_shift(ops, scorer: ScorerConfig, r: ReadingContext, level: LevelEvidence,
                           shift: ShiftEvidence, learn):
     """``[level_mean, level_var, shift_mean, shift_var]`` of the next record."""
     # Over readings, this one included from the first.
@@ -191,7 +191,7 @@ class SeasonEvidence(NamedTuple):
     deviation: Array  # [B, F] from this hour's mean
 
 
-def season_evidence(ops, f, state, r: Reading) -> SeasonEvidence:
+def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
     # In units of the deviations from the hourly means; a mean of n readings is itself
     # uncertain by 1/n of that variance.
     block = ops.reshape(state[:, f["season_mean"]], (-1, SEASON_BINS, r.channels))
@@ -206,7 +206,7 @@ def season_evidence(ops, f, state, r: Reading) -> SeasonEvidence:
     return SeasonEvidence(tail, z, block, visits, var, deviation)
 
 
-def learn_season(ops, scorer: ScorerConfig, f, state, r: Reading, e: SeasonEvidence, learn):
+def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: SeasonEvidence, learn):
     """``[season_mean, season_visits, season_var]`` of the next record: this hour's mean
     over its readings, the deviations' variance over all."""
     new_visits = ops.add_to_rows(state[:, f["season_visits"]], r.hours, learn)
@@ -232,7 +232,7 @@ class VariabilityEvidence(NamedTuple):
 
 
 def variability_evidence(ops, scorer: ScorerConfig, f, state,
-                         r: Reading) -> VariabilityEvidence:
+                         r: ReadingContext) -> VariabilityEvidence:
     # Changes are of the clipped values, which the previous record holds as its input.
     change = r.clipped - state[:, f["reading_t1"]]
     change_sq = change * change
@@ -270,7 +270,7 @@ class RepeatsEvidence(NamedTuple):
     follow_chance: Array  # [B, F] q, the chance of a repeat after a repeat
 
 
-def repeats_evidence(ops, f, state, r: Reading,
+def repeats_evidence(ops, f, state, r: ReadingContext,
                      variability: VariabilityEvidence) -> RepeatsEvidence:
     # The run of exact repeats as a two-state Markov chain: the first repeat at the
     # channel's repeat rate p, each further one at its rate q of repeating right after a
@@ -300,7 +300,7 @@ def ended_runs(ops, e: RepeatsEvidence, learn_run):
     return ops.indicator(e.previous_run >= 1.0) * (1.0 - e.repeated) * learn_run[:, None]
 
 
-def learn_changes(ops, scorer: ScorerConfig, r: Reading, v: VariabilityEvidence,
+def learn_changes(ops, scorer: ScorerConfig, r: ReadingContext, v: VariabilityEvidence,
                   e: RepeatsEvidence, ended, learn):
     """``[change_short, change_long, repeat_rate, repeat_follow_hits,
     repeat_follow_occasions, repeat_run]`` of the next record: over changes (the first
@@ -319,7 +319,7 @@ def learn_changes(ops, scorer: ScorerConfig, r: Reading, v: VariabilityEvidence,
     return [new_short, new_long, new_rate, new_follow_hits, new_follow_occasions, e.run]
 
 
-def ended_run_surprise(ops, r: Reading, e: RepeatsEvidence, ended):
+def ended_run_surprise(ops, r: ReadingContext, e: RepeatsEvidence, ended):
     """``[B]`` the surprise each run that just ended had reached (0 where none ended),
     Bonferroni over the channels: what the repeats test's calibration learns from."""
     ended_evidence = -ended * (ops.log10(e.first_chance)

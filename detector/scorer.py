@@ -138,7 +138,7 @@ import math
 from typing import Any, NamedTuple
 
 from detector import evidence
-from detector.evidence import RESOLUTION, Reading, running_weight
+from detector.evidence import RESOLUTION, ReadingContext, running_weight
 from detector.scorer_config import ScorerConfig
 from detector.tail_probabilities import (
     CALIBRATION_CENSOR,
@@ -261,7 +261,7 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
             decision.top_channel, decision.onset, statistics)
 
 
-def _decide(ops, scorer: ScorerConfig, f, state, reading: Reading, single, surprises,
+def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single, surprises,
             channel_evidence) -> _Decision:
     """The reading's tail from its calibrated single surprise and the persistence test; its
     flag, onset and top channel."""
@@ -343,7 +343,7 @@ class _Calibration(NamedTuple):
     tail_weight: Any  # [B] the far tail's running weight
 
     @classmethod
-    def read(cls, ops, scorer: ScorerConfig, f, state, reading: Reading) -> _Calibration:
+    def read(cls, ops, scorer: ScorerConfig, f, state, reading: ReadingContext) -> _Calibration:
         first = reading.first
         return cls(
             ops.where(first[:, None], CALIBRATION_RATE, state[:, f["exceed_rate"]]),
@@ -358,7 +358,7 @@ class _Calibration(NamedTuple):
             running_weight(ops, reading.count + TAIL_PRIOR_READINGS,
                            max(scorer.history, TAIL_PRIOR_READINGS)))
 
-    def learn(self, ops, scorer: ScorerConfig, reading: Reading, raw_surprises,
+    def learn(self, ops, scorer: ScorerConfig, reading: ReadingContext, raw_surprises,
               ended_surprise, ended, repeats, single_raw, decision: _Decision) -> list:
         """``[exceed_rate, uncensored_rate, excess_rate, cluster_progress, tail_rate,
         tail_excess]`` of the next record.

@@ -20,7 +20,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from streaming.ports import TopicSetupError
-from streaming.topic_checks import changelog_problem
+from streaming.topic_checks import (
+    changelog_problem,
+    dead_letter_limit,
+    output_partitions_match,
+    readings_topic_missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +120,14 @@ def ensure_topics(config: Mapping[str, Any], source_topic: str, topics: Sequence
     admin = _admin(config)
     partitions = _partitions_of(admin, source_topic)
     if partitions is None:
-        raise TopicSetupError(f"the readings topic {source_topic!r} does not exist; create "
-                              f"it (partitioned by stream id) before starting the worker")
+        raise readings_topic_missing(source_topic)
     listed = admin.list_topics(timeout=_TIMEOUT_S).topics
     missing = [topic for topic in topics if topic not in listed]
     if missing:
         log.info("creating topics %s with %d partitions", missing, partitions)
         _create(admin, dict.fromkeys(missing, partitions))
     counts = {topic: _partitions_of(admin, topic) for topic in topics}
-    mismatched = {topic: n for topic, n in counts.items() if n != partitions}
-    if mismatched:
-        log.warning("output topics %s do not have the %d partitions of %s; their records are "
-                    "partitioned by key instead", mismatched, partitions, source_topic)
-    return not mismatched
+    return output_partitions_match(counts, partitions, source_topic)
 
 
 class ConfluentChangelogCheck:
@@ -165,8 +165,8 @@ def dead_letter_topic_limit(config: Mapping[str, Any], topic: str) -> int | None
     """The ``max.message.bytes`` of the dead-letter topic (None when it cannot be read).
 
     Raises:
-        TopicSetupError: the topic is compacted (see
-            :func:`streaming.topic_checks.dead_letter_topic_limit`).
+        TopicSetupError: the topic is compacted
+            (:func:`streaming.topic_checks.dead_letter_limit`).
     """
     admin = _admin(config)
     try:
@@ -177,10 +177,4 @@ def dead_letter_topic_limit(config: Mapping[str, Any], topic: str) -> int | None
     except KafkaException as error:
         log.warning("could not read the configuration of %s: %s", topic, error)
         return None
-    if policy is not None and "compact" in policy:
-        raise TopicSetupError(
-            f"the dead-letter topic {topic!r} has cleanup.policy={policy}: a compacted topic "
-            f"refuses the dead letters of readings without a key; set cleanup.policy=delete "
-            f"(kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
-            f"--add-config cleanup.policy=delete) or use another dead-letter topic")
-    return int(value) if value is not None and value.isdigit() else None
+    return dead_letter_limit(topic, policy, value)

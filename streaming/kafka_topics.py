@@ -18,7 +18,12 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import TopicAlreadyExistsError
 
 from streaming.ports import TopicSetupError
-from streaming.topic_checks import changelog_problem, config_value
+from streaming.topic_checks import (
+    changelog_problem,
+    config_value,
+    output_partitions_match,
+    readings_topic_missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,7 @@ def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
     """
     partitions = partition_count(client_options, source_topic)
     if partitions is None:
-        raise TopicSetupError(f"the readings topic {source_topic!r} does not exist; create "
-                              f"it (partitioned by stream id) before starting the worker")
+        raise readings_topic_missing(source_topic)
     admin = KafkaAdminClient(**client_options)
     try:
         existing = set(admin.list_topics())
@@ -104,8 +108,4 @@ def ensure_topics(client_options: Mapping[str, Any], source_topic: str,
     finally:
         admin.close()
     counts = {topic: partition_count(client_options, topic) for topic in topics}
-    mismatched = {topic: n for topic, n in counts.items() if n != partitions}
-    if mismatched:
-        log.warning("output topics %s do not have the %d partitions of %s; their records are "
-                    "partitioned by key instead", mismatched, partitions, source_topic)
-    return not mismatched
+    return output_partitions_match(counts, partitions, source_topic)

@@ -1,5 +1,10 @@
 """Checks of the topics the worker writes: the changelog's shape, the dead-letter topic's limit.
 
+The rules (``changelog_problem``, ``readings_topic_missing``, ``output_partitions_match``,
+``dead_letter_limit``) take what a client read and are shared by both clients' adapters
+(kafka-python's here and in :mod:`streaming.kafka_topics`, librdkafka's in
+:mod:`streaming.confluent_topics`).
+
 The state changelog needs one partition per readings partition (the states of readings
 partition ``p`` live in changelog partition ``p``) and ``cleanup.policy=compact`` (with
 deletion by age, the states of quiet streams would vanish). A changelog deleted while the
@@ -50,6 +55,45 @@ def changelog_problem(topic: str, expected_partitions: int, partitions: int | No
         return (f"state changelog {topic!r}: expected cleanup.policy=compact, found "
                 f"cleanup.policy={policy} (stream states would be deleted by age); change it "
                 f"with kafka-configs.sh --alter --add-config cleanup.policy=compact, or {fix}")
+    return None
+
+
+def readings_topic_missing(topic: str) -> TopicSetupError:
+    """The error when the readings topic does not exist at start."""
+    return TopicSetupError(f"the readings topic {topic!r} does not exist; create it "
+                           f"(partitioned by stream id) before starting the worker")
+
+
+def output_partitions_match(counts: Mapping[str, int | None], partitions: int,
+                            source_topic: str) -> bool:
+    """Whether every output topic in ``counts`` has the readings topic's ``partitions``
+    (records then go to their reading's partition); logs the ones that do not."""
+    mismatched = {topic: n for topic, n in counts.items() if n != partitions}
+    if mismatched:
+        log.warning("output topics %s do not have the %d partitions of %s; their records are "
+                    "partitioned by key instead", mismatched, partitions, source_topic)
+    return not mismatched
+
+
+def dead_letter_limit(topic: str, cleanup_policy: str | None,
+                      max_message_bytes: str | None) -> int | None:
+    """The dead-letter topic's ``max.message.bytes`` as an int (None when unknown).
+
+    Raises:
+        TopicSetupError: the topic is compacted. A compacted topic refuses records without
+            a key, and a reading without a Kafka key is a bad message like any other: its
+            dead letter refused for good would stop a transactional worker on every
+            restart (the letter is part of the transaction) and be lost otherwise.
+    """
+    if cleanup_policy is not None and "compact" in cleanup_policy:
+        raise TopicSetupError(
+            f"the dead-letter topic {topic!r} has cleanup.policy={cleanup_policy}: a "
+            f"compacted topic refuses the dead letters of readings without a key; set "
+            f"cleanup.policy=delete (kafka-configs.sh --alter --entity-type topics "
+            f"--entity-name {topic} --add-config cleanup.policy=delete) or use another "
+            f"dead-letter topic")
+    if max_message_bytes is not None and max_message_bytes.isdigit():
+        return int(max_message_bytes)
     return None
 
 
@@ -115,10 +159,7 @@ def dead_letter_topic_limit(client_options: Mapping[str, Any], topic: str) -> in
     """The ``max.message.bytes`` of the dead-letter topic (None when it cannot be read).
 
     Raises:
-        TopicSetupError: the topic is compacted. A compacted topic refuses records without
-            a key, and a reading without a Kafka key is a bad message like any other: its
-            dead letter refused for good would stop a transactional worker on every
-            restart (the letter is part of the transaction) and be lost otherwise.
+        TopicSetupError: the topic is compacted (:func:`dead_letter_limit`).
     """
     try:
         admin = KafkaAdminClient(**client_options)
@@ -133,10 +174,4 @@ def dead_letter_topic_limit(client_options: Mapping[str, Any], topic: str) -> in
         return None
     finally:
         admin.close()
-    if policy is not None and "compact" in policy:
-        raise TopicSetupError(
-            f"the dead-letter topic {topic!r} has cleanup.policy={policy}: a compacted topic "
-            f"refuses the dead letters of readings without a key; set cleanup.policy=delete "
-            f"(kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
-            f"--add-config cleanup.policy=delete) or use another dead-letter topic")
-    return int(value) if value is not None and value.isdigit() else None
+    return dead_letter_limit(topic, policy, value)

@@ -25,17 +25,12 @@ def _bare_consumer_child(bootstrap: str, topic: str, readings: int, timeout_s: f
         raise
 
 
-def _bare_consume(bootstrap: str, topic: str, readings: int, timeout_s: float) -> dict:
-    from kafka import KafkaConsumer
-
+def _timed_drain(poll, decode, readings: int, timeout_s: float, client: str) -> dict:
+    """Polls (``poll()``: one poll's messages, falsy when none) and decodes (``decode``: each
+    message's JSON, returns how many) until ``readings`` were decoded; times from the moment
+    the first poll returned messages, their decoding included."""
     collector = GcTimer()
     gc.callbacks.append(collector)
-    # The same fetch sizes as the worker's KafkaReadingSource.
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
-                             group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=50 << 20)
-    loads = json.loads
     count = 0
     created = time.perf_counter()
     first = None
@@ -45,19 +40,15 @@ def _bare_consume(bootstrap: str, topic: str, readings: int, timeout_s: float) -
         while count < readings:
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"bare consumer: {count} of {readings} after {timeout_s} s")
-            batches = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS)
-            if batches and first is None:
+            polled = poll()
+            if polled and first is None:
                 first = time.perf_counter()
                 first_cpu = time.process_time()
                 collector.reset()
-            for batch in batches.values():
-                for record in batch:
-                    loads(record.value)
-                count += len(batch)
+            count += decode(polled)
         ended = time.perf_counter()
         cpu = time.process_time() - first_cpu
     finally:
-        consumer.close(autocommit=False)
         gc.callbacks.remove(collector)
     return {"readings": count, "seconds": round(ended - first, 3),
             "join_seconds": round(first - created, 3),
@@ -65,15 +56,38 @@ def _bare_consume(bootstrap: str, topic: str, readings: int, timeout_s: float) -
             "process_cpu_seconds": round(cpu, 3),
             "readings_per_cpu_second": round(count / cpu),
             "garbage_collector_seconds": round(collector.seconds, 3),
-            "process": "fresh process: kafka-python, json and NumPy imported, no TensorFlow"}
+            "process": f"fresh process: {client}, json and NumPy imported, no TensorFlow"}
+
+
+def _bare_consume(bootstrap: str, topic: str, readings: int, timeout_s: float) -> dict:
+    from kafka import KafkaConsumer
+
+    # The same fetch sizes as the worker's KafkaReadingSource.
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
+                             group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=50 << 20)
+    loads = json.loads
+
+    def decode(batches) -> int:
+        count = 0
+        for batch in batches.values():
+            for record in batch:
+                loads(record.value)
+            count += len(batch)
+        return count
+
+    try:
+        return _timed_drain(lambda: consumer.poll(timeout_ms=200, max_records=POLL_RECORDS),
+                            decode, readings, timeout_s, "kafka-python")
+    finally:
+        consumer.close(autocommit=False)
 
 
 def _bare_consume_confluent(bootstrap: str, topic: str, readings: int, timeout_s: float
                             ) -> dict:
     from confluent_kafka import Consumer
 
-    collector = GcTimer()
-    gc.callbacks.append(collector)
     # The same fetch sizes as the worker's ConfluentReadingSource.
     consumer = Consumer({"bootstrap.servers": bootstrap,
                          "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
@@ -82,36 +96,20 @@ def _bare_consume_confluent(bootstrap: str, topic: str, readings: int, timeout_s
                          "max.partition.fetch.bytes": 4 << 20, "fetch.max.bytes": 50 << 20})
     consumer.subscribe([topic])
     loads = json.loads
-    count = 0
-    created = time.perf_counter()
-    first = None
-    first_cpu = 0.0
-    deadline = created + timeout_s
+
+    def decode(messages) -> int:
+        count = 0
+        for message in messages:
+            if message.error() is None:
+                loads(message.value())
+                count += 1
+        return count
+
     try:
-        while count < readings:
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"bare consumer: {count} of {readings} after {timeout_s} s")
-            messages = consumer.consume(POLL_RECORDS, 0.2)
-            if messages and first is None:
-                first = time.perf_counter()
-                first_cpu = time.process_time()
-                collector.reset()
-            for message in messages:
-                if message.error() is None:
-                    loads(message.value())
-                    count += 1
-        ended = time.perf_counter()
-        cpu = time.process_time() - first_cpu
+        return _timed_drain(lambda: consumer.consume(POLL_RECORDS, 0.2), decode, readings,
+                            timeout_s, "confluent-kafka")
     finally:
         consumer.close()
-        gc.callbacks.remove(collector)
-    return {"readings": count, "seconds": round(ended - first, 3),
-            "join_seconds": round(first - created, 3),
-            "readings_per_second": round(count / (ended - first)),
-            "process_cpu_seconds": round(cpu, 3),
-            "readings_per_cpu_second": round(count / cpu),
-            "garbage_collector_seconds": round(collector.seconds, 3),
-            "process": "fresh process: confluent-kafka, json and NumPy imported, no TensorFlow"}
 
 
 def bare_consumer(bootstrap: str, topic: str, readings: int, timeout_s: float,
