@@ -20,7 +20,6 @@ from detector.scorer_config import ScorerConfig
 from detector.tail_probabilities import (
     CALIBRATION_PRIOR_READINGS,
     MIN_TAIL,
-    upper_tail,
     variance_ratio_z,
 )
 
@@ -32,6 +31,15 @@ SEASON_BINS = 24
 Array = Any  # a NumPy array or a TensorFlow tensor, as ``ops`` makes them
 
 
+class RunningWeights(NamedTuple):
+    """The :func:`running_weight` of this reading that several statistics share, each
+    computed once: a round of one stream costs per array operation, whatever its width."""
+
+    changes: Array  # [B] over changes (from the second reading), ``history`` long
+    readings: Array  # [B] over readings, this one included, ``level_history`` long
+    calibration: Array  # [B] over readings from the calibration prior's, ``history`` long
+
+
 class ReadingContext(NamedTuple):
     """What every test reads of the reading and of its stream's record."""
 
@@ -41,11 +49,14 @@ class ReadingContext(NamedTuple):
     count: Array  # [B] readings seen before this one
     first: Array  # [B] bool: the stream's first reading
     has_forecast: Array  # [B] bool: the state holds a forecast for this reading
+    has_change: Array  # [B] bool: the state holds a change between two earlier readings
     variance_floor: Array  # [B, F] the smallest variance float32 resolves around the level
     channels: int
+    weights: RunningWeights
 
 
-def read(ops, layout, normalized, clipped, hours, state) -> ReadingContext:
+def read(ops, scorer: ScorerConfig, layout, normalized, clipped, hours,
+         state) -> ReadingContext:
     """The :class:`ReadingContext` of ``normalized`` against ``state`` ``[B, S]``."""
     f = layout.fields
     count = state[:, f["count"]][:, 0]
@@ -53,8 +64,12 @@ def read(ops, layout, normalized, clipped, hours, state) -> ReadingContext:
     # floor guards against dividing by zero, not against a stream whose units are small
     # (one model's normalization serves streams of very different units).
     resolution = RESOLUTION * (ops.abs(state[:, f["level_mean"]]) + RESOLUTION)
+    weights = RunningWeights(
+        running_weight(ops, count, scorer.history),
+        running_weight(ops, count + 1.0, scorer.level_history),
+        running_weight(ops, count + CALIBRATION_PRIOR_READINGS, scorer.history))
     return ReadingContext(normalized, clipped, hours, count, count == 0.0, count >= 1.0,
-                   resolution * resolution, layout.channels)
+                          count >= 2.0, resolution * resolution, layout.channels, weights)
 
 
 def running_weight(ops, seen, history: int):
@@ -65,7 +80,7 @@ def running_weight(ops, seen, history: int):
 # --- forecast: the moving average of residual scores against its long-run distribution ----
 
 class ForecastEvidence(NamedTuple):
-    tail: Array  # [B]
+    deviate: Array  # [B] the normal deviate of the test's tail (the scorer takes its tail)
     score: Array  # [B] the raw score: RMS of the recalibrated standardized residuals
     residual: Array  # [B, F] standardized by the recalibrated scale
     model_residual: Array  # [B, F] standardized by the model's own scale
@@ -86,7 +101,7 @@ def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext) ->
     # seen a forecast), so a stream the model forecasts more or less tightly than the
     # streams it was trained on (one normalization serves streams of very different units)
     # is judged by its own residuals; floored at float32's resolution around its level.
-    scale_ratio = ops.where((r.count >= 2.0)[:, None], state[:, f["scale_ratio"]], 1.0)
+    scale_ratio = ops.where(r.has_change[:, None], state[:, f["scale_ratio"]], 1.0)
     model_scale = state[:, f["forecast_scale"]]
     residual = model_residual / ops.sqrt(ops.maximum(
         scale_ratio, r.variance_floor / ops.maximum(model_scale * model_scale, MIN_TAIL)))
@@ -98,15 +113,14 @@ def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext) ->
     new_average = ops.where(r.count == 1.0, capped,
                             average + scorer.average_weight * (capped - average))
     sigma = ops.maximum(ops.sqrt(var), scorer.min_sigma)
-    tail = upper_tail(ops, (new_average - mean) / sigma)
-    return ForecastEvidence(tail, score, residual, model_residual, scale_ratio, average,
-                            new_average, mean, var)
+    return ForecastEvidence((new_average - mean) / sigma, score, residual, model_residual,
+                            scale_ratio, average, new_average, mean, var)
 
 
 def learn_forecast(ops, scorer: ScorerConfig, r: ReadingContext, e: ForecastEvidence, learn):
     """``[average, mean, var, scale_ratio]`` of the next record."""
     # Over the averages, from the first forecast.
-    weight = learn * running_weight(ops, r.count, scorer.history)
+    weight = learn * r.weights.changes
     delta = e.new_average - e.mean
     new_mean = ops.where(r.has_forecast, e.mean + weight * delta, e.mean)
     new_var = ops.where(r.has_forecast, (1.0 - weight) * (e.var + weight * delta * delta),
@@ -115,8 +129,7 @@ def learn_forecast(ops, scorer: ScorerConfig, r: ReadingContext, e: ForecastEvid
     # The scale ratio over forecasts, the model's own scale counting as the calibration
     # prior's readings; a residual counts up to what would flag it on its own, so one
     # outlier does not inflate the stream's scale.
-    ratio_weight = (learn * ops.indicator(r.has_forecast) * running_weight(
-        ops, r.count + CALIBRATION_PRIOR_READINGS, scorer.history))[:, None]
+    ratio_weight = (learn * ops.indicator(r.has_forecast) * r.weights.calibration)[:, None]
     bounded_ratio = ops.minimum(e.model_residual * e.model_residual,
                                 scorer.flag_chi2 * e.scale_ratio)
     new_scale_ratio = e.scale_ratio + ratio_weight * (bounded_ratio - e.scale_ratio)
@@ -126,7 +139,7 @@ def learn_forecast(ops, scorer: ScorerConfig, r: ReadingContext, e: ForecastEvid
 # --- level and shift: each channel against its long-run mean, and an EWMA chart of it -----
 
 class LevelEvidence(NamedTuple):
-    tail: Array  # [B]
+    deviate: Array  # [B] the largest channel's (the scorer takes its tail, Bonferroni)
     z: Array  # [B, F]
     mean: Array  # [B, F] the long-run mean
     var: Array  # [B, F] ... and variance
@@ -136,12 +149,12 @@ def level_evidence(ops, f, state, r: ReadingContext) -> LevelEvidence:
     mean = state[:, f["level_mean"]]
     var = state[:, f["level_var"]]
     z = ops.abs(r.normalized - mean) / ops.sqrt(ops.maximum(var, r.variance_floor))
-    tail = (2.0 * r.channels) * upper_tail(ops, ops.max_of_rows(z))
-    return LevelEvidence(tail, z, mean, var)
+    return LevelEvidence(ops.max_of_rows(z), z, mean, var)
 
 
 class ShiftEvidence(NamedTuple):
-    tail: Array  # [B]
+    deviate: Array  # [B] the largest channel's (the scorer takes its tail, Bonferroni,
+    # from a stream's third reading on)
     z: Array  # [B, F]
     new_mean: Array  # [B, F] the EWMA of deviations, with this reading
     var: Array  # [B, F] the EWMA's own long-run mean square
@@ -163,16 +176,14 @@ def shift_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     iid_share = scorer.average_weight / (2.0 - scorer.average_weight)
     z = ops.abs(new_mean) / ops.sqrt(ops.maximum(
         var, iid_share * ops.maximum(level.var, r.variance_floor)))
-    tail = ops.where(r.count >= 2.0, (2.0 * r.channels) * upper_tail(
-        ops, ops.max_of_rows(z)), 1.0)
-    return ShiftEvidence(tail, z, new_mean, var)
+    return ShiftEvidence(ops.max_of_rows(z), z, new_mean, var)
 
 
 def learn_level_and_shift(ops, scorer: ScorerConfig, r: ReadingContext, level: LevelEvidence,
                           shift: ShiftEvidence, learn):
     """``[level_mean, level_var, shift_mean, shift_var]`` of the next record."""
     # Over readings, this one included from the first.
-    weight = (learn * running_weight(ops, r.count + 1.0, scorer.level_history))[:, None]
+    weight = (learn * r.weights.readings)[:, None]
     delta = r.normalized - level.mean
     new_level_mean = level.mean + weight * delta
     new_level_var = (1.0 - weight) * (level.var + weight * delta * delta)
@@ -183,7 +194,7 @@ def learn_level_and_shift(ops, scorer: ScorerConfig, r: ReadingContext, level: L
 # --- season: each channel against its mean at this hour of the day -------------------------
 
 class SeasonEvidence(NamedTuple):
-    tail: Array  # [B]
+    deviate: Array  # [B] the largest channel's (the scorer takes its tail, Bonferroni)
     z: Array  # [B, F]
     block: Array  # [B, 24, F] the hourly means
     visits: Array  # [B] readings learned at this hour
@@ -202,8 +213,7 @@ def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
     spread = ops.maximum(var, r.variance_floor) * (
         1.0 + 1.0 / ops.maximum(visits, 1.0))[:, None]
     z = ops.where((visits >= 2.0)[:, None], ops.abs(deviation) / ops.sqrt(spread), 0.0)
-    tail = (2.0 * r.channels) * upper_tail(ops, ops.max_of_rows(z))
-    return SeasonEvidence(tail, z, block, visits, var, deviation)
+    return SeasonEvidence(ops.max_of_rows(z), z, block, visits, var, deviation)
 
 
 def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: SeasonEvidence, learn):
@@ -212,8 +222,7 @@ def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: Seas
     new_visits = ops.add_to_rows(state[:, f["season_visits"]], r.hours, learn)
     hour_weight = learn / ops.maximum(e.visits + learn, 1.0)
     new_block = ops.add_to_rows(e.block, r.hours, hour_weight[:, None] * e.deviation)
-    weight = (learn * ops.indicator(e.visits >= 1.0) * running_weight(
-        ops, r.count + 1.0, scorer.level_history))[:, None]
+    weight = (learn * ops.indicator(e.visits >= 1.0) * r.weights.readings)[:, None]
     new_var = e.var + weight * (e.deviation * e.deviation - e.var)
     return [ops.reshape(new_block, (-1, SEASON_BINS * r.channels)), new_visits, new_var]
 
@@ -221,7 +230,7 @@ def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: Seas
 # --- variability and repeats: the changes from the previous reading ------------------------
 
 class VariabilityEvidence(NamedTuple):
-    tail: Array  # [B]
+    deviate: Array  # [B] the largest channel's (the scorer takes its upper tail, Bonferroni)
     z: Array  # [B, F]
     change: Array  # [B, F] this clipped reading less the previous one
     change_sq: Array  # [B, F]
@@ -241,7 +250,8 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state,
     # A change counts up to what would be a flag on its own (a chi2(1) value at the
     # threshold, times the long-run mean square), so one spike does not keep the recent
     # variance up for the window's length after it: the test is for bursts.
-    bounded_sq = ops.where((r.count >= 2.0)[:, None], ops.minimum(
+    has_change = r.has_change[:, None]
+    bounded_sq = ops.where(has_change, ops.minimum(
         change_sq, scorer.flag_chi2 * ops.maximum(long, r.variance_floor)), change_sq)
     new_short = ops.where((r.count == 1.0)[:, None], change_sq,
                           short + scorer.variability_weight * (bounded_sq - short))
@@ -251,14 +261,14 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state,
     z = variance_ratio_z(
         ops, ops.maximum(new_short, r.variance_floor) / ops.maximum(long, r.variance_floor),
         scorer.variability_span, long_degrees[:, None])
-    z = ops.where((r.count >= 2.0)[:, None], z, 0.0)
-    tail = r.channels * upper_tail(ops, ops.max_of_rows(z))
-    return VariabilityEvidence(tail, z, change, change_sq, short, new_short, long,
+    z = ops.where(has_change, z, 0.0)
+    return VariabilityEvidence(ops.max_of_rows(z), z, change, change_sq, short, new_short, long,
                                long_degrees)
 
 
 class RepeatsEvidence(NamedTuple):
-    tail: Array  # [B]
+    tail: Array  # [B] Bonferroni over the channels (the scorer judges from a stream's third
+    # reading on)
     evidence: Array  # [B, F] -log10 of the current run's probability (0 without a repeat)
     repeated: Array  # [B, F] 1.0 where the reading repeats the previous one exactly
     previous_run: Array  # [B, F] the run of repeats before this reading
@@ -288,8 +298,7 @@ def repeats_evidence(ops, f, state, r: ReadingContext,
     # -log10(p * q ** (r - 1)), larger is rarer; 0 without a repeat.
     evidence = -repeated * (ops.log10(first_chance)
                             + (run - 1.0) * ops.log10(follow_chance))
-    tail = ops.where(r.count >= 2.0, r.channels * ops.exp(
-        -ops.max_of_rows(evidence) * math.log(10.0)), 1.0)
+    tail = r.channels * ops.exp(-ops.max_of_rows(evidence) * math.log(10.0))
     return RepeatsEvidence(tail, evidence, repeated, previous_run, run, rate, follow_hits,
                            follow_occasions, first_chance, follow_chance)
 
@@ -305,7 +314,7 @@ def learn_changes(ops, scorer: ScorerConfig, r: ReadingContext, v: VariabilityEv
     """``[change_short, change_long, repeat_rate, repeat_follow_hits,
     repeat_follow_occasions, repeat_run]`` of the next record: over changes (the first
     comes with the second reading)."""
-    weight = (learn * running_weight(ops, r.count, scorer.history))[:, None]
+    weight = (learn * r.weights.changes)[:, None]
     new_long = ops.where(r.has_forecast[:, None],
                          v.long + weight * (v.change_sq - v.long), v.long)
     new_short = ops.where(r.has_forecast[:, None], v.new_short, v.short)

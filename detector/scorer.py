@@ -134,8 +134,11 @@ Cost: O(channels) per reading, about 40 element-wise operations on the batch;
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from detector import evidence
 from detector.evidence import RESOLUTION, ReadingContext, running_weight
@@ -143,7 +146,6 @@ from detector.scorer_config import ScorerConfig
 from detector.tail_probabilities import (
     CALIBRATION_CENSOR,
     CALIBRATION_EXCESS,
-    CALIBRATION_PRIOR_READINGS,
     CALIBRATION_PRIOR_RUNS,
     CALIBRATION_RATE,
     MIN_TAIL,
@@ -171,6 +173,17 @@ NORMALIZED_LIMIT = 1.0 / RESOLUTION
 # The tests whose smallest tail is the reading's (the Bonferroni factor), in the order of
 # the calibration's columns.
 TESTS = ("forecast", "level", "shift", "season", "variability", "repeats")
+# The tests that judge a stream's first two readings (the others need an earlier change).
+_JUDGED_FROM_FIRST = np.array([True, True, False, True, True, False])
+
+
+@functools.cache
+def _gaussian_bonferroni(channels: int) -> np.ndarray:
+    """The Gaussian tests' Bonferroni factors over the channels, in :data:`TESTS` order:
+    the forecast test judges all channels at once, the two-sided ones take the largest of
+    ``2 * channels`` tails, the variability test (an upper tail) of ``channels``."""
+    return np.array([1.0, 2.0 * channels, 2.0 * channels, 2.0 * channels, channels],
+                    dtype=np.float32)
 
 
 class _Decision(NamedTuple):
@@ -182,6 +195,7 @@ class _Decision(NamedTuple):
     top_channel: Any  # [B] int
     onset: Any  # [B]
     flagged_run: Any  # [B] flagged readings in a row, this one included (0: not flagged)
+    calibration_learns: Any  # [B] see _calibration_learns
     statistics: list  # the decision's fields of the next record, from ``surprise_peak`` on
 
 
@@ -215,19 +229,28 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
         ``flagged_run``), a list of ``[B, width]`` arrays in layout order.
     """
     f = layout.fields
-    reading = evidence.read(ops, layout, normalized, clipped, hours, state)
+    reading = evidence.read(ops, scorer, layout, normalized, clipped, hours, state)
     forecast = evidence.forecast_evidence(ops, scorer, f, state, reading)
     level = evidence.level_evidence(ops, f, state, reading)
     shift = evidence.shift_evidence(ops, scorer, f, state, reading, level)
     season = evidence.season_evidence(ops, f, state, reading)
     variability = evidence.variability_evidence(ops, scorer, f, state, reading)
     repeats = evidence.repeats_evidence(ops, f, state, reading, variability)
-    raw_tails = ops.concat([forecast.tail[:, None], level.tail[:, None], shift.tail[:, None],
-                            season.tail[:, None], variability.tail[:, None],
+    # The Gaussian tests' tails in one call: a round of one stream costs per array
+    # operation, whatever its width.
+    deviates = ops.concat([forecast.deviate[:, None], level.deviate[:, None],
+                           shift.deviate[:, None], season.deviate[:, None],
+                           variability.deviate[:, None]], axis=-1)
+    raw_tails = ops.concat([upper_tail(ops, deviates) * _gaussian_bonferroni(layout.channels),
                             repeats.tail[:, None]], axis=-1)
+    # The shift and repeats tests judge a stream from its third reading on.
+    raw_tails = ops.where(ops.logical_or(reading.has_change[:, None], _JUDGED_FROM_FIRST),
+                          raw_tails, 1.0)
     raw_surprises = -ops.log10(ops.minimum(ops.maximum(raw_tails, MIN_TAIL), 1.0))
-    channel_evidence = (ops.abs(forecast.residual), level.z, shift.z, season.z,
-                        variability.z, repeats.evidence)
+    # [B, tests, F]
+    channel_evidence = ops.concat([ops.abs(forecast.residual)[:, None], level.z[:, None],
+                                   shift.z[:, None], season.z[:, None], variability.z[:, None],
+                                   repeats.evidence[:, None]], axis=1)
 
     calibration = _Calibration.read(ops, scorer, f, state, reading)
     surprises = calibrate(ops, raw_surprises, calibration.exceed_rate,
@@ -287,24 +310,22 @@ def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single
     persistence_tail = upper_tail(ops, chi2_mean_z(ops, evidence_average, 2.0 * independent))
     # The reading's tail: the single reading or the persistence, Bonferroni over the two.
     learning = reading.count <= float(scorer.learning_period)
+    judged = ops.logical_not(learning)
     tail = ops.maximum(ops.minimum(
         2.0 * ops.minimum(ops.exp(-evidence), persistence_tail), 1.0), MIN_TAIL)
     tail = ops.where(learning, 0.5, tail)
     surprise = ops.minimum(-ops.log10(tail), MAX_SURPRISE)
-    flag = ops.logical_and(ops.logical_not(learning), tail <= 1.0 - scorer.threshold)
-    # The channel that drove the most surprising test (the forecast test's as the default).
-    deciding = ops.argmax(surprises, axis=1)
-    top_channel = ops.argmax(channel_evidence[0], axis=1)
-    for test in range(len(TESTS) - 1, 0, -1):
-        top_channel = ops.where(deciding == test, ops.argmax(channel_evidence[test], axis=1),
-                                top_channel)
+    flag = ops.logical_and(judged, tail <= 1.0 - scorer.threshold)
+    # The channel that drove the most surprising test (the first such test on a tie).
+    top_channel = ops.take_rows(ops.argmax(channel_evidence, axis=2),
+                                ops.argmax(surprises, axis=1))
 
     # Onset: the surprise of a reading that tops the stream's recent peak, 0 for every other
     # reading (and while learning). The peak follows the surprise up and otherwise halves
     # every `refractory` unflagged readings: a stream that stays flagged is not reported
     # again merely because time passed.
     peak = state[:, f["surprise_peak"]][:, 0]
-    onset = ops.where(ops.logical_and(ops.logical_not(learning), surprise > peak), surprise, 0.0)
+    onset = ops.where(ops.logical_and(judged, surprise > peak), surprise, 0.0)
     # A reported reading raises the peak to twice its surprise (the square of its tail): the
     # stream is reported again within the refractory time only when its evidence doubles,
     # so a surprise that climbs reading by reading reports a few times, not at every reading.
@@ -313,12 +334,12 @@ def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single
     flagged_run = ops.where(flag, state[:, f["flagged_run"]][:, 0] + 1.0, 0.0)
     # The persistence's correlation learns like the calibrations, see _Calibration.learn.
     calibration_learns = _calibration_learns(ops, scorer, flagged_run)
-    lag_weight = calibration_learns * running_weight(
-        ops, reading.count + CALIBRATION_PRIOR_READINGS, scorer.history) * ops.indicator(
-            reading.has_forecast)
+    lag_weight = calibration_learns * reading.weights.calibration * ops.indicator(
+        reading.has_forecast)
     new_lag_product = lag_product + lag_weight * (
         (counted - 1.0) * (last_evidence - 1.0) - lag_product)
-    return _Decision(1.0 - tail, surprise, flag, top_channel, onset, flagged_run, [
+    return _Decision(1.0 - tail, surprise, flag, top_channel, onset, flagged_run,
+                     calibration_learns, [
         evidence_average[:, None], counted[:, None], new_lag_product[:, None],
         new_peak[:, None], flagged_run[:, None]])
 
@@ -384,9 +405,8 @@ class _Calibration(NamedTuple):
         test's window is that test's to judge. ``cluster_progress`` is 0 outside a cluster,
         ``k`` in its ``k``-th reading learned from (up to ``average_span``), and
         ``average_span`` plus the peak so far beyond that."""
-        calibration_learns = _calibration_learns(ops, scorer, decision.flagged_run)
-        prior_weight = calibration_learns * running_weight(
-            ops, reading.count + CALIBRATION_PRIOR_READINGS, scorer.history)
+        calibration_learns = decision.calibration_learns
+        prior_weight = calibration_learns * reading.weights.calibration
         runs = ops.max_of_rows(repeats.follow_occasions - repeats.follow_hits)
         run_weight = ops.max_of_rows(ended) * running_weight(
             ops, runs + CALIBRATION_PRIOR_RUNS + 1.0, scorer.history)
@@ -400,13 +420,14 @@ class _Calibration(NamedTuple):
         gaussian = raw_surprises[:, :-1]
         in_cluster = gaussian > 1.0
         progress = self.cluster_progress
+        peak = progress - span  # the cluster's peak so far, once beyond the span
         beyond_span = progress >= span
         learns = calibration_learns[:, None]
         new_progress = ops.where(in_cluster, ops.where(
-            beyond_span, span + ops.maximum(progress - span, gaussian * learns),
+            beyond_span, span + ops.maximum(peak, gaussian * learns),
             progress + learns), 0.0)
         long_ended = ops.logical_and(ops.logical_not(in_cluster), progress > span)
-        excess_learned = ops.concat([ops.where(long_ended, progress - span, gaussian),
+        excess_learned = ops.concat([ops.where(long_ended, peak, gaussian),
                                      ended_surprise[:, None]], axis=-1)
         gaussian_weight = prior_weight[:, None] * (1.0 - ops.indicator(
             ops.logical_and(in_cluster, beyond_span)))

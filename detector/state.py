@@ -73,6 +73,7 @@ to a compacted changelog topic and restores it from there (``streaming.changelog
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -168,9 +169,9 @@ class StateLayout:
             start += width
         return offsets
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
-        """Floats per record."""
+        """Floats per record (once: :meth:`check` reads it at every step call)."""
         return sum(width for _, width in self._widths())
 
     @property
