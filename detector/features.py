@@ -20,6 +20,26 @@ WEEK_SHIFT_MS = 3 * MS_PER_DAY
 CLOCK_HARMONICS = ((MS_PER_DAY, 0, 2), (MS_PER_WEEK, WEEK_SHIFT_MS, 1))
 CLOCK_FEATURES = 2 * sum(harmonics for _, _, harmonics in CLOCK_HARMONICS)
 
+# A period is learned from data that spans it at least this many times: one cycle cannot
+# tell a periodic pattern from a trend or a one-off event.
+MIN_CYCLES_TO_LEARN = 2
+
+
+def covered_clock_periods(span_ms: int) -> list[int]:
+    """The clock's periods (milliseconds) that data spanning ``span_ms`` covers
+    ``MIN_CYCLES_TO_LEARN`` times."""
+    return [period for period, _, _ in CLOCK_HARMONICS
+            if span_ms >= MIN_CYCLES_TO_LEARN * period]
+
+
+def covered_clock_features(span_ms: int) -> np.ndarray:
+    """Which of :func:`clock_features`' columns data spanning ``span_ms`` can teach: bool
+    ``[CLOCK_FEATURES]``, those of the periods it covers ``MIN_CYCLES_TO_LEARN`` times."""
+    covered = covered_clock_periods(span_ms)
+    return np.array([period in covered for period, _, harmonics in CLOCK_HARMONICS
+                     for _ in range(2 * harmonics)], dtype=bool)
+
+
 # The normal distribution's interquartile range in standard deviations.
 _IQR_TO_SIGMA = 1.3489795
 

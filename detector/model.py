@@ -9,7 +9,8 @@ Inputs (normalized by :class:`detector.features.ChannelScaler`):
     ``values``: ``[batch, time, channels]`` clipped normalized readings.
     ``clock``: ``[batch, time, 6]`` sines and cosines of the day's and week's harmonics (when
     ``time_features``, :func:`detector.features.clock_features`), encoded by
-    :class:`~detector.layers.SineEncoding`.
+    :class:`~detector.layers.SineEncoding`. The trainer zeroes the kernel rows of a period
+    its data does not cover twice (:func:`detector.features.covered_clock_features`).
 
 Output: ``[batch, time, 2 * channels]``: predicted change to the next reading, then its scale.
 """

@@ -71,12 +71,17 @@ NAB's 35 files 60.5 before, 59.3 after; SKAB's F1 0.695 before, 0.772 after, its
 of repeats had reached. The reading's single surprise is the largest of
 the six, less ``log10(6)`` (Bonferroni over the tests), **calibrated in its far tail**
 (:func:`~detector.tail_probabilities.calibrate_tail`): a second peaks-over-threshold fit,
-of the surprises above 3 that the stream reported as onsets (one per burst: declustered),
-with a prior of one in a thousand readings for their rate and of ten Gaussian excesses for
-their size. A spike or a burst that recurs every day is news the first times and then a
-one-in-a-few-hundred event, no longer flagged; a new, larger one keeps most of its size.
-(On NAB's 35 files the shift test and this calibration together took the standard score
-from 52.1 to 56.6, SKAB's F1 from 0.581 to 0.695.) A **persistence** test adds what
+of the clusters of single surprises above 3, each learned once, by its peak, when it has
+ended (runs declustering, Coles 2001, 5.3.2: a cluster ends after ``average_span`` readings
+at or below 3), with a prior of one in a thousand readings for their rate and of ten
+Gaussian excesses for their size. A spike or a burst that recurs every day is news the
+first times and then a one-in-a-few-hundred event, no longer flagged; a new, larger one
+keeps most of its size. (On NAB's 35 files the shift test and this calibration together
+took the standard score from 52.1 to 56.6, SKAB's F1 from 0.581 to 0.695.) The clusters
+are the surprises' own, not what the onset rule below reported: the calibration learned
+from reported onsets until state layout v7, which made every flag depend on the onset's
+``refractory`` time, and biased the fit towards large surprises (a report needs a surprise
+twice the last one's). A **persistence** test adds what
 single readings cannot show: the recent average of the single surprises (each counted up
 to the flag threshold), as Fisher's combination of p-values over an exponential window of
 ``average_span`` readings, its degrees of freedom reduced for the stream's own lag-one
@@ -129,7 +134,7 @@ within its own usual range is not seen, since every test is per channel (4 of SK
 valve faults here); an anomaly within ``refractory`` readings after a larger one has no
 onset (its surprise and flag still show).
 Cost: O(channels) per reading, about 40 element-wise operations on the batch;
-``36 * channels + 57`` floats of state (the hourly profile is ``25 * channels + 24``).
+``36 * channels + 59`` floats of state (the hourly profile is ``25 * channels + 24``).
 """
 
 from __future__ import annotations
@@ -361,6 +366,8 @@ class _Calibration(NamedTuple):
     cluster_progress: Any  # [B, tests - 1] see learn
     tail_rate: Any  # [B]
     tail_excess: Any  # [B]
+    tail_run_peak: Any  # [B] the open cluster's peak (0: none), see learn
+    tail_run_gap: Any  # [B] readings since the open cluster's last surprise above 3
     tail_weight: Any  # [B] the far tail's running weight
 
     @classmethod
@@ -375,6 +382,8 @@ class _Calibration(NamedTuple):
             state[:, f["cluster_progress"]],
             ops.where(first, TAIL_RATE, state[:, f["tail_rate"]][:, 0]),
             ops.where(first, TAIL_RATE * CALIBRATION_EXCESS, state[:, f["tail_excess"]][:, 0]),
+            state[:, f["tail_run_peak"]][:, 0],
+            state[:, f["tail_run_gap"]][:, 0],
             # A rate near one in a thousand needs at least a thousand readings of memory.
             running_weight(ops, reading.count + TAIL_PRIOR_READINGS,
                            max(scorer.history, TAIL_PRIOR_READINGS)))
@@ -382,7 +391,7 @@ class _Calibration(NamedTuple):
     def learn(self, ops, scorer: ScorerConfig, reading: ReadingContext, raw_surprises,
               ended_surprise, ended, repeats, single_raw, decision: _Decision) -> list:
         """``[exceed_rate, uncensored_rate, excess_rate, cluster_progress, tail_rate,
-        tail_excess]`` of the next record.
+        tail_excess, tail_run_peak, tail_run_gap]`` of the next record.
 
         Over readings, from the prior's readings; the repeats test's over the runs the
         follow counts learn from (a run of r repeats ends with r - 1 hits), from the prior's
@@ -440,13 +449,28 @@ class _Calibration(NamedTuple):
             exceeded * ops.minimum(excess_learned - 1.0, CALIBRATION_CENSOR)
             - self.excess_rate)
 
+        # The far tail, declustered by runs: a cluster of single surprises above its level
+        # ends after `average_span` readings at or below it and then teaches its peak,
+        # once. The peak is over the readings the calibrations learn from, after the
+        # learning period, so a lasting fault's later readings do not teach it; the reading
+        # that ends a cluster teaches it even when it is flagged.
         tail_learned = ops.minimum(single_raw, MAX_SURPRISE)
-        # Declustered: a surprise counts as an exceedance where it is reported as an onset.
-        tail_exceeded = ops.indicator(tail_learned > TAIL_LEVEL) * ops.indicator(
-            decision.onset > 0.0)
-        tail_weight = calibration_learns * self.tail_weight
+        above = tail_learned > TAIL_LEVEL
+        judged = ops.indicator(reading.count > float(scorer.learning_period))
+        open_cluster = self.tail_run_peak > TAIL_LEVEL
+        gap = self.tail_run_gap + 1.0
+        cluster_ends = ops.logical_and(ops.logical_and(open_cluster, ops.logical_not(above)),
+                                       gap >= float(scorer.average_span))
+        new_run_peak = ops.where(above, ops.maximum(
+            self.tail_run_peak, tail_learned * calibration_learns * judged),
+            ops.where(cluster_ends, 0.0, self.tail_run_peak))
+        stays_open = ops.logical_and(open_cluster, ops.logical_not(cluster_ends))
+        new_run_gap = ops.where(ops.logical_and(stays_open, ops.logical_not(above)), gap, 0.0)
+        tail_exceeded = ops.indicator(cluster_ends)
+        tail_weight = ops.maximum(calibration_learns, tail_exceeded) * self.tail_weight
         new_tail_rate = self.tail_rate + tail_weight * (tail_exceeded - self.tail_rate)
         new_tail_excess = self.tail_excess + tail_weight * (
-            tail_exceeded * (tail_learned - TAIL_LEVEL) - self.tail_excess)
+            tail_exceeded * (self.tail_run_peak - TAIL_LEVEL) - self.tail_excess)
         return [new_exceed_rate, new_uncensored_rate, new_excess_rate, new_progress,
-                new_tail_rate[:, None], new_tail_excess[:, None]]
+                new_tail_rate[:, None], new_tail_excess[:, None], new_run_peak[:, None],
+                new_run_gap[:, None]]

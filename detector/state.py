@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 6, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
+Layout version 7, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
 reads the clock and 0 when not, ``T`` = 6 tests):
 
 ===========================  =====  =======================================================
@@ -43,8 +43,10 @@ field                        width  meaning
 ``cluster_progress``         T-1    per Gaussian test: 0 outside a run of surprises above
                                     1, ``k`` in its ``k``-th reading learned from (up to
                                     ``average_span``), then ``average_span`` + the run's peak
-``tail_rate``                1      long-run rate of reported single surprises above 3
+``tail_rate``                1      long-run rate of clusters of single surprises above 3
 ``tail_excess``              1      long-run mean of their excess over 3 (0 if none)
+``tail_run_peak``            1      the open cluster's peak single surprise (0: none)
+``tail_run_gap``             1      readings since its last single surprise above 3
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
 ``last_evidence``            1      the previous reading's (for their lag-one correlation)
 ``evidence_lag_product``     1      long-run lag-one correlation of those
@@ -53,7 +55,9 @@ field                        width  meaning
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 6 added ``cluster_progress`` (the calibrations learn a long run of exceedances
+Version 7 added ``tail_run_peak`` and ``tail_run_gap`` (the far tail learns clusters of
+surprises by their peaks, not the onsets that were reported). Version 6 added
+``cluster_progress`` (the calibrations learn a long run of exceedances
 by its first readings and its peak, not reading by reading). Version 5 added the shift
 test's and the far tail's fields, and keeps the two previous
 readings' times (two floats each) instead of their encoded clock (the step encodes them
@@ -77,7 +81,7 @@ import functools
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 6
+STATE_LAYOUT_VERSION = 7
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -152,6 +156,8 @@ class StateLayout:
             ("cluster_progress", 5),
             ("tail_rate", 1),
             ("tail_excess", 1),
+            ("tail_run_peak", 1),
+            ("tail_run_gap", 1),
             ("evidence_average", 1),
             ("last_evidence", 1),
             ("evidence_lag_product", 1),

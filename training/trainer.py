@@ -8,7 +8,12 @@ The pipeline:
 3. Each stream is split by time: the first ``1 - validation_fraction`` of its readings train,
    the rest validate, so no window of the future is ever shuffled into the past.
 4. Windows of ``sequence_length`` readings (half-overlapping) become a ``tf.data`` pipeline; the
-   target of each step is the change to the next reading.
+   target of each step is the change to the next reading. The clock carries only the periods
+   (day, week) that some stream's training part spans at least twice; the others' columns
+   are zero in training and their rows of the clock layer's kernel are zeroed after it, so
+   the served model ignores them too. A period seen once cannot be told from a trend or a
+   one-off: a model trained on 10 days forecast each weekday as the one it had seen (the
+   demo's data: 26 episodes of flags on no label before, 16 after).
 5. Adam minimizes the Gaussian negative log-likelihood with early stopping on the validation
    loss and a fixed seed. ``keras.callbacks.BackupAndRestore`` keeps the last finished epoch in
    ``<artifact>.checkpoint/``, so an interrupted run resumes there when started again (early
@@ -33,8 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from detector.artifact import ArtifactMetadata, save_artifact
-from detector.features import ChannelScaler, clock_features
-from detector.model import ForecasterConfig, build_forecaster, gaussian_nll
+from detector.features import (
+    MS_PER_DAY,
+    ChannelScaler,
+    clock_features,
+    covered_clock_features,
+    covered_clock_periods,
+)
+from detector.model import CLOCK_LAYER, ForecasterConfig, build_forecaster, gaussian_nll
 from detector.scorer_config import ScorerConfig
 from training.output_destinations import CHECKPOINT_SUFFIX, check_artifact_destination
 from training.recordings import Recording
@@ -124,14 +135,26 @@ def _concat(parts: list[Windows]) -> Windows:
                      for f in dataclasses.fields(Windows)))
 
 
+def training_span_ms(recording: Recording, validation_fraction: float) -> int:
+    """The longest time a stream's training part (before its validation split) spans."""
+    spans = [int(series.timestamps_ms[split - 1] - series.timestamps_ms[0])
+             for series in recording.streams.values()
+             if (split := split_point(series.values.shape[0], validation_fraction)) >= 1]
+    return max(spans, default=0)
+
+
 def make_windows(recording: Recording, scaler: ChannelScaler, length: int,
-                 validation_fraction: float) -> tuple[Windows, Windows]:
-    """Training and validation windows of every stream, split by time."""
+                 validation_fraction: float,
+                 clock_columns: np.ndarray | None = None) -> tuple[Windows, Windows]:
+    """Training and validation windows of every stream, split by time; the clock's columns
+    outside ``clock_columns`` (bool, all by default) are zero."""
     train_parts, validation_parts = [], []
     for series in recording.streams.values():
         normalized = scaler.normalize(series.values)
         model_input = scaler.model_input(normalized)
         clock = clock_features(series.timestamps_ms)
+        if clock_columns is not None:
+            clock = clock * clock_columns.astype(np.float32)
         # Step t sees reading t and learns the change to reading t + 1.
         targets = (normalized[1:] - normalized[:-1]).astype(np.float32)
         split = split_point(series.values.shape[0], validation_fraction)
@@ -246,8 +269,12 @@ def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
         scaler = ChannelScaler.fit(train_part)
     except ValueError as error:
         raise TrainingError(f"cannot normalize the training data: {error}") from None
+    # The clock's periods the training data covers twice; the model never sees the others
+    # (a week seen once would teach it that one Tuesday's pattern is every Tuesday's).
+    span = training_span_ms(filled, options.validation_fraction)
+    clock_columns = covered_clock_features(span)
     train_windows, validation_windows = make_windows(
-        filled, scaler, options.sequence_length, options.validation_fraction)
+        filled, scaler, options.sequence_length, options.validation_fraction, clock_columns)
 
     forecaster = ForecasterConfig(channels=len(recording.channels),
                                   time_features=options.time_features,
@@ -279,6 +306,12 @@ def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
               epochs=options.epochs, callbacks=callbacks, verbose=options.verbose,
               shuffle=False)  # the dataset shuffles itself, with the seed
     fit_seconds = time.monotonic() - fit_started
+    if options.time_features:
+        # The uncovered columns were zero in training, so their kernel rows never learned:
+        # zero them, and the model ignores those periods when it serves as well.
+        clock_kernel = model.get_layer(CLOCK_LAYER).kernel
+        clock_kernel.assign(keras.ops.convert_to_numpy(clock_kernel)
+                            * clock_columns[:, None].astype(np.float32))
     history = recorder.history
     if not history["loss"] or not np.isfinite(history["loss"][-1]):
         raise TrainingError("training diverged (loss is NaN); try a lower learning_rate")
@@ -293,6 +326,8 @@ def fit(recording: Recording, options: TrainingOptions = TrainingOptions(),
         "train_windows": len(train_windows),
         "validation_windows": len(validation_windows),
         "sequence_length": options.sequence_length,
+        "clock_periods_days": [period / MS_PER_DAY for period in covered_clock_periods(span)]
+        if options.time_features else [],
         "epochs_run": len(history["loss"]),
         "best_epoch": best_epoch,
         "loss": history["loss"],

@@ -22,12 +22,13 @@ SCORER = ScorerConfig(learning_period=100, history=1000, level_history=1000, ref
 
 def score(readings: np.ndarray, hours: np.ndarray):
     """Scores ``readings`` ``[streams, steps, F]`` (normalized units) reading by reading
-    against a forecast of 0 with scale 1; returns flags, surprises and top channels."""
+    against a forecast of 0 with scale 1; returns flags, surprises, top channels and the
+    record after each reading ``[streams, steps, S]``."""
     streams, steps, _ = readings.shape
     f = LAYOUT.fields
     scorer_fields = slice(f["score_average"].start, f["flagged_run"].stop)
     state = LAYOUT.initial(streams)
-    flags, surprises, tops = [], [], []
+    flags, surprises, tops, records = [], [], [], []
     for t in range(steps):
         state[:, f["forecast_mean"]] = 0.0
         state[:, f["forecast_scale"]] = 1.0
@@ -41,14 +42,15 @@ def score(readings: np.ndarray, hours: np.ndarray):
         flags.append(flag)
         surprises.append(surprise)
         tops.append(top)
-    return np.stack(flags, 1), np.stack(surprises, 1), np.stack(tops, 1)
+        records.append(state)
+    return np.stack(flags, 1), np.stack(surprises, 1), np.stack(tops, 1), np.stack(records, 1)
 
 
 def test_gaussian_readings_are_flagged_about_as_often_as_the_threshold_says():
     rng = np.random.default_rng(0)
     readings = rng.normal(size=(20, 1500, CHANNELS))
     hours = np.tile((np.arange(1500) // 60) % 24, (20, 1))
-    flags, surprises, _ = score(readings, hours)
+    flags, surprises, _, _ = score(readings, hours)
     scored = flags[:, SCORER.learning_period + 1:]
     # At most the nominal 1 - threshold (the tests' Bonferroni corrections make it lower).
     assert scored.mean() <= 1.0 - SCORER.threshold
@@ -60,7 +62,7 @@ def test_a_residual_spike_is_flagged_on_its_channel_without_any_model():
     readings = rng.normal(size=(2, 400, CHANNELS))
     readings[0, 300, 2] += 12.0
     hours = np.tile((np.arange(400) // 60) % 24, (2, 1))
-    flags, surprises, tops = score(readings, hours)
+    flags, surprises, tops, _ = score(readings, hours)
     assert flags[0, 300] and tops[0, 300] == 2
     assert surprises[0, 300] > 5.0 and not flags[1, 300]
 
@@ -75,7 +77,7 @@ def test_a_slow_ramp_does_not_teach_the_calibration_that_it_is_normal():
     readings = rng.normal(size=(streams, steps, CHANNELS))
     readings[:, start:start + length, 0] += 4.0 * np.arange(1, length + 1) / length
     hours = np.tile((np.arange(steps) // 60) % 24, (streams, 1))
-    flags, _, _ = score(readings, hours)
+    flags, _, _, _ = score(readings, hours)
     found = flags[:, start:start + length].any(axis=1).sum()
     assert found >= 52, f"{found} of {streams} ramps flagged"
     calm = flags[:, SCORER.learning_period + 1:start]

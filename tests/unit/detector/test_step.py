@@ -61,6 +61,7 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
         level_mean, level_var = np.zeros(channels), np.zeros(channels)
         shift_mean, shift_var = np.zeros(channels), np.zeros(channels)
         tail_rate, tail_excess = 1e-3, 1e-3 / ln10
+        tail_run_peak, tail_run_gap = 0.0, 0  # the open cluster's peak, readings since
         season_mean, visits = np.zeros((24, channels)), np.zeros(24)
         season_var = np.zeros(channels)
         short, long = np.zeros(channels), np.zeros(channels)
@@ -190,12 +191,26 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             weights = np.array([prior_weight] * 5 + [run_weight])
             learned = np.array([*raw[:5], max(float(ended_evidence.max()) - math.log10(channels),
                                               0.0)])
-            # The far tail learns from reported onsets only (one per cluster).
+            # The far tail learns each cluster of surprises above 3 once, by its peak, when
+            # it has ended: average_span readings in a row at or below 3 (runs declustering).
+            # The peak is over the readings the calibrations learn from, after learning.
             tail_learned = min(single_raw, 30.0)
-            tail_exceeded = float(tail_learned > 3 and onset[s, t] > 0)
-            tail_rate += calibration_learns * tail_weight * (tail_exceeded - tail_rate)
-            tail_excess += calibration_learns * tail_weight * (
-                tail_exceeded * (tail_learned - 3) - tail_excess)
+            above = tail_learned > 3
+            open_cluster = tail_run_peak > 3
+            gap = tail_run_gap + 1
+            cluster_ended = open_cluster and not above and gap >= scorer.average_span
+            tail_exceeded = float(cluster_ended)
+            tail_learns = max(float(calibration_learns), tail_exceeded) * tail_weight
+            tail_rate += tail_learns * (tail_exceeded - tail_rate)
+            tail_excess += tail_learns * (tail_exceeded * (tail_run_peak - 3) - tail_excess)
+            if above:
+                tail_run_peak = max(tail_run_peak,
+                                    tail_learned * calibration_learns * (not learning))
+                tail_run_gap = 0
+            elif cluster_ended:
+                tail_run_peak, tail_run_gap = 0.0, 0
+            else:
+                tail_run_gap = gap if open_cluster else 0
             exceed_rate = exceed_rate + weights * ((learned > 1) - exceed_rate)
             # A cluster of readings above 1 teaches the excess its first average_span
             # readings, then its peak once it has ended.
