@@ -253,6 +253,11 @@ def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Plot every stream into this folder (default: the 12 streams most worth "
                    "a look, into <out>/plots).")
+@click.option("--seeds", type=str, callback=lambda _ctx, _param, value: _seed_list(value),
+              help="nab and skab protocols: comma-separated training seeds; the protocol "
+                   "runs once per seed (each report in <out>/seed-<seed>/) and the report "
+                   "gives every seed's key figures with their mean and range (default: one "
+                   "run with training.seed).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON (every figure of the text report) instead of "
                    "text; progress goes to stderr.")
@@ -261,7 +266,8 @@ def train(ctx: click.Context, data: tuple[Path, ...], data_format: str, **_flags
 @click.pass_context
 def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
              labels_path: Path | None, protocol: str, train_readings: int | None, out_dir: Path,
-             plots_dir: Path | None, as_json: bool, **_flags: Any) -> None:
+             plots_dir: Path | None, seeds: list[int] | None, as_json: bool,
+             **_flags: Any) -> None:
     """Score labeled data through the streaming step and report NAB and F1 scores."""
     from detector.artifact import load_artifact
     from training.evaluation import DEFAULT_MAX_PLOTS, evaluate_artifact, read_label_windows
@@ -269,10 +275,16 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     from training.nab_protocol import run_nab_protocol
     from training.output_destinations import check_output_directory, check_plots_directory
     from training.recordings import read_recording
+    from training.seed_spread import evaluate_over_seeds, seed_directory, spread_lines
     from training.skab_protocol import SKAB_TRAIN_READINGS, run_skab_protocol
 
     if train_readings is not None and protocol != "skab":
         raise click.UsageError("--train-readings applies to --protocol skab only")
+    if seeds is not None and protocol == "artifact":
+        raise click.UsageError("--seeds applies to --protocol nab and skab, which train")
+    if seeds is not None and plots_dir is not None:
+        raise click.UsageError("--plots draws one run's streams; with --seeds each seed's "
+                               "plots are in <out>/seed-<seed>/plots")
     settings = build_settings(ctx)
     # --plots asks for every stream; without it, the few most worth a look.
     plot_choice = {"plots_dir": plots_dir,
@@ -282,11 +294,15 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     def progress(done: int, total: int, key: str) -> None:
         click.echo(f"[{done}/{total}] {key}", err=True)
 
+    run_outputs = ["evaluation.json", "index.md", "plots", "results"]
     with user_errors():
         # evaluation.json is written last: its presence marks an earlier evaluation.
-        check_output_directory(out_dir, "report directory (--out)",
-                               ["evaluation.json", "index.md", "plots", "results"],
+        written = run_outputs + [seed_directory(out_dir, seed).name for seed in seeds or ()]
+        check_output_directory(out_dir, "report directory (--out)", written,
                                marker="evaluation.json")
+        for seed in seeds or ():
+            check_output_directory(seed_directory(out_dir, seed), "seed report directory",
+                                   run_outputs, marker="evaluation.json")
         if plots_dir is not None:
             check_plots_directory(plots_dir, "plots directory (--plots)")
         windows = read_label_windows(labels_path) if labels_path else None
@@ -295,19 +311,27 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
             if windows is None or len(data) != 1 or not data[0].is_dir():
                 raise click.UsageError("--protocol nab needs one NAB data directory and "
                                        "--labels combined_windows.json")
-            report = run_nab_protocol(data[0], windows, out_dir,
-                                      _short_prefix_training_options(settings),
-                                      progress=progress, labels_name=labels_name,
-                                      episode_gap=episode_gap, **plot_choice)
+
+            def run_once(options: TrainingOptions, directory: Path) -> dict:
+                return run_nab_protocol(data[0], windows, directory, options,
+                                        progress=progress, labels_name=labels_name,
+                                        episode_gap=episode_gap, **plot_choice)
         elif protocol == "skab":
             if windows is not None:
                 raise click.UsageError("--protocol skab reads its labels from the files' "
                                        "'anomaly' column; leave out --labels")
-            report = run_skab_protocol(
-                list(data), out_dir, _short_prefix_training_options(settings),
-                train_readings or SKAB_TRAIN_READINGS,
-                "skab" if data_format == "auto" else data_format, progress=progress,
-                episode_gap=episode_gap, **plot_choice)
+
+            def run_once(options: TrainingOptions, directory: Path) -> dict:
+                return run_skab_protocol(
+                    list(data), directory, options, train_readings or SKAB_TRAIN_READINGS,
+                    "skab" if data_format == "auto" else data_format, progress=progress,
+                    episode_gap=episode_gap, **plot_choice)
+        if protocol != "artifact" and seeds is not None:
+            report = evaluate_over_seeds(
+                run_once, _short_prefix_training_options(settings), seeds, out_dir,
+                progress=lambda message: click.echo(message, err=True))
+        elif protocol != "artifact":
+            report = run_once(_short_prefix_training_options(settings), out_dir)
         else:
             recording = read_recording(list(data), data_format)
             artifact = load_artifact(settings.model.artifact)
@@ -321,8 +345,17 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
     if as_json:
         click.echo(report_json(report))
     else:
-        for line in report_lines(report):
+        for line in (spread_lines(report) if seeds is not None else report_lines(report)):
             click.echo(line)
+
+
+def _seed_list(value: str | None) -> list[int] | None:
+    from training.seed_spread import parse_seeds
+
+    try:
+        return None if value is None else parse_seeds(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _short_prefix_training_options(settings: Settings) -> TrainingOptions:

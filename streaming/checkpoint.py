@@ -86,6 +86,9 @@ class Checkpoint:
         # Set once outputs or a checkpoint failed: from then on nothing is checkpointed nor
         # committed, and the worker is stopping.
         self.aborted = False
+        # Counts the times partitions were handed back (revoked, lost, dropped): offsets whose
+        # commit failed are retried only if no partition changed hands since they were taken.
+        self.handovers = 0
 
     @property
     def durable(self) -> bool:
@@ -114,11 +117,13 @@ class Checkpoint:
         for partition in gone:
             self.uncommitted.pop(partition, None)
         self.tombstones = [t for t in self.tombstones if t[1] not in gone]
+        self.handovers += 1
 
     def discard(self) -> None:
         """Drops every pending offset and tombstone (none of them may be committed)."""
         self.uncommitted.clear()
         self.tombstones.clear()
+        self.handovers += 1
 
     # The commit sequence ----------------------------------------------------------------
 
@@ -131,7 +136,21 @@ class Checkpoint:
             if self.transactional:
                 self.commit_transaction(source, offsets)
                 return
-        self.commit_offsets(source, offsets)
+            handovers = self.handovers
+        if not self.commit_offsets(source, offsets):
+            self._retry_later(offsets, handovers)
+
+    def _retry_later(self, offsets: Mapping[int, int], handovers: int) -> None:
+        """Offsets whose commit failed go back to the uncommitted ones, so the next commit
+        carries them: with nothing more to read (a broker that restarted after the last
+        batch), no later batch would. Not if a partition changed hands since they were taken:
+        then the partitions' next owner re-reads from the last commit, and an old offset
+        committed later could move the group's position back."""
+        with self.lock:
+            if self.aborted or handovers != self.handovers:
+                return
+            for partition, offset in offsets.items():
+                self.uncommitted[partition] = max(self.uncommitted.get(partition, 0), offset)
 
     def write(self, partitions: Sequence[int] | None) -> dict[int, int]:
         """Steps 1-3 for ``partitions`` (None: all): returns the offsets now safe to commit.
@@ -142,6 +161,8 @@ class Checkpoint:
             OutputError: the checkpoint was not acknowledged.
             Either aborts first: the states were taken as written.
         """
+        if partitions is not None:
+            self.handovers += 1  # a revoke: these partitions are being handed back
         if self.aborted:
             return {}
         if not self.durable:
@@ -193,17 +214,21 @@ class Checkpoint:
                    else [p for p in self.uncommitted if p in set(partitions)])
         return {p: self.uncommitted.pop(p) for p in covered}
 
-    def commit_offsets(self, source: ReadingSource | None, offsets: Mapping[int, int]) -> None:
+    def commit_offsets(self, source: ReadingSource | None, offsets: Mapping[int, int]) -> bool:
         """Step 4 without transactions. Never with the lock held. A failed commit (the group
-        rebalanced meanwhile) is logged: the partition's next owner re-reads from the last
-        commit and reproduces identical records."""
+        rebalanced meanwhile, the coordinator is unreachable) is logged and returns False:
+        :meth:`commit` retries it with the next commit unless a partition changed hands (its
+        next owner re-reads from the last commit and reproduces identical records)."""
         if source is None or not offsets or self.aborted:
-            return
+            return True
         try:
             source.commit(offsets)
         except Exception as error:  # kafka-python raises several types for a lost generation
-            log.warning("offset commit failed (%s); the partition's next owner re-reads from "
-                        "the last commit and reproduces identical records", error)
+            log.warning("offset commit failed (%s); retried with the next checkpoint unless "
+                        "the partitions change hands, whose next owner then re-reads from the "
+                        "last commit and reproduces identical records", error)
+            return False
+        return True
 
     def commit_transaction(self, source: ReadingSource | None,
                            offsets: Mapping[int, int]) -> None:

@@ -36,9 +36,11 @@ Error policy:
   counted (stopping would fail again on the same message after every restart);
 * output records that cannot be delivered (after the producer's own retries) stop the worker
   *without* committing, so a restarted worker scores those readings again (exit code 3);
-* a failed offset commit (the group rebalanced meanwhile) is logged and the loop continues:
-  the next owner of the partition re-reads from the last commit, and consumers deduplicate by
-  key;
+* a failed offset commit (the group rebalanced meanwhile, the coordinator unreachable) is
+  logged and the loop continues; the next commit carries its offsets again (a worker that
+  had read everything before a broker restart would otherwise never commit them), unless a
+  partition changed hands meanwhile: then its next owner re-reads from the last commit, and
+  consumers deduplicate by key;
 * a checkpoint that cannot be delivered stops the worker like an output failure (exit 3):
   its offsets are not committed, so a restarted worker restores the previous checkpoint and
   replays from there; a changelog that is gone or has the wrong shape stops it before the

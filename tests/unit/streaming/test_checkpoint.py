@@ -150,16 +150,45 @@ def test_without_a_changelog_the_offsets_are_committed_and_no_state_is_written(
     assert source.commits == [{0: 5}]
 
 
-def test_a_failed_offset_commit_is_logged_and_not_retried(
-        store: StateStore, registry: CollectorRegistry) -> None:
+def test_a_failed_offset_commit_is_retried_with_the_next_commit(
+        store: StateStore, registry: CollectorRegistry, caplog) -> None:
+    """The broker restarted after the last batch: nothing more to read, so no later batch
+    would carry the offsets whose commit failed; the next commit (the next checkpoint
+    interval) does."""
     source = FakeReadingSource([])
-    source.fail_commit = RuntimeError("CommitFailedError: the group rebalanced")
+    source.fail_commit = RuntimeError("KafkaTimeoutError: coordinator not available")
+    checkpoint = checkpoint_of(store, FakeRecordSink(), registry)
+    checkpoint.processed({0: 5, 1: 7})
+    checkpoint.commit(source)
+    assert "offset commit failed" in caplog.text and checkpoint.uncommitted == {0: 5, 1: 7}
+    source.fail_commit = None
+    checkpoint.processed({1: 9})
+    checkpoint.commit(source)
+    assert source.commits == [{0: 5, 1: 9}] and not checkpoint.aborted
+
+
+@pytest.mark.parametrize("handover", ["revoke", "forget"])
+def test_a_failed_offset_commit_is_not_retried_once_partitions_changed_hands(
+        store: StateStore, registry: CollectorRegistry, handover: str) -> None:
+    """A rebalance between the failed commit and the retry: the partitions' next owner
+    re-reads from the last commit, and an old offset committed later could move the group's
+    position back, so the failed offsets are dropped."""
+    source = FakeReadingSource([])
     checkpoint = checkpoint_of(store, FakeRecordSink(), registry, durable=False)
     checkpoint.processed({0: 5})
+
+    def hand_over_then_fail(offsets):
+        # The consumer's IO thread revokes while the loop's commit is on its way.
+        with checkpoint.lock:
+            if handover == "revoke":
+                checkpoint.write([1])
+            else:
+                checkpoint.forget([1])
+        raise RuntimeError("CommitFailedError: the group rebalanced")
+
+    source.commit = hand_over_then_fail
     checkpoint.commit(source)
-    source.fail_commit = None
-    checkpoint.commit(source)
-    assert source.commits == [] and not checkpoint.aborted
+    assert checkpoint.uncommitted == {} and not checkpoint.aborted
 
 
 def test_the_abort_drops_the_states_and_aborts_the_open_transaction_once(
