@@ -251,10 +251,11 @@ class Worker:
 
     def commit_checkpoint(self) -> None:
         """With a changelog: checkpoints every changed stream, then commits the offsets it
-        covers (:meth:`Checkpoint.commit`); the loop calls it every checkpoint interval."""
+        covers (:meth:`Checkpoint.commit`); the loop calls it every checkpoint interval.
+        Without one each batch commits its own offsets, and this commits again those whose
+        commit failed (nothing, usually), as no later batch may come to carry them."""
         self._next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s
-        if self.checkpoint.durable:
-            self.checkpoint.commit(self.source)
+        self.checkpoint.commit(self.source)
 
     def restore_assigned(self, records: Sequence[SourceRecord] = ()) -> Sequence[SourceRecord]:
         """Restores newly assigned partitions (:meth:`PartitionTracker.restore`); the loop

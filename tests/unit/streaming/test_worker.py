@@ -221,6 +221,20 @@ def test_a_failed_commit_is_logged_and_the_worker_goes_on(
     assert len(sink.on("scores")) == 4
 
 
+def test_a_failed_commit_is_retried_at_the_next_checkpoint_with_nothing_more_to_read(
+        worker: Worker, recorded: np.ndarray) -> None:
+    """The commit after the last batch failed (a broker restarting): no later batch would
+    carry its offsets, so the loop's next checkpoint commits them."""
+    records = [record_of(r) for r in readings_of(recorded[:1, :4])]
+    source = attach(worker)
+    source.fail_commit = RuntimeError("KafkaTimeoutError: no coordinator")
+    worker.process(records)
+    source.fail_commit = None
+    worker.commit_checkpoint()
+    worker.commit_checkpoint()  # nothing left: no empty commit
+    assert source.commits == [{0: 4}]
+
+
 @pytest.mark.parametrize("co_partitioned", [True, False])
 def test_outputs_go_to_their_reading_partition_when_co_partitioned(
         step: StreamingStep, sink: FakeRecordSink, registry: CollectorRegistry,
