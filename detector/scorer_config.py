@@ -37,6 +37,10 @@ class ScorerConfig:
         refractory: unflagged readings in which a stream's recent surprise peak halves; the onset
             reports a reading only when its surprise tops that decayed peak (after a
             report, twice the reported surprise, decayed).
+        long_average_span: the persistence test's second, longer average of surprises covers
+            about this many readings (more than ``average_span``; ten times it by
+            default): a fault whose readings are each mildly unusual stands out in an
+            average of many, long before the learning period would take it as normal.
     """
 
     average_span: int = 10
@@ -48,13 +52,18 @@ class ScorerConfig:
     level_history: int = 2000
     variability_span: int = 10
     refractory: int = 300
+    long_average_span: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("average_span", "history", "level_history", "refractory",
+        for name in ("average_span", "long_average_span", "history", "level_history", "refractory",
                      "variability_span"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, received: {value!r}")
+        if self.long_average_span <= self.average_span:
+            raise ValueError(
+                f"`long_average_span` must be greater than `average_span` "
+                f"({self.average_span}), received: {self.long_average_span!r}")
         if not isinstance(self.learning_period, int) or self.learning_period < 1:
             raise ValueError(
                 f"`learning_period` must be a positive integer, received: "

@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 7, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
+Layout version 8, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
 reads the clock and 0 when not, ``T`` = 6 tests):
 
 ===========================  =====  =======================================================
@@ -48,15 +48,20 @@ field                        width  meaning
 ``tail_run_peak``            1      the open cluster's peak single surprise (0: none)
 ``tail_run_gap``             1      readings since its last single surprise above 3
 ``evidence_average``         1      short moving average of the single surprises (x ln 10)
-``last_evidence``            1      the previous reading's (for their lag-one correlation)
-``evidence_lag_product``     1      long-run lag-one correlation of those
+``evidence_average_long``    1      long moving average of the same
+``evidence_spread``          1      long-run mean square of the short average's deviation
+                                    from 1 (its variance, for the persistence test)
 ``surprise_peak``            1      recent peak surprise (doubled when reported), decaying
 ``flagged_run``              1      readings in a row, up to this one, that were flagged
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 7 added ``tail_run_peak`` and ``tail_run_gap`` (the far tail learns clusters of
-surprises by their peaks, not the onsets that were reported). Version 6 added
+Version 8 replaced ``last_evidence`` and ``evidence_lag_product`` (the persistence test's
+lag-one correlation) with ``evidence_average_long`` and ``evidence_spread`` (the test at a
+second, longer span; the short average's own variance, from which the correlation
+follows), at the same size. Version 7 added ``tail_run_peak`` and ``tail_run_gap`` (the
+far tail learns clusters of surprises by their peaks, not the onsets that were reported).
+Version 6 added
 ``cluster_progress`` (the calibrations learn a long run of exceedances
 by its first readings and its peak, not reading by reading). Version 5 added the shift
 test's and the far tail's fields, and keeps the two previous
@@ -81,7 +86,7 @@ import functools
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 7
+STATE_LAYOUT_VERSION = 8
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -159,8 +164,8 @@ class StateLayout:
             ("tail_run_peak", 1),
             ("tail_run_gap", 1),
             ("evidence_average", 1),
-            ("last_evidence", 1),
-            ("evidence_lag_product", 1),
+            ("evidence_average_long", 1),
+            ("evidence_spread", 1),
             ("surprise_peak", 1),
             ("flagged_run", 1),
             ("count", 1),

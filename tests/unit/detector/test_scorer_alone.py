@@ -8,7 +8,10 @@ distributions.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from detector.array_ops import NumpyOps
 from detector.scorer import assess
@@ -20,7 +23,7 @@ LAYOUT = StateLayout(channels=CHANNELS, input_width=CHANNELS, memory_units=1)
 SCORER = ScorerConfig(learning_period=100, history=1000, level_history=1000, refractory=50)
 
 
-def score(readings: np.ndarray, hours: np.ndarray):
+def score(readings: np.ndarray, hours: np.ndarray, scorer: ScorerConfig = SCORER):
     """Scores ``readings`` ``[streams, steps, F]`` (normalized units) reading by reading
     against a forecast of 0 with scale 1; returns flags, surprises, top channels and the
     record after each reading ``[streams, steps, S]``."""
@@ -34,7 +37,7 @@ def score(readings: np.ndarray, hours: np.ndarray):
         state[:, f["forecast_scale"]] = 1.0
         x = readings[:, t].astype(np.float32)
         _, _, surprise, flag, top, _, statistics = assess(
-            NumpyOps, SCORER, LAYOUT, x, x, hours[:, t], state)
+            NumpyOps, scorer, LAYOUT, x, x, hours[:, t], state)
         state = state.copy()
         state[:, scorer_fields] = np.concatenate(statistics, axis=-1)
         state[:, f["reading_t1"]] = x
@@ -71,7 +74,9 @@ def test_a_slow_ramp_does_not_teach_the_calibration_that_it_is_normal():
     # One channel ramps by 4 deviations over 300 readings: the level and shift tests sit
     # above a surprise of 1 for most of the ramp. Learning each of those readings as a
     # normal excess lowered the tests' calibration while the ramp lasted (46 of 60 ramps
-    # found); a cluster teaches its first readings and then its peak once it has ended.
+    # found); a cluster teaches its first readings and then its peak once it has ended
+    # (52 found; 48 since the reading's tail is Bonferroni over three tests, not two, and 38
+    # of 60 then without the declustering).
     rng = np.random.default_rng(2)
     streams, steps, start, length = 60, 2400, 2000, 300
     readings = rng.normal(size=(streams, steps, CHANNELS))
@@ -79,6 +84,51 @@ def test_a_slow_ramp_does_not_teach_the_calibration_that_it_is_normal():
     hours = np.tile((np.arange(steps) // 60) % 24, (streams, 1))
     flags, _, _, _ = score(readings, hours)
     found = flags[:, start:start + length].any(axis=1).sum()
-    assert found >= 52, f"{found} of {streams} ramps flagged"
+    assert found >= 45, f"{found} of {streams} ramps flagged"
     calm = flags[:, SCORER.learning_period + 1:start]
     assert calm.mean() <= 1.0 - SCORER.threshold
+
+
+def test_a_lasting_mild_fault_stays_flagged_through_the_long_persistence_span():
+    # Every channel's spread grows by 1.6 for 300 readings: each reading is only mildly
+    # unusual, and an average over `average_span` readings shows it now and then; the
+    # average over `long_average_span` readings holds it (measured: 27 % of the fault's
+    # readings flagged, against 11 % with a long span as short as the short one).
+    rng = np.random.default_rng(3)
+    streams, steps, start, length = 40, 1600, 1000, 300
+    readings = rng.normal(size=(streams, steps, CHANNELS))
+    readings[:, start:start + length] *= 1.6
+    hours = np.tile((np.arange(steps) // 60) % 24, (streams, 1))
+    shares = {}
+    for span in (SCORER.long_average_span, SCORER.average_span + 1):
+        flags, _, _, _ = score(readings, hours, dataclasses.replace(
+            SCORER, long_average_span=span))
+        shares[span] = flags[:, start:start + length].mean()
+        assert flags[:, SCORER.learning_period + 1:start].mean() <= 1.0 - SCORER.threshold
+    assert shares[SCORER.long_average_span] > 2.0 * shares[SCORER.average_span + 1], shares
+
+
+def test_correlated_normal_surprises_do_not_raise_false_alarms():
+    # A stream whose readings wander slowly (AR(1), lag-one correlation 0.95) has runs of
+    # surprises that an average of independent ones would call a fault; the spread of
+    # the short average, learned per stream, widens both persistence tests (without it:
+    # 6.8 % of these readings flagged).
+    rng = np.random.default_rng(3)
+    streams, steps = 40, 1600
+    noise = rng.normal(size=(streams, steps, CHANNELS))
+    readings = np.zeros_like(noise)
+    for t in range(1, steps):
+        readings[:, t] = 0.95 * readings[:, t - 1] + np.sqrt(1 - 0.95 ** 2) * noise[:, t]
+    hours = np.tile((np.arange(steps) // 60) % 24, (streams, 1))
+    flags, _, _, records = score(readings, hours)
+    assert flags[:, SCORER.learning_period + 1:].mean() <= 1.0 - SCORER.threshold
+    # The learned spread is above what independent readings give.
+    weight = SCORER.average_weight
+    spread = records[:, -1, LAYOUT.fields["evidence_spread"]][:, 0]
+    assert np.median(spread) > weight / (2.0 - weight)
+
+
+def test_a_long_span_no_longer_than_the_short_one_is_refused():
+    with pytest.raises(ValueError, match=r"`long_average_span` must be greater than "
+                                         r"`average_span` \(10\), received: 10"):
+        ScorerConfig(average_span=10, long_average_span=10)
