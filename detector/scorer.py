@@ -204,6 +204,7 @@ class _Decision(NamedTuple):
     flag: Any  # [B] bool
     top_channel: Any  # [B] int
     onset: Any  # [B]
+    judged: Any  # [B] bool: past the learning period
     flagged_run: Any  # [B] flagged readings in a row, this one included (0: not flagged)
     calibration_learns: Any  # [B] see _calibration_learns
     statistics: list  # the decision's fields of the next record, from ``surprise_peak`` on
@@ -337,7 +338,7 @@ def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single
     deviation = persistence.average - 1.0
     new_spread = persistence.spread + spread_weight * (deviation * deviation
                                                        - persistence.spread)
-    return _Decision(1.0 - tail, surprise, flag, top_channel, onset, flagged_run,
+    return _Decision(1.0 - tail, surprise, flag, top_channel, onset, judged, flagged_run,
                      calibration_learns, [
         persistence.average[:, None], persistence.long_average[:, None], new_spread[:, None],
         new_peak[:, None], flagged_run[:, None]])
@@ -374,23 +375,32 @@ def _persistence(ops, scorer: ScorerConfig, f, state, first, counted) -> _Persis
     than the short span can still raise the long test.
     """
     weight = scorer.average_weight
+    long_weight = 2.0 / (scorer.long_average_span + 1.0)
     independent_spread = weight / (2.0 - weight)
-    previous = ops.where(first, 1.0, state[:, f["evidence_average"]][:, 0])
-    average = previous + weight * (counted - previous)
+    # The two averages side by side (adjacent in the record), each array operation done
+    # once for both: a round of one stream costs per operation, whatever its width.
+    previous = ops.where(first[:, None], 1.0, state[:, f["evidence_average"].start:
+                                                    f["evidence_average_long"].stop])
+    averages = previous + _span_weights(weight, long_weight) * (counted[:, None] - previous)
     spread = ops.where(first, independent_spread, state[:, f["evidence_spread"]][:, 0])
     inflation = ops.maximum(spread / independent_spread, 1.0)
     rho = ops.minimum((inflation - 1.0) / ((inflation + 1.0) * (1.0 - weight)),
                       MAX_LAG_CORRELATION)
-    # chi2(k) / k has variance 2 / k.
-    short_tail = upper_tail(ops, chi2_mean_z(ops, average, 2.0 / (
-        independent_spread * inflation)))
-    long_weight = 2.0 / (scorer.long_average_span + 1.0)
-    previous_long = ops.where(first, 1.0, state[:, f["evidence_average_long"]][:, 0])
-    long_average = previous_long + long_weight * (counted - previous_long)
     long_rho = rho * (1.0 - long_weight)
-    long_tail = upper_tail(ops, chi2_mean_z(ops, long_average, 2.0 * (
-        2.0 - long_weight) / long_weight * (1.0 - long_rho) / (1.0 + long_rho)))
-    return _Persistence(ops.minimum(short_tail, long_tail), average, long_average, spread)
+    # chi2(k) / k has variance 2 / k.
+    degrees = ops.concat([
+        (2.0 / (independent_spread * inflation))[:, None],
+        (2.0 * (2.0 - long_weight) / long_weight * (1.0 - long_rho) / (1.0 + long_rho))[
+            :, None]], axis=-1)
+    tails = upper_tail(ops, chi2_mean_z(ops, averages, degrees))
+    return _Persistence(ops.minimum(tails[:, 0], tails[:, 1]), averages[:, 0],
+                        averages[:, 1], spread)
+
+
+@functools.cache
+def _span_weights(weight: float, long_weight: float) -> np.ndarray:
+    """The two persistence averages' weights, float32 as the step's arrays."""
+    return np.array([weight, long_weight], dtype=np.float32)
 
 
 def _calibration_learns(ops, scorer: ScorerConfig, flagged_run):
@@ -500,7 +510,7 @@ class _Calibration(NamedTuple):
         # that ends a cluster teaches it even when it is flagged.
         tail_learned = ops.minimum(single_raw, MAX_SURPRISE)
         above = tail_learned > TAIL_LEVEL
-        judged = ops.indicator(reading.count > float(scorer.learning_period))
+        judged = ops.indicator(decision.judged)
         open_cluster = self.tail_run_peak > TAIL_LEVEL
         gap = self.tail_run_gap + 1.0
         cluster_ends = ops.logical_and(ops.logical_and(open_cluster, ops.logical_not(above)),
