@@ -136,8 +136,8 @@ class ReadingParser:
         if not isinstance(message, dict):
             return Rejection(reason.WRONG_TYPE,
                              f"expected a JSON object, received {type(message).__name__}")
-        missing = [key for key in ("stream", "ts", "values") if key not in message]
-        if missing:
+        if "stream" not in message or "ts" not in message or "values" not in message:
+            missing = [key for key in ("stream", "ts", "values") if key not in message]
             return Rejection(reason.MISSING_FIELD, f"missing field(s) {', '.join(missing)}; "
                                                    f"expected stream, ts and values")
         stream = message["stream"]
@@ -161,25 +161,29 @@ class ReadingParser:
         if not isinstance(values, dict):
             return Rejection(reason.WRONG_TYPE, f"field values: expected an object of channel: "
                                                 f"number, received {type(values).__name__}")
-        unknown = [name for name in values if name not in self._channel_set]
-        if unknown:
-            return Rejection(reason.UNKNOWN_CHANNEL,
-                             f"unknown channel(s) {', '.join(map(repr, unknown))}; the model "
-                             f"has {', '.join(self.channels)}")
-        if len(values) != len(self.channels):
+        # One set comparison for the usual message; the lists only to say what is wrong.
+        if values.keys() != self._channel_set:
+            unknown = [name for name in values if name not in self._channel_set]
+            if unknown:
+                return Rejection(reason.UNKNOWN_CHANNEL,
+                                 f"unknown channel(s) {', '.join(map(repr, unknown))}; the "
+                                 f"model has {', '.join(self.channels)}")
             absent = [name for name in self.channels if name not in values]
             return Rejection(reason.MISSING_CHANNEL, f"missing channel(s) {', '.join(absent)}")
         row = np.empty(len(self.channels), dtype=np.float32)
         for index, name in enumerate(self.channels):
             value = values[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            # JSON numbers are float or int; bool is an int to isinstance.
+            if type(value) is not float and (
+                    isinstance(value, bool) or not isinstance(value, int | float)):
                 return Rejection(reason.WRONG_TYPE,
                                  f"channel {name!r}: expected a number, received {value!r}")
-            if abs(value) > 3.4e38 or not math.isfinite(value):  # huge ints: no float()
+            magnitude = abs(value)
+            if magnitude > 3.4e38 or not math.isfinite(value):  # huge ints: no float()
                 # Python's json accepts NaN and Infinity; float32 cannot hold beyond 3.4e38.
                 return Rejection(reason.NON_FINITE, f"channel {name!r}: expected a finite "
                                                     f"number, received {value!r}")
-            if abs(value) > self.max_abs_value:
+            if magnitude > self.max_abs_value:
                 return Rejection(reason.OUT_OF_RANGE,
                                  f"channel {name!r}: {value!r} is beyond the allowed "
                                  f"magnitude {self.max_abs_value:g} (worker.max_abs_value)")
