@@ -147,10 +147,8 @@ class Checkpoint:
         then the partitions' next owner re-reads from the last commit, and an old offset
         committed later could move the group's position back."""
         with self.lock:
-            if self.aborted or handovers != self.handovers:
-                return
-            for partition, offset in offsets.items():
-                self.uncommitted[partition] = max(self.uncommitted.get(partition, 0), offset)
+            if not self.aborted and handovers == self.handovers:
+                self.processed(offsets)
 
     def write(self, partitions: Sequence[int] | None) -> dict[int, int]:
         """Steps 1-3 for ``partitions`` (None: all): returns the offsets now safe to commit.
