@@ -186,6 +186,11 @@ def learn_level_and_shift(ops, scorer: ScorerConfig, r: ReadingContext, level: L
     weight = (learn * r.weights.readings)[:, None]
     delta = r.normalized - level.mean
     new_level_mean = level.mean + weight * delta
+    # The whole square, unlike the forecast and variability tests' bounded ones: a stream's
+    # large unflagged deviations are its normal tail here (NAB's spiky loads). Bounded at
+    # the flag's deviation, this variance and the season test's took SKAB's F1 from 0.860
+    # to 0.869 and NAB's standard score from 58.5 to 42.8 (seeds 7, 8, 9; the level's alone:
+    # 49.2, the season's alone: 47.3).
     new_level_var = (1.0 - weight) * (level.var + weight * delta * delta)
     new_shift_var = shift.var + weight * (shift.new_mean * shift.new_mean - shift.var)
     return [new_level_mean, new_level_var, shift.new_mean, new_shift_var]
@@ -223,6 +228,7 @@ def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: Seas
     hour_weight = learn / ops.maximum(e.visits + learn, 1.0)
     new_block = ops.add_to_rows(e.block, r.hours, hour_weight[:, None] * e.deviation)
     weight = (learn * ops.indicator(e.visits >= 1.0) * r.weights.readings)[:, None]
+    # The whole square, as the level's variance (see learn_level_and_shift).
     new_var = e.var + weight * (e.deviation * e.deviation - e.var)
     return [ops.reshape(new_block, (-1, SEASON_BINS * r.channels)), new_visits, new_var]
 
