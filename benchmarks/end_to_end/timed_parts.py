@@ -62,7 +62,10 @@ class TimedSource:
         self._batch_done(started)
         records = self._source.poll(timeout_ms, max_records)
         ended = time.perf_counter()
-        self._t.poll += ended - started
+        # Inside the measured window only, which opens when the first readings come back:
+        # the polls before wait for the group to form (the report's join_seconds).
+        if self._t.first_records_at is not None:
+            self._t.poll += ended - started
         if records:
             self._returned_at = ended
             if self._t.first_records_at is None:
