@@ -380,7 +380,7 @@ def _persistence(ops, scorer: ScorerConfig, f, state, first, counted) -> _Persis
     0.004-0.007.
     """
     weight = scorer.average_weight
-    long_weight = 2.0 / (scorer.long_average_span + 1.0)
+    long_weight = scorer.long_average_weight
     independent_spread = weight / (2.0 - weight)
     # The two averages side by side (adjacent in the record), each array operation done
     # once for both: a round of one stream costs per operation, whatever its width.

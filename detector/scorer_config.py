@@ -85,6 +85,10 @@ class ScorerConfig:
         return 2.0 / (self.average_span + 1.0)
 
     @property
+    def long_average_weight(self) -> float:
+        return 2.0 / (self.long_average_span + 1.0)
+
+    @property
     def flag_chi2(self) -> float:
         """The squared two-sided normal deviate whose tail is ``1 - threshold``."""
         return statistics.NormalDist().inv_cdf(1.0 - (1.0 - self.threshold) / 2.0) ** 2
