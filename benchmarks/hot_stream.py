@@ -11,7 +11,17 @@ streams, five each (five rounds of many rows: what a poll of a busy topic looks 
 Each batch is timed ``--repeats`` times, each time on a fresh engine; the fastest counts
 (the machine's other work only ever adds time).
 
+The ``mixed_`` figures are the worker's case: one poll holding ``--readings`` readings of the
+hot stream (partition 0) interleaved with one reading each of as many other streams
+(partition 1). Unpaced, the other streams' readings are published only after the hot
+stream's rounds; paced (:mod:`streaming.pacing`, at most ``--max-stream-readings`` readings of
+a stream per batch, the worker's default) the first batch holds them all and the hot
+stream's rest follows in later batches. Reported: the first batch's seconds (how long the
+other streams wait), and all batches' (the cost of the whole poll), each the fastest of
+``--repeats``.
+
     python benchmarks/hot_stream.py [--json] [--readings 5000] [--repeats 3]
+        [--max-stream-readings 100]
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -36,7 +47,9 @@ from detector.scorer_config import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
 from streaming.engine import Reading, ScoringEngine  # noqa: E402
 from streaming.output_records import encode_episode, encode_scores  # noqa: E402
+from streaming.pacing import HeldBack  # noqa: E402
 from streaming.state_store import StateStore  # noqa: E402
+from streaming.worker import WorkerConfig  # noqa: E402
 
 CHANNELS = 4
 T0_MS = 1_700_000_000_000
@@ -60,11 +73,55 @@ def engine_seconds(step: StreamingStep, readings: list[Reading],
     return min(runs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Polled:
+    """What pacing reads of a consumed record (its partition and key), and its reading."""
+
+    partition: int
+    key: bytes
+    reading: Reading
+
+
+def timed_batch(engine: ScoringEngine, readings: list[Reading]) -> float:
+    """Seconds to score ``readings`` and write their records."""
+    start = time.perf_counter()
+    result = engine.process(readings)
+    encode_scores(result.scores)
+    for ended in result.episodes:
+        encode_episode(ended)
+    return time.perf_counter() - start
+
+
+def paced_seconds(step: StreamingStep, polled: list[Polled], max_stream_readings: int | None,
+                  repeats: int) -> tuple[float, float, int]:
+    """(first batch's seconds, all batches' seconds, batches) of one poll, paced as the worker
+    paces it (None: unpaced, one batch), the fastest of ``repeats`` runs."""
+    runs = []
+    for _ in range(repeats):
+        engine = ScoringEngine(step, StateStore(step.layout),
+                               [f"c{i}" for i in range(CHANNELS)], "bench")
+        if max_stream_readings is None:
+            seconds = timed_batch(engine, [record.reading for record in polled])
+            runs.append((seconds, seconds, 1))
+            continue
+        held = HeldBack(max_stream_readings)
+        batch = held.next_batch(polled)
+        times = [timed_batch(engine, [record.reading for record in batch])]
+        while len(held):
+            batch = held.next_batch([])
+            times.append(timed_batch(engine, [record.reading for record in batch]))
+        runs.append((times[0], sum(times), len(times)))
+    return min(run[0] for run in runs), min(run[1] for run in runs), runs[0][2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--readings", type=int, default=5000, help="readings per batch")
     parser.add_argument("--repeats", type=int, default=3, help="runs per batch; the fastest counts")
+    parser.add_argument("--max-stream-readings", type=int,
+                        default=WorkerConfig.max_stream_readings_per_batch,
+                        help="pacing: readings of one stream per batch")
     args = parser.parse_args()
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
@@ -78,10 +135,16 @@ def main() -> None:
     streams = max(n // 5, 1)
     several = [Reading(f"s{i % streams}", T0_MS + (i // streams) * 60_000, values[i], 0, i)
                for i in range(n)]
+    mixed = [record for i in range(n) for record in (
+        Polled(0, b"hot", hot[i]), Polled(1, spread[i].stream.encode(),
+                                          dataclasses.replace(spread[i], partition=1)))]
     engine_seconds(step, spread[:10], 1)  # warm up
     hot_s, hot_step_s, hot_calls = engine_seconds(step, hot, args.repeats)
     spread_s, _, spread_calls = engine_seconds(step, spread, args.repeats)
     several_s, _, several_calls = engine_seconds(step, several, args.repeats)
+    unpaced_s, _, _ = paced_seconds(step, mixed, None, args.repeats)
+    paced_first_s, paced_all_s, paced_batches = paced_seconds(
+        step, mixed, args.max_stream_readings, args.repeats)
     report = {
         "readings": n,
         "channels": CHANNELS,
@@ -94,6 +157,11 @@ def main() -> None:
         "slowdown": round(hot_s / spread_s, 1),
         "five_per_stream_seconds": round(several_s, 4),
         "five_per_stream_step_calls": several_calls,
+        "mixed_max_stream_readings": args.max_stream_readings,
+        "mixed_unpaced_seconds": round(unpaced_s, 4),
+        "mixed_paced_first_batch_seconds": round(paced_first_s, 4),
+        "mixed_paced_all_batches_seconds": round(paced_all_s, 4),
+        "mixed_paced_batches": paced_batches,
     }
     if args.json:
         print(json.dumps(report))

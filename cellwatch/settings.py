@@ -200,6 +200,10 @@ class WorkerSettings(SettingsSection):
     max_streams: int = setting(
         0, "most streams one worker holds; beyond it the least recently seen are evicted "
         "(0: no limit)", minimum=0)
+    max_stream_readings_per_batch: int = setting(
+        100, "readings of one stream scored in one batch; from the next one on, the rest of "
+        "its partition waits for the next batch (a hot stream then delays the others by at "
+        "most this many step rounds)", positive=True)
     reload_poll_seconds: float = setting(
         5.0, "how often the model artifact is checked for a new model (0: only on SIGHUP)",
         minimum=0)

@@ -62,6 +62,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_abs_value=worker.max_abs_value,
         max_stream_id_bytes=worker.max_stream_id_bytes,
         max_streams=worker.max_streams,
+        max_stream_readings_per_batch=worker.max_stream_readings_per_batch,
     )
 
 

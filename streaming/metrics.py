@@ -195,8 +195,14 @@ class WorkerMetrics:
         counter, gauge = self._counter, self._gauge
         self.consumer_lag = gauge(
             "consumer_lag_messages",
-            "Records between the consumer's position and the end of an assigned partition.",
+            "Records of an assigned partition not yet processed: between the consumer's "
+            "position and the partition's end, and those polled but held for a later batch.",
             ["topic", "partition"])
+        self.held_back_messages = gauge(
+            "held_back_messages",
+            "Records polled but held for a later batch: a stream's readings beyond "
+            "worker.max_stream_readings_per_batch in one batch, and the rest of its "
+            "partition after them.")
         self.assigned_partitions = gauge(
             "assigned_partitions", "Partitions of the readings topic assigned to this worker.")
         self.rebalances = counter(
@@ -354,6 +360,9 @@ class WorkerMetrics:
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Lag of one assigned partition; ``forget_partition`` removes it on revocation."""
         self.consumer_lag.labels(str(topic), str(_count(partition, "partition"))).set(lag)
+
+    def set_held_back(self, records: int) -> None:
+        self.held_back_messages.set(_count(records, "held_back"))
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Remove a revoked or lost partition's lag series (no error if it has none)."""

@@ -22,6 +22,10 @@ only the new ones, which the rules below handle as they stand.
   committed under the ending generation), and every partition the worker keeps or gets is
   restored from the committed changelog.
 
+A partition revoked, lost or rewound is *stale* for the loop until it asks
+(:meth:`PartitionTracker.take_stale`): the records of it the worker still holds back
+(:mod:`streaming.pacing`) are read again from the committed offset, so it drops them.
+
 An error in a callback cannot usefully be raised there (only kafka-python's logger would see
 it): it is kept, and the loop raises it (:meth:`PartitionTracker.raise_failure`).
 """
@@ -77,6 +81,9 @@ class PartitionTracker:
         self.assigned: set[int] = set()
         self.revoked: set[int] = set()  # revoked, states kept until the next assignment
         self.to_restore: set[int] = set()
+        # Revoked, lost or rewound since the loop last asked: records of them read before
+        # are read again from the committed offset (streaming.pacing drops those it holds).
+        self.stale: set[int] = set()
         self.joined = False
         self.failure: BaseException | None = None  # raised in a callback, re-raised by the loop
 
@@ -120,6 +127,7 @@ class PartitionTracker:
                 to_commit = {}
             self.assigned.difference_update(partitions)
             self.to_restore.difference_update(partitions)
+            self.stale.update(partitions)
             self.metrics.set_assigned_partitions(len(self.assigned))
             self.metrics.record_rebalance("revoked")
         log.info("revoked partitions %s", list(partitions))
@@ -136,6 +144,7 @@ class PartitionTracker:
                     self.failure = error
         with self.lock:
             self.revoked.difference_update(partitions)
+            self.stale.update(partitions)
         self._drop(partitions, "lost")
 
     def _abort_transaction(self, revoked: Sequence[int]) -> None:
@@ -174,6 +183,12 @@ class PartitionTracker:
             failure, self.failure = self.failure, None
             raise failure
 
+    def take_stale(self) -> set[int]:
+        """The partitions revoked, lost or rewound since the last call."""
+        with self.lock:
+            stale, self.stale = self.stale, set()
+        return stale
+
     def not_ready(self) -> str | None:
         """Why the worker cannot score yet, or None."""
         if not self.joined:
@@ -195,6 +210,7 @@ class PartitionTracker:
             result = restore_states(self.store, self.changelog.read(partitions),
                                     self.readings_topic, self.clock())
             self.to_restore.clear()
+            self.stale.update(partitions)
         # The restored states reflect at least everything before the committed offsets;
         # replaying from there is safe (what they reflect is skipped), and a position left
         # further on would skip readings the states never saw (after an abort). Outside the

@@ -2,15 +2,19 @@
 
 One loop, one batch at a time (:meth:`Worker.run`):
 
-1. poll up to ``max_poll_records`` readings;
+1. poll up to ``max_poll_records`` readings, less those held back from the last batch;
 2. restore the partitions assigned since the last poll, if any
    (:meth:`streaming.partitions.PartitionTracker.restore`);
-3. validate, score and publish them (:mod:`streaming.batches`): a bad message goes to the
+3. pace (:mod:`streaming.pacing`): a batch holds at most ``max_stream_readings_per_batch``
+   readings of one stream; from the next one on, the rest of its partition waits for the
+   next batch (a hot stream would otherwise hold every other stream's readings back for as
+   many step rounds as it has readings);
+4. validate, score and publish them (:mod:`streaming.batches`): a bad message goes to the
    dead-letter topic (:mod:`streaming.dead_letters`), the good ones are scored by the
    :class:`~streaming.engine.ScoringEngine`, one score record per reading and one event per
    closed anomaly episode are published, and the broker acknowledges every output record;
-4. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
-5. commit (:class:`streaming.checkpoint.Checkpoint`): without a changelog, the batch's
+5. beyond ``max_streams`` streams, evict the least recently used (tombstones follow);
+6. commit (:class:`streaming.checkpoint.Checkpoint`): without a changelog, the batch's
    offsets at once (at-least-once: a crash before the commit replays the batch, and its
    records, keyed and built deterministically, are reproduced identically); with one, every
    ``checkpoint_interval_s``: the states of the streams changed since the last checkpoint,
@@ -71,6 +75,7 @@ from streaming.engine import ScoringEngine
 from streaming.messages import ReadingParser
 from streaming.metrics import WorkerMetrics, state_layout_label
 from streaming.model_reload import ModelInfo, swapped_engine
+from streaming.pacing import HeldBack
 from streaming.partitions import PartitionTracker
 from streaming.ports import ReadingSource, RecordSink, SourceRecord
 from streaming.state_store import StateStore
@@ -112,6 +117,8 @@ class WorkerConfig:
     max_stream_id_bytes: int = 256
     # Streams held at most; beyond it the least recently seen are evicted (0: no limit).
     max_streams: int = 0
+    # Readings of one stream in one batch; the rest of its partition waits (streaming.pacing).
+    max_stream_readings_per_batch: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +171,7 @@ class Worker:
         self._heartbeat = time.monotonic()
         self._next_maintenance = 0.0
         self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
+        self.held_back = HeldBack(config.max_stream_readings_per_batch)
         # Never held across a blocking consumer call (see streaming.partitions).
         self._lock = parts.lock
         metrics.set_model(model.version, model.trained_at, model.trained_at_s,
@@ -193,11 +201,16 @@ class Worker:
         clean = False
         try:
             while not stop.is_set():
-                records = source.poll(self.config.poll_timeout_ms, self.config.max_poll_records)
+                held = len(self.held_back)  # at most max_poll_records - 1 (see pacing)
+                records = source.poll(0 if held else self.config.poll_timeout_ms,
+                                      self.config.max_poll_records - held)
                 self._heartbeat = time.monotonic()
                 self.partitions.raise_failure()
                 self.swap_offered_model()
                 records = self.restore_assigned(records)
+                self.held_back.drop(self.partitions.take_stale())
+                records = self.held_back.next_batch(records)
+                self.metrics.set_held_back(len(self.held_back))
                 if records:
                     self.process(records)
                 if time.monotonic() >= self._next_checkpoint:
@@ -296,5 +309,8 @@ class Worker:
                 log.info("evicted %d idle streams", len(evicted))
             self.metrics.set_streams(len(self.store), self.store.nbytes)
         if self.source is not None:
+            # Held-back records are behind the consumer's position but not yet processed.
+            held = self.held_back.by_partition()
             for partition, lag in self.source.lag().items():
-                self.metrics.set_lag(self.config.readings_topic, partition, lag)
+                self.metrics.set_lag(self.config.readings_topic, partition,
+                                     lag + held.get(partition, 0))

@@ -32,7 +32,8 @@ def test_step_throughput_runs_and_reports_json():
 
 def test_hot_stream_runs_and_reports_json():
     run = subprocess.run(
-        [sys.executable, "benchmarks/hot_stream.py", "--json", "--readings", "20"],
+        [sys.executable, "benchmarks/hot_stream.py", "--json", "--readings", "20",
+         "--max-stream-readings", "8"],
         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, text=True,
         capture_output=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -40,3 +41,7 @@ def test_hot_stream_runs_and_reports_json():
     assert report["one_stream_step_calls"] == 20 and report["many_streams_step_calls"] == 1
     assert 0 < report["one_stream_share_in_step"] <= 1
     assert report["one_stream_seconds"] > 0 and report["many_streams_seconds"] > 0
+    # 20 hot readings at 8 per batch: 3 batches, the first holding the 20 others.
+    assert report["mixed_paced_batches"] == 3
+    assert 0 < report["mixed_paced_first_batch_seconds"] <= report[
+        "mixed_paced_all_batches_seconds"]

@@ -103,7 +103,8 @@ class BrokerChangelog:
 class BrokerSource:
     """Delivers from the committed offsets, assigns its partitions on the first poll like a
     group join, advances a fake monotonic clock by one second per poll, and crashes on poll
-    number ``crash_at``; sets ``stop`` once everything was delivered."""
+    number ``crash_at``; sets ``stop`` once everything was delivered and the worker holds
+    nothing back (:mod:`streaming.pacing`)."""
 
     def __init__(self, broker: Broker, worker: Worker, partitions: Sequence[int],
                  stop: threading.Event, crash_at: int | None = None,
@@ -136,7 +137,7 @@ class BrokerSource:
             if self.positions[partition] < len(records):
                 batch.append(records[self.positions[partition]])
                 self.positions[partition] += 1
-        if not batch:
+        if not batch and not self.worker.held_back:
             self.stop.set()
         return batch
 
