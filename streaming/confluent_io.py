@@ -208,6 +208,20 @@ class ConfluentReadingSource:
             self._consumer.incremental_unassign(targets)
             self._consumer.incremental_assign(targets)
 
+    def pause(self, partitions: Sequence[int]) -> None:
+        tps = self._assigned_of(partitions)
+        if tps:
+            self._consumer.pause(tps)
+
+    def resume(self, partitions: Sequence[int]) -> None:
+        tps = self._assigned_of(partitions)
+        if tps:
+            self._consumer.resume(tps)
+
+    def _assigned_of(self, partitions: Sequence[int]) -> list[TopicPartition]:
+        assigned = {tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic}
+        return [TopicPartition(self.topic, p) for p in partitions if p in assigned]
+
     def lag(self) -> dict[int, int]:
         lags = {}
         for tp in self._consumer.assignment():

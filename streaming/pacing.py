@@ -5,7 +5,7 @@ readings depend on each other, so they cannot share a step call), and a round of
 costs nearly what a round of thousands does (about 0.38 ms on the 2-core development
 machine: hundreds of NumPy calls on one-row arrays). Unpaced, a poll holding 5,000 readings
 of one hot stream took 5,000 rounds, about 1.9 s, and every other stream's reading in that
-poll waited for all of them (``benchmarks/hot_stream.py``, the paced rows).
+poll waited for all of them (``benchmarks/hot_stream.py``, its ``mixed_`` figures).
 
 Paced, once a stream has ``max_stream_readings`` readings in the batch, its next reading and
 every later record of *its partition* are held back, in order, for the next batch. Holding
@@ -26,8 +26,10 @@ key: the worker dead-letters a reading whose key is not its stream id (``key_mis
 a valid reading's key is its stream; a record without a key never reaches a round and is
 not counted.
 
-The worker polls at most ``max_poll_records`` minus what it holds (so the two together
-never exceed one poll's worth) and does not wait in a poll while it holds records. When a
+The worker pauses the partitions it holds records of (the consumer fetches nothing more of
+them, so the other partitions get whole polls) and resumes each once its held records are
+scored; it does not wait in a poll while it holds records. A partition's held records come
+from the one poll before it was paused: at most ``max_poll_records`` per partition. When a
 partition is revoked, lost or rewound (restored from the changelog), its held-back records
 are dropped: the consumer reads them again from the committed offset, here or at the next
 owner.
@@ -57,9 +59,15 @@ class HeldBack:
                              f"{max_stream_readings}")
         self.max_stream_readings = max_stream_readings
         self._records: list[SourceRecord] = []
+        self._partitions: frozenset[int] = frozenset()  # of the held records
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions some records of which are held."""
+        return self._partitions
 
     def by_partition(self) -> dict[int, int]:
         """How many records are held per partition."""
@@ -79,6 +87,7 @@ class HeldBack:
         pooled.pop(None, None)
         if not pooled or max(pooled.values()) <= limit:
             self._records = []
+            self._partitions = frozenset()
             return pending
         counts: dict[tuple[int, bytes], int] = {}
         paused: set[int] = set()
@@ -99,6 +108,7 @@ class HeldBack:
                 counts[partition, key] = seen + 1
             batch.append(record)
         self._records = held
+        self._partitions = frozenset(paused)
         return batch
 
     def drop(self, partitions: Iterable[int]) -> int:
@@ -110,4 +120,5 @@ class HeldBack:
         kept = [record for record in self._records if record.partition not in gone]
         dropped = len(self._records) - len(kept)
         self._records = kept
+        self._partitions = self._partitions - gone
         return dropped

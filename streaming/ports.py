@@ -54,6 +54,14 @@ class ReadingSource(Protocol):
         """Moves the position of ``partitions`` back to the group's committed offsets (their
         start when nothing is committed): the next polls re-read from there."""
 
+    def pause(self, partitions: Sequence[int]) -> None:
+        """Fetches nothing more of ``partitions`` until :meth:`resume` (the worker holds
+        records of them back, :mod:`streaming.pacing`); partitions not assigned are ignored.
+        A rebalance that assigns a partition anew resumes it."""
+
+    def resume(self, partitions: Sequence[int]) -> None:
+        """Fetches ``partitions`` again, from their positions; not assigned ones are ignored."""
+
     def close(self) -> None: ...
 
 

@@ -2,13 +2,14 @@
 
 One loop, one batch at a time (:meth:`Worker.run`):
 
-1. poll up to ``max_poll_records`` readings, less those held back from the last batch;
+1. poll up to ``max_poll_records`` readings (of the partitions not paused);
 2. restore the partitions assigned since the last poll, if any
    (:meth:`streaming.partitions.PartitionTracker.restore`);
 3. pace (:mod:`streaming.pacing`): a batch holds at most ``max_stream_readings_per_batch``
    readings of one stream; from the next one on, the rest of its partition waits for the
-   next batch (a hot stream would otherwise hold every other stream's readings back for as
-   many step rounds as it has readings);
+   next batch, and the partition is paused until they are scored (a hot stream would
+   otherwise hold every other stream's readings back for as many step rounds as it has
+   readings);
 4. validate, score and publish them (:mod:`streaming.batches`): a bad message goes to the
    dead-letter topic (:mod:`streaming.dead_letters`), the good ones are scored by the
    :class:`~streaming.engine.ScoringEngine`, one score record per reading and one event per
@@ -172,6 +173,7 @@ class Worker:
         self._next_maintenance = 0.0
         self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
         self.held_back = HeldBack(config.max_stream_readings_per_batch)
+        self._paused: frozenset[int] = frozenset()  # partitions paused in the source
         # Never held across a blocking consumer call (see streaming.partitions).
         self._lock = parts.lock
         metrics.set_model(model.version, model.trained_at, model.trained_at_s,
@@ -201,16 +203,16 @@ class Worker:
         clean = False
         try:
             while not stop.is_set():
-                held = len(self.held_back)  # at most max_poll_records - 1 (see pacing)
-                records = source.poll(0 if held else self.config.poll_timeout_ms,
-                                      self.config.max_poll_records - held)
+                # Records in hand: no waiting for more.
+                records = source.poll(0 if self.held_back else self.config.poll_timeout_ms,
+                                      self.config.max_poll_records)
                 self._heartbeat = time.monotonic()
                 self.partitions.raise_failure()
                 self.swap_offered_model()
                 records = self.restore_assigned(records)
                 self.held_back.drop(self.partitions.take_stale())
                 records = self.held_back.next_batch(records)
-                self.metrics.set_held_back(len(self.held_back))
+                self._pause_held_partitions(source)
                 if records:
                     self.process(records)
                 if time.monotonic() >= self._next_checkpoint:
@@ -233,6 +235,18 @@ class Worker:
                 self.sink.close()
             if clean:
                 self.partitions.raise_failure()
+
+    def _pause_held_partitions(self, source: ReadingSource) -> None:
+        """Pauses the partitions the worker holds records of (a poll would only add to
+        them) and resumes those it no longer does (scored, or dropped as stale)."""
+        held = self.held_back.partitions
+        if held != self._paused:
+            if held - self._paused:
+                source.pause(sorted(held - self._paused))
+            if self._paused - held:
+                source.resume(sorted(self._paused - held))
+            self._paused = held
+        self.metrics.set_held_back(len(self.held_back))
 
     def process(self, records: Sequence[SourceRecord]) -> None:
         """Scores and publishes one batch; commits it too when there is no changelog."""

@@ -89,6 +89,12 @@ class TimedSource:
     def rewind(self, partitions) -> None:
         self._source.rewind(partitions)
 
+    def pause(self, partitions) -> None:
+        self._source.pause(partitions)
+
+    def resume(self, partitions) -> None:
+        self._source.resume(partitions)
+
     def group_metadata(self):
         return self._source.group_metadata()
 

@@ -261,6 +261,12 @@ class FakeReadingSource:
     def rewind(self, partitions: Sequence[int]) -> None:
         self.events.append(("rewind", list(partitions)))
 
+    def pause(self, partitions: Sequence[int]) -> None:
+        self.events.append(("pause", list(partitions)))
+
+    def resume(self, partitions: Sequence[int]) -> None:
+        self.events.append(("resume", list(partitions)))
+
     def close(self) -> None:
         self.closed = True
 

@@ -101,10 +101,10 @@ class BrokerChangelog:
 
 
 class BrokerSource:
-    """Delivers from the committed offsets, assigns its partitions on the first poll like a
-    group join, advances a fake monotonic clock by one second per poll, and crashes on poll
-    number ``crash_at``; sets ``stop`` once everything was delivered and the worker holds
-    nothing back (:mod:`streaming.pacing`)."""
+    """Delivers from the committed offsets (nothing of a paused partition), assigns its
+    partitions on the first poll like a group join, advances a fake monotonic clock by one
+    second per poll, and crashes on poll number ``crash_at``; sets ``stop`` once everything
+    was delivered and the worker holds nothing back (:mod:`streaming.pacing`)."""
 
     def __init__(self, broker: Broker, worker: Worker, partitions: Sequence[int],
                  stop: threading.Event, crash_at: int | None = None,
@@ -117,6 +117,7 @@ class BrokerSource:
         self.crash_at = crash_at
         self.clock = clock
         self.polls = 0
+        self.paused: set[int] = set()
         self.closed = False
 
     def poll(self, timeout_ms: int, max_records: int) -> list[FakeRecord]:
@@ -128,10 +129,11 @@ class BrokerSource:
         if self.polls == self.crash_at:
             raise Crash
         batch: list[FakeRecord] = []
-        for partition in itertools.cycle(self.partitions):
+        fetchable = [p for p in self.partitions if p not in self.paused]
+        for partition in itertools.cycle(fetchable):
             if len(batch) >= max_records or all(
                     self.positions[p] >= len(self.broker.inputs.get(p, ()))
-                    for p in self.partitions):
+                    for p in fetchable):
                 break
             records = self.broker.inputs.get(partition, [])
             if self.positions[partition] < len(records):
@@ -153,6 +155,12 @@ class BrokerSource:
     def rewind(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
             self.positions[partition] = self.broker.committed.get(partition, 0)
+
+    def pause(self, partitions: Sequence[int]) -> None:
+        self.paused.update(set(partitions) & set(self.partitions))
+
+    def resume(self, partitions: Sequence[int]) -> None:
+        self.paused.difference_update(partitions)
 
     def close(self) -> None:
         self.closed = True

@@ -74,13 +74,34 @@ def run(step: StreamingStep, broker: Broker, source_type=BrokerSource, crash_at=
     return worker, source
 
 
+class RecordingSource(BrokerSource):
+    """Records each poll's arguments and each pause and resume."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.calls: list[tuple] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[FakeRecord]:
+        self.calls.append(("poll", timeout_ms, max_records))
+        return super().poll(timeout_ms, max_records)
+
+    def pause(self, partitions) -> None:
+        self.calls.append(("pause", list(partitions)))
+        super().pause(partitions)
+
+    def resume(self, partitions) -> None:
+        self.calls.append(("resume", list(partitions)))
+        super().resume(partitions)
+
+
 def test_the_hot_stream_holds_back_only_its_own_partition(
         step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]) -> None:
     readings, broker = hot_and_cold(recorded, cold_steps=LIMIT)
     config = dataclasses.replace(PACED, max_poll_records=100)
     worker = make_worker(step, broker, config=config)
     stop = threading.Event()
-    worker.run(BrokerSource(broker, worker, (0, 1), stop, clock=fake_monotonic), stop)
+    source = RecordingSource(broker, worker, (0, 1), stop, None, fake_monotonic)
+    worker.run(source, stop)
     # Poll 1 joins the group (its records are read again after the restore); poll 2 takes
     # everything, and its batch holds partition 0 up to the hot stream's third reading and
     # all of partition 1 (the two partitions' records alternate in the poll).
@@ -91,6 +112,13 @@ def test_the_hot_stream_holds_back_only_its_own_partition(
     assert len(broker.on("dead-letters")) == 1
     # Each batch held at most LIMIT readings of a stream: 30 hot readings took 15 batches.
     assert len([e for e in worker.sink.events if e[0] == "flush"]) >= 15
+    # Partition 0 was paused while records of it were held, and resumed once they were
+    # scored; a poll never waits while records are held, and always asks for a whole poll.
+    pauses = [call for call in source.calls if call[0] != "poll"]
+    assert pauses == [("pause", [0]), ("resume", [0])]
+    paused_at, resumed_at = (source.calls.index(call) for call in pauses)
+    assert all(call == ("poll", 0, 100) for call in source.calls[paused_at + 1:resumed_at])
+    assert all(call[2] == 100 for call in source.calls if call[0] == "poll")
 
 
 @pytest.mark.parametrize("transactional", [False, True])
@@ -125,6 +153,7 @@ class MovingSource(BrokerSource):
             self.worker.partitions.on_assigned([1])
             self.partitions = [1]
             self.positions = {1: self.broker.committed.get(1, 0)}
+            self.paused.clear()  # assigned anew
         return super().poll(timeout_ms, max_records)
 
 
@@ -150,18 +179,17 @@ def test_records_held_for_a_partition_that_moved_are_left_to_its_next_owner(
 
 class LaggingSource(BrokerSource):
     """Reports the records it has not delivered as the lag of each partition, and lets the
-    worker run its maintenance at poll ``measure_at``, when records are held."""
+    worker run its maintenance once, at the first poll while records are held."""
 
-    def __init__(self, *args, measure_at: int) -> None:
+    def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.measure_at = measure_at
         self.held = -1
 
     def lag(self) -> dict[int, int]:
         return {p: len(self.broker.inputs[p]) - self.positions[p] for p in self.partitions}
 
     def poll(self, timeout_ms: int, max_records: int) -> list[FakeRecord]:
-        if self.polls + 1 == self.measure_at:
+        if self.held < 0 and self.worker.held_back:
             self.held = len(self.worker.held_back)
             self.held_gauge = self.worker.metrics.registry.get_sample_value(
                 "cellwatch_held_back_messages")
@@ -182,7 +210,7 @@ def test_held_back_records_count_in_the_lag_and_their_own_gauge(
     registry = CollectorRegistry()
     worker = make_worker(step, broker, registry, config=PACED)
     stop = threading.Event()
-    source = LaggingSource(broker, worker, (0, 1), stop, None, fake_monotonic, measure_at=4)
+    source = LaggingSource(broker, worker, (0, 1), stop, None, fake_monotonic)
     worker.run(source, stop)
     assert source.held > 0 and source.held_gauge == source.held
     assert registry.get_sample_value("cellwatch_held_back_messages") == 0  # at the end
