@@ -491,6 +491,9 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
     env = {**worker_env(bootstrap, artifact, topic, prefix),
            "CELLWATCH_WORKER_MAX_POLL_RECORDS": "100",
            "CELLWATCH_WORKER_POLL_TIMEOUT_MS": "100",
+           # Few enough that pacing holds records back and pauses partitions in every run
+           # (streaming.pacing), so the faults strike it too.
+           "CELLWATCH_WORKER_MAX_STREAM_READINGS_PER_BATCH": "4",
            "CELLWATCH_WORKER_TRANSACTIONAL": "true" if run.transactional else "false",
            "PYTHONUNBUFFERED": "1"}  # a SIGKILLed worker's log keeps its last lines
     rows, messages = seeded_load(run)
