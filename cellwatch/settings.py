@@ -202,8 +202,8 @@ class WorkerSettings(SettingsSection):
         "(0: no limit)", minimum=0)
     max_stream_readings_per_batch: int = setting(
         100, "readings of one stream scored in one batch; from the next one on, the rest of "
-        "its partition waits for the next batch (a hot stream then delays the others by at "
-        "most this many step rounds)", positive=True)
+        "its partition waits for the next batch, the partition paused meanwhile (a batch then "
+        "takes at most this many step rounds, whatever one hot stream sends)", positive=True)
     reload_poll_seconds: float = setting(
         5.0, "how often the model artifact is checked for a new model (0: only on SIGHUP)",
         minimum=0)
