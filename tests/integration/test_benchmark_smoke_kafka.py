@@ -64,3 +64,14 @@ def test_durability_runs_and_reports_json(kafka_broker) -> None:
     assert modes["checkpoints_every_second"]["checkpoint_records"] >= 200
     restore = report["restore"]
     assert restore["streams"] == restore["records_read"] == 1000 and restore["incompatible"] == 0
+
+
+def test_hot_stream_kafka_runs_and_reports_json(kafka_broker) -> None:
+    report = run_benchmark(
+        "hot_stream_kafka.py", "--bootstrap", kafka_broker.bootstrap, "--hot", "300",
+        "--others", "200", "--other-streams", "50", "--limit", "20", "--limit", "1000",
+        timeout_s=300)
+    assert [run["limit"] for run in report["runs"]] == [20, 1000]
+    for run in report["runs"]:
+        assert run["hot"] == 300 and run["others"] == 200
+        assert 0 < run["others_scored_seconds"] <= run["all_scored_seconds"]
