@@ -4,19 +4,21 @@ and off.
 A two-partition topic is filled before the worker starts: ``--hot`` readings of one stream
 in partition 0 and ``--others`` readings of ``--other-streams`` streams (in turn, each
 stream's in time order) in partition 1. Then ``cellwatch.wiring.run_worker`` itself runs in
-a thread (kafka-python, its own group and output topics) while a consumer reads the scores
-topic back. Reported per run: seconds from the worker's first records to the last score of
-the other streams, and to the last score of all, for each ``--limit`` (the worker's
-``max_stream_readings_per_batch``; a limit at least ``--hot`` is no pacing). Unpaced, the
-other streams wait for every hot reading the same polls brought (one step round each);
-paced, the hot partition is held back and paused, and the other partition goes on.
+a thread (``--client``: kafka-python, confluent, or both in turn; its own group and output
+topics) while a consumer reads the scores topic back. Reported per run: seconds from the
+worker's first records to the last score of the other streams, and to the last score of
+all, for each ``--limit`` (the worker's ``max_stream_readings_per_batch``; a limit at least
+``--hot`` is no pacing). Unpaced, the other streams wait for every hot reading the same
+polls brought (one step round each); paced, the hot partition is held back and paused, and
+the other partition goes on.
 
-One run per limit and ``--repeats`` times over (alternating); how long the unpaced worker
-makes the others wait depends on which partition the consumer happens to fetch first, so
-look at every run. Starts a local broker unless ``--bootstrap`` names one.
+One run per client and limit, ``--repeats`` times over (alternating); how long the unpaced
+worker makes the others wait depends on which partition the consumer happens to fetch
+first, so look at every run. Starts a local broker unless ``--bootstrap`` names one.
 
     python benchmarks/hot_stream_kafka.py [--json] [--hot 20000] [--others 20000]
         [--other-streams 1000] [--limit 100 --limit 1000000000] [--repeats 1]
+        [--client both|kafka-python|confluent]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from benchmarks.end_to_end.readings import (  # noqa: E402
 from benchmarks.end_to_end.timed_parts import Timings, timed_wrappers  # noqa: E402
 
 HOT_STREAM = "hot"
+CLIENTS = ("kafka-python", "confluent")
 TIMEOUT_S = 600.0
 
 
@@ -89,8 +92,8 @@ def fill_topic(bootstrap: str, topic: str, hot: int, others: int, other_streams:
     producer.close()
 
 
-def one_run(bootstrap: str, artifact: Path, hot: int, others: int, other_streams: int,
-            limit: int, seed: int) -> dict:
+def one_run(bootstrap: str, artifact: Path, client: str, hot: int, others: int,
+            other_streams: int, limit: int, seed: int) -> dict:
     """Fills a fresh topic, runs a worker with pacing at ``limit`` until every reading's
     score is read back; seconds from its first records."""
     from kafka import KafkaConsumer
@@ -102,7 +105,8 @@ def one_run(bootstrap: str, artifact: Path, hot: int, others: int, other_streams
     topic = f"{prefix}.readings"
     fill_topic(bootstrap, topic, hot, others, other_streams, seed)
     settings = load_settings(environ={}, overrides={
-        "kafka.bootstrap_servers": bootstrap, "kafka.client_id": f"{prefix}-worker",
+        "kafka.bootstrap_servers": bootstrap, "kafka.client": client,
+        "kafka.client_id": f"{prefix}-worker",
         "kafka.group_id": f"{prefix}-group", "kafka.readings_topic": topic,
         "kafka.scores_topic": f"{prefix}.scores", "kafka.anomalies_topic": f"{prefix}.anomalies",
         "kafka.dead_letter_topic": f"{prefix}.dead-letter", "model.artifact": str(artifact),
@@ -147,7 +151,7 @@ def one_run(bootstrap: str, artifact: Path, hot: int, others: int, other_streams
         worker.join(60)
         consumer.close()
     start = timings.first_records_at
-    return {"limit": limit, "hot": hot, "others": others,
+    return {"client": client, "limit": limit, "hot": hot, "others": others,
             "others_scored_seconds": round(others_done - start, 3),
             "all_scored_seconds": round(all_done - start, 3)}
 
@@ -162,11 +166,12 @@ def main() -> None:
                         help="max_stream_readings_per_batch (repeatable; default 100 and 10^9)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per limit")
     parser.add_argument("--bootstrap", help="a running broker (default: start a local one)")
+    parser.add_argument("--client", choices=(*CLIENTS, "both"), default="both")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     limits = args.limit or [100, 10**9]
-    report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "client": "kafka-python", "runs": []}
+    clients = CLIENTS if args.client == "both" else (args.client,)
+    report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-hot-") as workdir, \
             contextlib.ExitStack() as stack:
         bootstrap = args.bootstrap
@@ -178,9 +183,11 @@ def main() -> None:
             bootstrap = broker.start()
         artifact = build_artifact(Path(workdir) / "artifact", args.seed)
         for _ in range(args.repeats):
-            for limit in limits:
-                report["runs"].append(one_run(bootstrap, artifact, args.hot, args.others,
-                                              args.other_streams, limit, args.seed))
+            for client in clients:
+                for limit in limits:
+                    report["runs"].append(one_run(bootstrap, artifact, client, args.hot,
+                                                  args.others, args.other_streams, limit,
+                                                  args.seed))
     if args.json:
         print(json.dumps(report))
     else:

@@ -71,7 +71,8 @@ def test_hot_stream_kafka_runs_and_reports_json(kafka_broker) -> None:
         "hot_stream_kafka.py", "--bootstrap", kafka_broker.bootstrap, "--hot", "300",
         "--others", "200", "--other-streams", "50", "--limit", "20", "--limit", "1000",
         timeout_s=300)
-    assert [run["limit"] for run in report["runs"]] == [20, 1000]
+    assert [(run["client"], run["limit"]) for run in report["runs"]] == [
+        ("kafka-python", 20), ("kafka-python", 1000), ("confluent", 20), ("confluent", 1000)]
     for run in report["runs"]:
         assert run["hot"] == 300 and run["others"] == 200
         assert 0 < run["others_scored_seconds"] <= run["all_scored_seconds"]
