@@ -11,10 +11,12 @@ Paced, once a stream has ``max_stream_readings`` readings in the batch, its next
 every later record of *its partition* are held back, in order, for the next batch. Holding
 the rest of the partition, not only the hot stream's readings, keeps what a batch applies a
 contiguous prefix of each partition: the offsets a batch commits are exactly the first
-held-back record's, so after a crash or a rebalance the partition is re-read from there and
-nothing after it had been applied or dead-lettered (nothing lost, nothing repeated, without
-relying on the per-stream "already applied" check). Other partitions' readings are scored
-without waiting for the hot stream's backlog.
+held-back record's, so after a crash or a rebalance the partition is re-read from there,
+and nothing after it had been applied or dead-lettered: holding back neither skips a record
+nor makes one be processed twice (without relying on the per-stream "already applied"
+check; what a crash between a flush and its commit replays is the worker's usual
+at-least-once, as before). Other partitions' readings are scored without waiting for the
+hot stream's backlog.
 
 What pacing does not change: a stream's own readings are still scored one round each, so
 one stream is scored at most at the round rate (about 2,600 readings/s here); a partition
