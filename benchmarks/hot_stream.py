@@ -45,7 +45,7 @@ from detector.features import ChannelScaler  # noqa: E402
 from detector.model import ForecasterConfig, build_forecaster, step_params  # noqa: E402
 from detector.scorer_config import ScorerConfig  # noqa: E402
 from detector.step import StreamingStep  # noqa: E402
-from streaming.engine import Reading, ScoringEngine  # noqa: E402
+from streaming.engine import BatchResult, Reading, ScoringEngine  # noqa: E402
 from streaming.output_records import encode_episode, encode_scores  # noqa: E402
 from streaming.pacing import HeldBack  # noqa: E402
 from streaming.state_store import StateStore  # noqa: E402
@@ -55,21 +55,30 @@ CHANNELS = 4
 T0_MS = 1_700_000_000_000
 
 
+def fresh_engine(step: StreamingStep) -> ScoringEngine:
+    return ScoringEngine(step, StateStore(step.layout), [f"c{i}" for i in range(CHANNELS)],
+                         "bench")
+
+
+def timed_batch(engine: ScoringEngine, readings: list[Reading]) -> tuple[float, BatchResult]:
+    """Wall seconds of one ``process`` call and the writing of its score and episode records,
+    as the worker publishes them; and the call's result."""
+    start = time.perf_counter()
+    result = engine.process(readings)
+    encode_scores(result.scores)
+    for ended in result.episodes:
+        encode_episode(ended)
+    return time.perf_counter() - start, result
+
+
 def engine_seconds(step: StreamingStep, readings: list[Reading],
                    repeats: int) -> tuple[float, float, int]:
-    """(wall seconds of one ``process`` call and the writing of its score and episode records,
-    as the worker publishes them; seconds inside the step; step calls), of the fastest of
-    ``repeats`` runs."""
+    """(:func:`timed_batch`'s seconds; seconds inside the step; step calls) of one batch, the
+    fastest of ``repeats`` runs, each on a fresh engine."""
     runs = []
     for _ in range(repeats):
-        engine = ScoringEngine(step, StateStore(step.layout),
-                               [f"c{i}" for i in range(CHANNELS)], "bench")
-        start = time.perf_counter()
-        result = engine.process(readings)
-        encode_scores(result.scores)
-        for ended in result.episodes:
-            encode_episode(ended)
-        runs.append((time.perf_counter() - start, result.step_seconds, result.step_calls))
+        seconds, result = timed_batch(fresh_engine(step), readings)
+        runs.append((seconds, result.step_seconds, result.step_calls))
     return min(runs)
 
 
@@ -82,34 +91,23 @@ class Polled:
     reading: Reading
 
 
-def timed_batch(engine: ScoringEngine, readings: list[Reading]) -> float:
-    """Seconds to score ``readings`` and write their records."""
-    start = time.perf_counter()
-    result = engine.process(readings)
-    encode_scores(result.scores)
-    for ended in result.episodes:
-        encode_episode(ended)
-    return time.perf_counter() - start
-
-
 def paced_seconds(step: StreamingStep, polled: list[Polled], max_stream_readings: int | None,
                   repeats: int) -> tuple[float, float, int]:
     """(first batch's seconds, all batches' seconds, batches) of one poll, paced as the worker
     paces it (None: unpaced, one batch), the fastest of ``repeats`` runs."""
     runs = []
     for _ in range(repeats):
-        engine = ScoringEngine(step, StateStore(step.layout),
-                               [f"c{i}" for i in range(CHANNELS)], "bench")
+        engine = fresh_engine(step)
         if max_stream_readings is None:
-            seconds = timed_batch(engine, [record.reading for record in polled])
+            seconds, _ = timed_batch(engine, [record.reading for record in polled])
             runs.append((seconds, seconds, 1))
             continue
         held = HeldBack(max_stream_readings)
         batch = held.next_batch(polled)
-        times = [timed_batch(engine, [record.reading for record in batch])]
+        times = [timed_batch(engine, [record.reading for record in batch])[0]]
         while len(held):
             batch = held.next_batch([])
-            times.append(timed_batch(engine, [record.reading for record in batch]))
+            times.append(timed_batch(engine, [record.reading for record in batch])[0])
         runs.append((times[0], sum(times), len(times)))
     return min(run[0] for run in runs), min(run[1] for run in runs), runs[0][2]
 
