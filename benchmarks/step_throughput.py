@@ -79,11 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    parser.add_argument("--keras-readings", type=int, default=300)
+    parser.add_argument("--keras-readings", type=int, default=300,
+                        help="readings for the per-reading Keras comparison (at least 1)")
     parser.add_argument("--streams", type=int, default=100_000, help="streams in the table")
     parser.add_argument("--batches", default="1,64,1024,16384",
                         help="comma-separated batch sizes (each at most --streams)")
     args = parser.parse_args()
+    if args.keras_readings < 1:
+        parser.error(f"--keras-readings: expected at least 1, received {args.keras_readings}")
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 

@@ -237,8 +237,12 @@ def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: Seas
 # --- variability and repeats: the changes from the previous reading ------------------------
 
 class VariabilityEvidence(NamedTuple):
-    deviate: Array  # [B] the largest channel's (the scorer takes its upper tail, Bonferroni)
-    z: Array  # [B, F]
+    deviate: Array  # [B] the burst's, largest channel's (the scorer takes its upper tail,
+    # Bonferroni)
+    z: Array  # [B, F] the burst's
+    jump_deviate: Array  # [B] the jump's, largest channel's (the scorer takes its
+    # two-sided tail, Bonferroni)
+    jump_z: Array  # [B, F] |change| in long-run RMS changes, where it moves away (else 0)
     change: Array  # [B, F] this clipped reading less the previous one
     change_sq: Array  # [B, F]
     short: Array  # [B, F] the recent mean square of changes before this reading
@@ -247,8 +251,8 @@ class VariabilityEvidence(NamedTuple):
     long_degrees: Array  # [B] the changes the long-run mean holds
 
 
-def variability_evidence(ops, scorer: ScorerConfig, f, state,
-                         r: ReadingContext) -> VariabilityEvidence:
+def variability_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
+                         season: SeasonEvidence) -> VariabilityEvidence:
     # Changes are of the clipped values, which the previous record holds as its input.
     change = r.clipped - state[:, f["reading_t1"]]
     change_sq = change * change
@@ -269,8 +273,18 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state,
         ops, ops.maximum(new_short, r.variance_floor) / ops.maximum(long, r.variance_floor),
         scorer.variability_span, long_degrees[:, None])
     z = ops.where(has_change, z, 0.0)
-    return VariabilityEvidence(ops.max_of_rows(z), z, change, change_sq, short, new_short, long,
-                               long_degrees)
+    # The jump: this one change in units of the channel's long-run RMS change, which a
+    # slow anomaly barely moves (a drift's changes are a fraction of the noise's), unlike
+    # the level and season variances a held shift is judged by. It counts only where the
+    # reading moves away from its hour's mean: the return of a spike, a shift or a dropout
+    # to normal is as large a change, but a recovery, not an anomaly. Under the null a
+    # large change nearly always moves away (it dwarfs the previous deviation), so the
+    # scorer still takes the two-sided tail.
+    away = ops.indicator(ops.abs(season.deviation) > ops.abs(season.deviation - change))
+    jump_z = ops.where(has_change, ops.abs(change) * away / ops.sqrt(
+        ops.maximum(long, r.variance_floor)), 0.0)
+    return VariabilityEvidence(ops.max_of_rows(z), z, ops.max_of_rows(jump_z), jump_z, change,
+                               change_sq, short, new_short, long, long_degrees)
 
 
 class RepeatsEvidence(NamedTuple):

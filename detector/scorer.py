@@ -43,7 +43,20 @@ one judging and one learning function per test, are in :mod:`detector.evidence`:
   17, 1931; Paulson, Ann. Math. Statist. 13, 1942). It catches a burst of variance. A
   change counts up to what would flag it on its own, so a single spike does not hold the
   window up. Only the upper tail: a smooth cycle's changes are small at its peaks and
-  troughs, so a variance that merely dips is no evidence of a fault.
+  troughs, so a variance that merely dips is no evidence of a fault. Its second part, the
+  **jump**, judges this one change, two-sided, in units of the channel's long-run RMS
+  change, where it moves the reading away from its hour's mean (Bonferroni over the two
+  parts). It catches a spike or a step at its first reading in a channel whose level and
+  hourly deviations spread wide (a daily cycle, a weekly one the hourly profile does not
+  model, a slow swing), where they judge the step against several times the noise. The
+  way back of a spike, a shift or a dropout is as large a change but a recovery, towards
+  the hour's mean, so it is not counted: an episode does not end with a second alarm.
+  Which way is "away" is judged against the hourly profile, so a channel that wanders
+  far from it (a random walk) has about half its jumps judged as recoveries. (On
+  ``cellwatch synth``'s data, six recordings of 40 streams, the jump took the spikes found
+  from 35 to 43 of 43 and the level shifts from 27 to 29 of 39, and the share of episodes
+  that overlap a label from 84.3 % to 86.1 %; NAB's standard score over training seeds 7,
+  8 and 9 stayed at 58.5, SKAB's F1 at 0.860.)
 * **repeats**: lost variance (a stuck sensor, a flat line, a dropout to a constant) shows
   as readings that repeat the previous one exactly, a thing a continuous sensor almost
   never does. Each channel's current run of ``r`` exact repeats is compared with how that
@@ -127,7 +140,10 @@ changes, repeats) is roughly stationary per stream, so a departure in any of the
 out against the stream's own history, whatever the stream's units. When it fails: during
 a stream's first ``learning_period`` readings nothing is flagged, and its hourly profile
 needs a few days; a slow drift that the long-run statistics absorb faster than it grows is
-never flagged (measured: 4 of 7 synthetic drifts found); a fault whose readings are each
+never flagged (measured: 12 of 43 synthetic drifts found, over six recordings); a step
+of a few noise deviations in a channel whose hourly deviations spread wider than that is
+found only by its jump, so not when it is small beside the channel's usual changes (29 of
+39 synthetic level shifts found); a fault whose readings are each
 only mildly unusual is found only if it lasts (the persistence test, or the shift test
 for a held offset), and not at all in a stream whose normal surprises are strongly
 correlated; a fault that recurs (the same spike every day) is flagged the first few times
@@ -189,11 +205,12 @@ _JUDGED_FROM_FIRST = np.array([True, True, False, True, True, False])
 
 @functools.cache
 def _gaussian_bonferroni(channels: int) -> np.ndarray:
-    """The Gaussian tests' Bonferroni factors over the channels, in :data:`TESTS` order:
-    the forecast test judges all channels at once, the two-sided ones take the largest of
-    ``2 * channels`` tails, the variability test (an upper tail) of ``channels``."""
-    return np.array([1.0, 2.0 * channels, 2.0 * channels, 2.0 * channels, channels],
-                    dtype=np.float32)
+    """The Gaussian tests' Bonferroni factors over the channels, in :data:`TESTS` order and
+    then the variability test's jump: the forecast test judges all channels at once, the
+    two-sided ones (the jump too) take the largest of ``2 * channels`` tails, the
+    variability test's burst (an upper tail) of ``channels``."""
+    return np.array([1.0, 2.0 * channels, 2.0 * channels, 2.0 * channels, channels,
+                     2.0 * channels], dtype=np.float32)
 
 
 class _Decision(NamedTuple):
@@ -245,22 +262,27 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     level = evidence.level_evidence(ops, f, state, reading)
     shift = evidence.shift_evidence(ops, scorer, f, state, reading, level)
     season = evidence.season_evidence(ops, f, state, reading)
-    variability = evidence.variability_evidence(ops, scorer, f, state, reading)
+    variability = evidence.variability_evidence(ops, scorer, f, state, reading, season)
     repeats = evidence.repeats_evidence(ops, f, state, reading, variability)
     # The Gaussian tests' tails in one call: a round of one stream costs per array
     # operation, whatever its width.
     deviates = ops.concat([forecast.deviate[:, None], level.deviate[:, None],
                            shift.deviate[:, None], season.deviate[:, None],
-                           variability.deviate[:, None]], axis=-1)
-    raw_tails = ops.concat([upper_tail(ops, deviates) * _gaussian_bonferroni(layout.channels),
-                            repeats.tail[:, None]], axis=-1)
+                           variability.deviate[:, None], variability.jump_deviate[:, None]],
+                          axis=-1)
+    tails = upper_tail(ops, deviates) * _gaussian_bonferroni(layout.channels)
+    # The variability test's two parts, the burst and the jump, Bonferroni over the two.
+    changes_tail = 2.0 * ops.minimum(tails[:, 4], tails[:, 5])
+    raw_tails = ops.concat([tails[:, :4], changes_tail[:, None], repeats.tail[:, None]],
+                           axis=-1)
     # The shift and repeats tests judge a stream from its third reading on.
     raw_tails = ops.where(ops.logical_or(reading.has_change[:, None], _JUDGED_FROM_FIRST),
                           raw_tails, 1.0)
     raw_surprises = -ops.log10(ops.minimum(ops.maximum(raw_tails, MIN_TAIL), 1.0))
     # [B, tests, F]
     channel_evidence = ops.concat([ops.abs(forecast.residual)[:, None], level.z[:, None],
-                                   shift.z[:, None], season.z[:, None], variability.z[:, None],
+                                   shift.z[:, None], season.z[:, None],
+                                   ops.maximum(variability.z, variability.jump_z)[:, None],
                                    repeats.evidence[:, None]], axis=1)
 
     calibration = _Calibration.read(ops, scorer, f, state, reading)

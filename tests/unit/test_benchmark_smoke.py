@@ -30,6 +30,15 @@ def test_step_throughput_runs_and_reports_json():
     assert report["keras_per_reading_readings_per_second"] > 0
 
 
+def test_step_throughput_refuses_a_keras_comparison_of_no_readings():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/step_throughput.py", "--keras-readings", "0"],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, text=True,
+        capture_output=True, timeout=300, check=False)
+    assert run.returncode == 2
+    assert "--keras-readings: expected at least 1, received 0" in run.stderr
+
+
 def test_hot_stream_runs_and_reports_json():
     run = subprocess.run(
         [sys.executable, "benchmarks/hot_stream.py", "--json", "--readings", "20",

@@ -132,3 +132,26 @@ def test_a_long_span_no_longer_than_the_short_one_is_refused():
     with pytest.raises(ValueError, match=r"`long_average_span` must be greater than "
                                          r"`average_span` \(10\), received: 10"):
         ScorerConfig(average_span=10, long_average_span=10)
+
+
+def test_a_spike_is_flagged_by_its_jump_where_its_hour_spreads_wide_and_its_way_back_is_not():
+    """Channel 0 swings slowly (6 noise deviations over 3,000 readings), which its hourly
+    profile does not model: a day later the same hour sits about 10 deviations lower, so
+    its level and hourly tests judge a spike of 10 against spreads of about 4 and 6. The
+    spike's change from the reading before stands out against the channel's usual
+    reading-to-reading change (about 1.4 deviations): the variability test's jump flags
+    it, on channel 0. Its way back is as large a change, towards the hour's mean: a
+    recovery, not flagged."""
+    rng = np.random.default_rng(5)
+    steps = 2100
+    t = np.arange(steps)
+    hours = np.tile((t // 60) % 24, (2, 1))  # a "day" of 1,440 readings
+    readings = rng.normal(size=(2, steps, CHANNELS))
+    readings[:, :, 0] += 6 * np.sin(2 * np.pi * t / 3000)
+    spike = 1440 + 8 * 60 + 30  # the swing is at -4.8 here, at +5.3 a day earlier
+    readings[0, spike, 0] -= 10.0  # away from the hour's mean
+    flags, _, tops, _ = score(readings, hours)
+    assert flags[0, spike] and tops[0, spike] == 0
+    assert not flags[0, spike + 1:spike + 5].any()
+    assert flags[1, SCORER.learning_period + 1:].mean() < 0.01
+    assert not flags[0, SCORER.learning_period + 1:spike].any()

@@ -126,6 +126,12 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             variability_tail = 1.0 if count < 2 else channels * upper_tail(float(np.max(
                 ((1 - long_spread) * roots - (1 - spread))
                 / np.sqrt(spread + roots * roots * long_spread))))
+            # The jump: this change in long-run RMS changes where it moves the reading away
+            # from its hour's mean; two-sided, Bonferroni over the channels and the two parts.
+            away = np.abs(deviation) > np.abs(deviation - change)
+            jump_z = np.abs(change) * away / np.sqrt(np.maximum(long, floor))
+            jump_tail = 1.0 if count < 2 else 2 * channels * upper_tail(float(jump_z.max()))
+            variability_tail = min(2 * min(variability_tail, jump_tail), 1.0)
             new_run = (run + 1) * (change == 0) if count >= 1 else run
             first_chance = (rate * seen + 1) / (seen + 2)
             follow_chance = (hits + 1) / (occasions + 2)
