@@ -135,13 +135,14 @@ def test_a_long_span_no_longer_than_the_short_one_is_refused():
 
 
 def test_a_spike_is_flagged_by_its_jump_where_its_hour_spreads_wide_and_its_way_back_is_not():
-    """Channel 0 swings slowly (6 noise deviations over 3,000 readings), which its hourly
-    profile does not model: a day later the same hour sits about 10 deviations lower, so
-    its level and hourly tests judge a spike of 10 against spreads of about 4 and 6. The
-    spike's change from the reading before stands out against the channel's usual
-    reading-to-reading change (about 1.4 deviations): the variability test's jump flags
-    it, on channel 0. Its way back is as large a change, towards the hour's mean: a
-    recovery, not flagged."""
+    """Channel 0 swings slowly (an amplitude of 6 noise deviations, a period of 3,000
+    readings), which its hourly profile does not model: a day later the same hour sits
+    about 10 deviations lower. Its level and hourly deviations wander with the swing
+    (spreads of about 3.7 and 3.2, calibrated as heavy-tailed), so without the jump a
+    spike of 10 scored a surprise of 2.6, unflagged. The spike's change from the reading
+    before stands out against the channel's usual reading-to-reading change (about 1.4
+    deviations): the variability test's jump flags it, on channel 0. Its way back is as
+    large a change, towards the hour's mean: a recovery, not flagged."""
     rng = np.random.default_rng(5)
     steps = 2100
     t = np.arange(steps)
