@@ -169,6 +169,12 @@ def main() -> None:
     parser.add_argument("--client", choices=(*CLIENTS, "both"), default="both")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    for name in ("hot", "others", "other_streams", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected at least 1, received "
+                         f"{getattr(args, name)}")
+    if any(limit < 1 for limit in args.limit or ()):
+        parser.error(f"--limit: expected at least 1, received {min(args.limit)}")
     limits = args.limit or [100, 10**9]
     clients = CLIENTS if args.client == "both" else (args.client,)
     report: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": []}

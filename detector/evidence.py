@@ -258,19 +258,20 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     change_sq = change * change
     short = state[:, f["change_short"]]
     long = state[:, f["change_long"]]
+    # Floored: a channel that never moves (a flat line) keeps a ratio of 1 and no jumps.
+    floored_long = ops.maximum(long, r.variance_floor)
     # A change counts up to what would be a flag on its own (a chi2(1) value at the
     # threshold, times the long-run mean square), so one spike does not keep the recent
     # variance up for the window's length after it: the test is for bursts.
     has_change = r.has_change[:, None]
     bounded_sq = ops.where(has_change, ops.minimum(
-        change_sq, scorer.flag_chi2 * ops.maximum(long, r.variance_floor)), change_sq)
+        change_sq, scorer.flag_chi2 * floored_long), change_sq)
     new_short = ops.where((r.count == 1.0)[:, None], change_sq,
                           short + scorer.variability_weight * (bounded_sq - short))
     # The long-run mean holds count - 1 changes, or about 2 * history - 1 once exponential.
     long_degrees = ops.minimum(ops.maximum(r.count - 1.0, 1.0), 2.0 * scorer.history - 1.0)
-    # Both floored: a channel that never moves (a flat line) keeps a ratio of 1.
     z = variance_ratio_z(
-        ops, ops.maximum(new_short, r.variance_floor) / ops.maximum(long, r.variance_floor),
+        ops, ops.maximum(new_short, r.variance_floor) / floored_long,
         scorer.variability_span, long_degrees[:, None])
     z = ops.where(has_change, z, 0.0)
     # The jump: this one change in units of the channel's long-run RMS change, which a
@@ -281,8 +282,7 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     # large change nearly always moves away (it dwarfs the previous deviation), so the
     # scorer still takes the two-sided tail.
     away = ops.indicator(ops.abs(season.deviation) > ops.abs(season.deviation - change))
-    jump_z = ops.where(has_change, ops.abs(change) * away / ops.sqrt(
-        ops.maximum(long, r.variance_floor)), 0.0)
+    jump_z = ops.where(has_change, ops.abs(change) * away / ops.sqrt(floored_long), 0.0)
     return VariabilityEvidence(ops.max_of_rows(z), z, ops.max_of_rows(jump_z), jump_z, change,
                                change_sq, short, new_short, long, long_degrees)
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,13 +32,17 @@ def test_step_throughput_runs_and_reports_json():
     assert report["keras_per_reading_readings_per_second"] > 0
 
 
-def test_step_throughput_refuses_a_keras_comparison_of_no_readings():
+@pytest.mark.parametrize(("script", "argument", "message"), [
+    ("step_throughput.py", "--keras-readings", "--keras-readings: expected at least 1, received 0"),
+    # Refused before a broker is started or reached.
+    ("hot_stream_kafka.py", "--others", "--others: expected at least 1, received 0"),
+])
+def test_benchmarks_refuse_a_run_of_nothing(script, argument, message):
     run = subprocess.run(
-        [sys.executable, "benchmarks/step_throughput.py", "--keras-readings", "0"],
+        [sys.executable, f"benchmarks/{script}", argument, "0"],
         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, text=True,
         capture_output=True, timeout=300, check=False)
-    assert run.returncode == 2
-    assert "--keras-readings: expected at least 1, received 0" in run.stderr
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-3000:]
 
 
 def test_hot_stream_runs_and_reports_json():
