@@ -305,7 +305,8 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
                                    run_outputs, marker="evaluation.json")
         if plots_dir is not None:
             check_plots_directory(plots_dir, "plots directory (--plots)")
-        windows = read_label_windows(labels_path) if labels_path else None
+        label_windows = read_label_windows(labels_path) if labels_path else None
+        windows = label_windows.windows if label_windows else None
         labels_name = str(labels_path)
         if protocol == "nab":
             if windows is None or len(data) != 1 or not data[0].is_dir():
@@ -337,7 +338,8 @@ def evaluate(ctx: click.Context, data: tuple[Path, ...], data_format: str,
             artifact = load_artifact(settings.model.artifact)
             nab = recording.summary.formats == ("nab",) and len(data) == 1
             report = evaluate_artifact(artifact, recording, out_dir, windows, nab=nab,
-                                       labels_name=labels_name,
+                                       window_kinds=label_windows.kinds if label_windows
+                                       else None, labels_name=labels_name,
                                        nab_data_dir=data[0] if nab else None,
                                        episode_gap=episode_gap, **plot_choice)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ scores them (in process, without Kafka). From the flags, surprises and labels co
   when a flag falls inside it; a detection episode (by the worker's rule,
   :mod:`detector.episodes`: it ends after ``episode_gap`` unflagged readings) is correct
   when it overlaps a labeled window;
+* for ``cellwatch synth``'s labels, the anomalies found per kind (a flag inside the
+  labelled anomaly);
 * the NAB score, for NAB-layout data with its windows (:mod:`training.nab`), and NAB
   results files with a row per input row (:mod:`training.nab_results`);
 * one PNG per stream (:mod:`training.evaluation_plots`) and an ``index.md`` linking them.
@@ -119,6 +121,17 @@ def score_streams(step: StreamingStep,
 
 
 Windows = dict[str, list[tuple[int, int]]]
+# Per stream, the anomaly kind of each of its windows, in the windows' order.
+WindowKinds = dict[str, list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelWindows:
+    """What a labels file says: anomaly windows per stream and, for ``cellwatch synth``'s
+    labels, each window's kind (None for NAB's windows, which have none)."""
+
+    windows: Windows
+    kinds: WindowKinds | None
 
 
 def labels_from_windows(timestamps_ms: np.ndarray,
@@ -130,8 +143,9 @@ def labels_from_windows(timestamps_ms: np.ndarray,
     return label
 
 
-def read_label_windows(path: Path) -> Windows:
-    """Windows per stream from NAB's ``combined_windows.json`` or ``cellwatch synth`` labels."""
+def read_label_windows(path: Path) -> LabelWindows:
+    """Windows per stream from NAB's ``combined_windows.json`` or ``cellwatch synth`` labels
+    (with their kinds)."""
     from training.nab import load_windows
     from training.recording_parsing import JsonTextError, load_json
     from training.synthetic import read_labels
@@ -151,13 +165,36 @@ def read_label_windows(path: Path) -> Windows:
                               f"labels)") from None
     if isinstance(document, dict):
         try:
-            return load_windows(path)
+            return LabelWindows(load_windows(path), None)
         except ValueError as error:  # load_windows names the key and window
             raise EvaluationError(str(error)) from None
     windows: Windows = {}
+    kinds: WindowKinds = {}
     for label in read_labels(path):
         windows.setdefault(label.stream, []).append((label.start_ms, label.end_ms))
-    return windows
+        kinds.setdefault(label.stream, []).append(label.kind)
+    return LabelWindows(windows, kinds)
+
+
+def found_by_kind(scored: Mapping[str, StreamScores], windows: Windows,
+                  kinds: WindowKinds) -> dict[str, dict[str, int]]:
+    """Per anomaly kind, its labelled windows and how many of them a flag falls inside
+    (the window-wise rule, per labelled anomaly rather than per run of labelled readings).
+    A window that holds no reading of a scored stream can be neither found nor missed and
+    is left out."""
+    counts: dict[str, dict[str, int]] = {}
+    for stream, spans in windows.items():
+        if stream not in scored:
+            continue
+        timestamps, flag = scored[stream].timestamps_ms, scored[stream].flag
+        for (start, end), kind in zip(spans, kinds[stream], strict=True):
+            inside = (timestamps >= start) & (timestamps <= end)
+            if not inside.any():
+                continue
+            entry = counts.setdefault(kind, {"anomalies": 0, "found": 0})
+            entry["anomalies"] += 1
+            entry["found"] += bool(flag[inside].any())
+    return dict(sorted(counts.items()))
 
 
 def check_label_keys(windows: Windows, streams: Sequence[str], labels_name: str) -> None:
@@ -304,6 +341,7 @@ def evaluate_scores(scored: Mapping[str, StreamScores], channels: Sequence[str],
 
 def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | None = None,
                       nab: bool = False, detector_name: str = "cellwatch",
+                      window_kinds: WindowKinds | None = None,
                       plots_dir: Path | None = None,
                       max_plots: int | None = DEFAULT_MAX_PLOTS,
                       labels_name: str = "the labels", nab_data_dir: Path | None = None,
@@ -313,8 +351,10 @@ def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | Non
     Labels come from the recording's ``label`` column, or else from ``windows`` (named
     ``labels_name`` in messages), which must name at least one of its streams. With ``nab``
     the NAB score is computed from ``windows`` and NAB results files are written (a row per
-    input row of the files under ``nab_data_dir``, when given). Detection episodes end
-    after ``episode_gap`` unflagged readings, as the worker's (``worker.anomaly_episode_gap``).
+    input row of the files under ``nab_data_dir``, when given). With ``window_kinds`` (the
+    kind of each of ``windows``, from ``cellwatch synth``'s labels) the report counts the
+    anomalies found per kind. Detection episodes end after ``episode_gap`` unflagged
+    readings, as the worker's (``worker.anomaly_episode_gap``).
     """
     if windows is not None and not recording.labeled:
         check_label_keys(windows, list(recording.streams), labels_name)
@@ -333,6 +373,8 @@ def evaluate_artifact(artifact, recording, out_dir: Path, windows: Windows | Non
                              max_plots=max_plots, plots_dir=plots_dir,
                              nab_data_dir=nab_data_dir if nab else None,
                              episode_gap=episode_gap)
+    if windows is not None and window_kinds is not None:
+        report["by_kind"] = found_by_kind(scored, windows, window_kinds)
     report["protocol"] = "artifact"
     report["model_version"] = artifact.metadata.model_version
     return report

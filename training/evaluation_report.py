@@ -90,6 +90,10 @@ def report_lines(report: dict) -> list[str]:
     else:
         lines.append(f"no labels: {report['flagged_readings']} of {report['readings']} "
                      f"readings flagged (flag = likelihood >= {report['threshold']:g})")
+    if report.get("by_kind"):
+        lines.append("anomalies found by kind (a flag inside the labelled anomaly): " + ", ".join(
+            f"{kind} {counts['found']}/{counts['anomalies']}"
+            for kind, counts in report["by_kind"].items()))
     for name, result in report.get("nab", {}).items():
         lines.append(f"NAB {name}: {result['normalized']:.1f} (threshold "
                      f"{result['threshold']:.4f})")

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from training.evaluation import StreamScores, evaluate_scores
+from training.evaluation import StreamScores, evaluate_scores, found_by_kind
 from training.evaluation_report import report_lines
 
 START_MS = int(dt.datetime(2014, 4, 1, tzinfo=dt.UTC).timestamp() * 1000)
@@ -101,3 +101,22 @@ def test_the_report_is_strict_json_with_undefined_figures_as_null() -> None:
     assert json.loads(text) == {"nab": {"standard": {"normalized": None, "raw": -3.5}},
                                 "per_stream": [{"auc": None}, {"auc": 0.75}], "streams": 2}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_anomalies_found_per_kind_are_those_with_a_flag_inside(tmp_path):
+    scored = {"a": made_up_scores("a", 60, [12, 40, 41, 55], 1),
+              "b": made_up_scores("b", 50, [30], 2)}
+    at = {key: scores.timestamps_ms for key, scores in scored.items()}
+    windows = {"a": [(int(at["a"][12]), int(at["a"][12])),  # spike: flagged at 12
+                     (int(at["a"][20]), int(at["a"][30])),  # drift: no flag inside
+                     (int(at["a"][38]), int(at["a"][44]))],  # drift: flagged at 40 and 41
+               "b": [(int(at["b"][29]), int(at["b"][31])),  # spike: flagged at 30
+                     (int(at["b"][-1]) + 1, int(at["b"][-1]) + 9)],  # no reading: left out
+               "c": [(int(at["a"][0]), int(at["a"][-1]))]}  # no such stream: left out
+    kinds = {"a": ["spike", "drift", "drift"], "b": ["spike", "dropout"], "c": ["stuck"]}
+    by_kind = found_by_kind(scored, windows, kinds)
+    assert by_kind == {"drift": {"anomalies": 2, "found": 1},
+                       "spike": {"anomalies": 2, "found": 2}}
+    report = {**a_report(tmp_path), "by_kind": by_kind}
+    assert ("anomalies found by kind (a flag inside the labelled anomaly): drift 1/2, "
+            "spike 2/2") in report_lines(report)
