@@ -82,7 +82,10 @@ flagged cannot teach the calibration, while it lasts, that large surprises are u
 NAB's 35 files 60.5 before, 59.3 after; SKAB's F1 0.695 before, 0.772 after, its ROC AUC
 0.801 and 0.858). The repeats test's calibration learns from the surprise each completed run
 of repeats had reached. The reading's single surprise is the largest of
-the six, less ``log10(6)`` (Bonferroni over the tests), **calibrated in its far tail**
+the six after a Bonferroni over five families of tests (see :func:`_single_surprise`): the
+forecast and variability tests both judge the step from the previous reading and form one
+family, within which each loses ``log10(2)``; every other test is a family of its own; all
+lose ``log10(5)``. It is then **calibrated in its far tail**
 (:func:`~detector.tail_probabilities.calibrate_tail`): a second peaks-over-threshold fit,
 of the clusters of single surprises above 3, each learned once, by its peak, when it has
 ended (runs declustering, Coles 2001, 5.3.2: a cluster ends after ``average_span`` readings
@@ -140,9 +143,9 @@ changes, repeats) is roughly stationary per stream, so a departure in any of the
 out against the stream's own history, whatever the stream's units. When it fails: during
 a stream's first ``learning_period`` readings nothing is flagged, and its hourly profile
 needs a few days; a slow drift that the long-run statistics absorb faster than it grows is
-never flagged (measured: 12 of 43 synthetic drifts found, over six recordings); a step
+never flagged (measured: 15 of 43 synthetic drifts found, over six recordings); a step
 of a few noise deviations in a channel whose hourly deviations spread wider than that is
-found only by its jump, so not when it is small beside the channel's usual changes (29 of
+found only by its jump, so not when it is small beside the channel's usual changes (28 of
 39 synthetic level shifts found); a fault whose readings are each
 only mildly unusual is found only if it lasts (the persistence test, or the shift test
 for a held offset), and not at all in a stream whose normal surprises are strongly
@@ -196,9 +199,13 @@ MAX_SURPRISE = 30.0
 # 1e-24, squares to 4e36 < 3.4e38), so one absurd value cannot turn a stream's state
 # into infinities and NaN.
 NORMALIZED_LIMIT = 1.0 / RESOLUTION
-# The tests whose smallest tail is the reading's (the Bonferroni factor), in the order of
-# the calibration's columns.
+# The tests, in the order of the calibration's columns.
 TESTS = ("forecast", "level", "shift", "season", "variability", "repeats")
+# The forecast and variability tests both judge the step from the previous reading (the
+# model's forecast of it, the reading-to-reading change): one family of the Bonferroni
+# over the tests, each with half its share. The other tests are a family each.
+_STEP_FAMILY = (TESTS.index("forecast"), TESTS.index("variability"))
+_FAMILIES = len(TESTS) - 1
 # The tests that judge a stream's first two readings (the others need an earlier change).
 _JUDGED_FROM_FIRST = np.array([True, True, False, True, True, False])
 
@@ -288,8 +295,7 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     calibration = _Calibration.read(ops, scorer, f, state, reading)
     surprises = calibrate(ops, raw_surprises, calibration.exceed_rate,
                           calibration.excess_rate, calibration.uncensored_rate)
-    # The most surprising test, Bonferroni over the tests.
-    single_raw = ops.maximum(ops.max_of_rows(surprises) - math.log10(float(len(TESTS))), 0.0)
+    single_raw = _single_surprise(ops, surprises)
     single = calibrate_tail(ops, single_raw, calibration.tail_rate, calibration.tail_excess,
                             1.0 / calibration.tail_weight)
     decision = _decide(ops, scorer, f, state, reading, single, surprises, channel_evidence)
@@ -315,6 +321,31 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
     ]
     return (forecast.score, decision.likelihood, decision.surprise, decision.flag,
             decision.top_channel, decision.onset, statistics)
+
+
+def _single_surprise(ops, surprises):
+    """The most surprising test's surprise, Bonferroni over the tests' families: the step
+    family's two tests (the forecast and the variability test) count half as much each.
+
+    Both judge the step from the previous reading. A forecaster that does little better
+    than persistence (NAB's files, each model trained on a few hundred readings; the demo's
+    model, whose validation error exceeds persistence's) makes the forecast residual
+    nearly the reading-to-reading change the variability test already judges, and
+    counting the two as separate tests spent two shares of the false-alarm budget on one
+    statistic. Measured against six separate tests (means over training seeds 7, 8 and 9):
+    NAB's standard score 58.5 -> 59.9, reward_low_FP 47.5 -> 48.3, reward_low_FN 65.0 ->
+    66.2; SKAB's F1 0.860 -> 0.862, its ROC AUC 0.894 -> 0.896; on six synthetic
+    recordings, episodes on a label 86.1 % -> 90.3 % (false ones 48 -> 33), anomalies found
+    230 -> 232 of 271 (drifts 12 -> 15, level shifts 29 -> 28). Leaving the forecast test
+    out altogether scored about the same (NAB 59.7 / 48.0 / 65.9 at seed 7, SKAB 0.867 and
+    0.900), but would leave the model no say in the decision.
+    """
+    first, second = _STEP_FAMILY
+    step = ops.maximum(surprises[:, first], surprises[:, second]) - math.log10(2.0)
+    others = [surprises[:, index:index + 1] for index in range(len(TESTS))
+              if index not in _STEP_FAMILY]
+    families = ops.concat([step[:, None], *others], axis=-1)
+    return ops.maximum(ops.max_of_rows(families) - math.log10(float(_FAMILIES)), 0.0)
 
 
 def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single, surprises,

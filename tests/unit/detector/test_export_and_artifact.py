@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -24,14 +25,24 @@ def test_saved_model_step_equals_numpy_step(step, recording, tmp_path):
     streams, steps, _ = recording.values.shape
     state_np = step.layout.initial(streams)
     state_tf = state_np.copy()
+    # Each step equals the NumPy one to float32 rounding; carried in the record, the
+    # differences grow over the sequence to about 1e-5 of a surprise. The peak holds a
+    # surprise (doubled when reported) and the likelihood is 1 - 10 ** -surprise, so both
+    # are promised to the surprise's tolerance (1e-4; the likelihood's is ln 10 times that
+    # at most), the rest of the record to 1e-5.
+    peak = step.layout.fields["surprise_peak"]
+    rest = np.ones(step.layout.size, bool)
+    rest[peak] = False
     for t in range(steps):
         result, state_np = step(recording.values[:, t], recording.timestamps_ms[:, t], state_np)
         out = exported(values=recording.values[:, t], timestamps_ms=recording.timestamps_ms[:, t],
                        state=state_tf)
         state_tf = out["state"].numpy()
-        np.testing.assert_allclose(state_tf, state_np, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state_tf[:, rest], state_np[:, rest], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state_tf[:, peak], state_np[:, peak], atol=2e-4)
         np.testing.assert_allclose(out["score"].numpy(), result.score, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(out["likelihood"].numpy(), result.likelihood, atol=1e-5)
+        np.testing.assert_allclose(out["likelihood"].numpy(), result.likelihood,
+                                   atol=math.log(10) * 1e-4)
         np.testing.assert_allclose(out["surprise"].numpy(), result.surprise, atol=1e-4)
         np.testing.assert_array_equal(out["flag"].numpy(), result.flag)
         np.testing.assert_array_equal(out["top_channel"].numpy(), result.top_channel)

@@ -146,7 +146,11 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
                 slope = np.where(excess_rate > uncensored_rate / ln10,
                                  uncensored_rate / ln10 / excess_rate, 1.0)
             calibrated = np.where(raw > 1, rate_surprise + (raw - 1) * slope, raw * rate_surprise)
-            single_raw = max(max(calibrated) - math.log10(6), 0.0)
+            # Bonferroni over five families: the forecast and variability tests are one,
+            # each with half its share.
+            families = [max(calibrated[0], calibrated[4]) - math.log10(2), *calibrated[1:4],
+                        calibrated[5]]
+            single_raw = max(max(families) - math.log10(5), 0.0)
             # The far tail above 3: the stream's own rate and mean excess of reported
             # surprises there (priors: one exceedance in 1,000 readings; ten of excess 1/ln 10).
             tail_weight = running(count + 1000, max(scorer.history, 1000))
@@ -463,7 +467,8 @@ def _quiet_state(step: StreamingStep, normalized: np.ndarray, peak: float) -> np
 def test_level_tail_and_onset_by_hand(step):
     """Channel 1 four standard deviations above its long-run level: the level test's tail is
     3 channels x P(|Z| >= 4) = 3 * erfc(4 / sqrt(2)), unchanged by a calibration at its
-    Gaussian start; the reading's single tail is that times 6 tests; the persistence test
+    Gaussian start; the reading's single tail is that times 5 families of tests (the level
+    test is one on its own); the persistence test
     averages it in over two spans; the reading's tail is the smallest times 3. The onset
     reports the surprise only above the stored peak (not above the peak decayed by this
     reading, and a surprise held at its peak is no onset); a reported surprise raises the
@@ -471,7 +476,7 @@ def test_level_tail_and_onset_by_hand(step):
     scaler = step.scaler
     normalized = np.array([0.0, 4.0, 0.0], dtype=np.float32)
     raw = (np.asarray(scaler.median) + np.asarray(scaler.scale) * normalized)[None, :]
-    single = 6 * 3 * math.erfc(4 / math.sqrt(2))
+    single = 5 * 3 * math.erfc(4 / math.sqrt(2))
     counted = min(-math.log(single), -math.log(1 - 0.9))  # threshold 0.9 in the fixture
     average = 1 + 0.4 * (counted - 1)  # average_span 4 in the fixture
     long_average = 1 + 2 / 101 * (counted - 1)  # long_average_span 100
