@@ -187,8 +187,8 @@ def found_by_kind(scored: Mapping[str, StreamScores], windows: Windows,
         if stream not in scored:
             continue
         timestamps, flag = scored[stream].timestamps_ms, scored[stream].flag
-        for (start, end), kind in zip(spans, kinds[stream], strict=True):
-            inside = (timestamps >= start) & (timestamps <= end)
+        for span, kind in zip(spans, kinds[stream], strict=True):
+            inside = labels_from_windows(timestamps, [span])
             if not inside.any():
                 continue
             entry = counts.setdefault(kind, {"anomalies": 0, "found": 0})
