@@ -84,11 +84,20 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             x = normalized[s, t].astype(np.float64)
             floor = (1e-6 * (np.abs(level_mean) + 1e-6)) ** 2
             bound = statistics.NormalDist().inv_cdf(1 - (1 - scorer.threshold) / 2) ** 2
+            hour = int(timestamps_ms[s, t] % 86_400_000 // 3_600_000)
+            deviation = x - season_mean[hour]
             if count >= 1:
                 model_z = (x - forecast_mean[s, t - 1]) / forecast_scale[s, t - 1]
                 # The model's scale, recalibrated by the stream's own mean square of model_z.
-                z = model_z / np.sqrt(np.maximum(scale_ratio,
-                                                 floor / forecast_scale[s, t - 1] ** 2))
+                recalibrated = forecast_scale[s, t - 1] * np.sqrt(np.maximum(
+                    scale_ratio, floor / forecast_scale[s, t - 1] ** 2))
+                # Where the hour's mean (of two readings or more) is nearer the reading than
+                # the previous reading, the nearer of it and the forecast counts.
+                distance = np.abs(x - forecast_mean[s, t - 1])
+                change = clipped[s, t].astype(np.float64) - clipped[s, t - 1]
+                foreseen = (visits[hour] >= 2) & (np.abs(deviation) < np.abs(change))
+                distance = np.where(foreseen, np.minimum(distance, np.abs(deviation)), distance)
+                z = distance / recalibrated
                 score[s, t] = math.sqrt(float(np.mean(z * z)))
             capped = min(score[s, t], scorer.score_cap)
             new_average = capped if count == 1 else (
@@ -108,8 +117,6 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             shift_z = np.abs(new_shift_mean) / np.sqrt(np.maximum(
                 shift_var, iid_share * np.maximum(level_var, floor)))
             shift_tail = 1.0 if count < 2 else 2 * channels * upper_tail(float(shift_z.max()))
-            hour = int(timestamps_ms[s, t] % 86_400_000 // 3_600_000)
-            deviation = x - season_mean[hour]
             season_z = np.abs(deviation) / np.sqrt(
                 np.maximum(season_var, floor) * (1 + 1 / max(visits[hour], 1)))
             season_tail = 2 * channels * upper_tail(
