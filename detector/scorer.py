@@ -20,7 +20,7 @@ one judging and one learning function per test, are in :mod:`detector.evidence`:
   nearer its hour's mean than the previous reading, a channel's residual is its distance
   to the nearer of the forecast and that mean: a one-step forecaster trained on a few
   hundred readings does not foresee a daily pattern's sharp turns, which the profile
-  expects (on NAB's 35 files at training seed 7, 25 of the about 130 false alarms at the
+  expects (on NAB's 35 files at training seed 7, 25 of about 130 false alarms at the
   threshold NAB chose were such turns, in its seven artificial daily files). Elsewhere the
   forecast alone judges, so a slow ramp the profile has partly learned, or a level that
   wanders within the first day, when an hour's mean is only that hour's recent readings,
