@@ -102,14 +102,15 @@ def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     has_forecast = r.has_forecast[:, None]
     model_scale = state[:, f["forecast_scale"]]
     distance = ops.where(has_forecast, r.normalized - state[:, f["forecast_mean"]], 0.0)
-    model_residual = distance / ops.where(has_forecast, model_scale, 1.0)
+    forecast_scale = ops.where(has_forecast, model_scale, 1.0)
+    model_residual = distance / forecast_scale
     # The model's forecast scale, recalibrated per stream: by the stream's own long-run mean
     # square of the model's standardized residuals (1, the model's own scale, until it has
     # seen a forecast), so a stream the model forecasts more or less tightly than the
     # streams it was trained on (one normalization serves streams of very different units)
     # is judged by its own residuals; floored at float32's resolution around its level.
     scale_ratio = ops.where(r.has_change[:, None], state[:, f["scale_ratio"]], 1.0)
-    scale = ops.where(has_forecast, model_scale, 1.0) * ops.sqrt(ops.maximum(
+    scale = forecast_scale * ops.sqrt(ops.maximum(
         scale_ratio, r.variance_floor / ops.maximum(model_scale * model_scale, MIN_TAIL)))
     # Where the hourly profile foresaw the reading better than persistence did (the reading
     # is nearer its hour's mean than the previous reading, once the hour has two readings),
@@ -120,10 +121,11 @@ def forecast_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     # spot. Elsewhere the forecast alone judges: a reading that stays near the previous one
     # (a slow ramp the profile has partly learned, a wandering level on the first day, when
     # an hour's mean is only its own recent readings) is the model's to judge.
+    forecast_distance = ops.abs(distance)
     foreseen = ops.logical_and((season.visits >= 2.0)[:, None],
-                               ops.abs(season.deviation) < ops.abs(r.change))
-    nearer = ops.where(foreseen, ops.minimum(ops.abs(distance), ops.abs(season.deviation)),
-                       ops.abs(distance))
+                               season.distance < ops.abs(r.change))
+    nearer = ops.where(foreseen, ops.minimum(forecast_distance, season.distance),
+                       forecast_distance)
     residual = nearer / scale
     score = ops.sqrt(ops.mean_of_rows(residual * residual))
     average = state[:, f["score_average"]][:, 0]
@@ -226,6 +228,7 @@ class SeasonEvidence(NamedTuple):
     visits: Array  # [B] readings learned at this hour
     var: Array  # [B, F] the deviations' variance
     deviation: Array  # [B, F] from this hour's mean
+    distance: Array  # [B, F] |deviation| (the forecast and variability tests read it too)
 
 
 def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
@@ -238,8 +241,9 @@ def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
     deviation = r.normalized - hour_mean
     spread = ops.maximum(var, r.variance_floor) * (
         1.0 + 1.0 / ops.maximum(visits, 1.0))[:, None]
-    z = ops.where((visits >= 2.0)[:, None], ops.abs(deviation) / ops.sqrt(spread), 0.0)
-    return SeasonEvidence(ops.max_of_rows(z), z, block, visits, var, deviation)
+    distance = ops.abs(deviation)
+    z = ops.where((visits >= 2.0)[:, None], distance / ops.sqrt(spread), 0.0)
+    return SeasonEvidence(ops.max_of_rows(z), z, block, visits, var, deviation, distance)
 
 
 def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: SeasonEvidence, learn):
@@ -300,7 +304,7 @@ def variability_evidence(ops, scorer: ScorerConfig, f, state, r: ReadingContext,
     # to normal is as large a change, but a recovery, not an anomaly. Under the null a
     # large change nearly always moves away (it dwarfs the previous deviation), so the
     # scorer still takes the two-sided tail.
-    away = ops.indicator(ops.abs(season.deviation) > ops.abs(season.deviation - change))
+    away = ops.indicator(season.distance > ops.abs(season.deviation - change))
     jump_z = ops.where(has_change, ops.abs(change) * away / ops.sqrt(floored_long), 0.0)
     return VariabilityEvidence(ops.max_of_rows(z), z, ops.max_of_rows(jump_z), jump_z, change,
                                change_sq, short, new_short, long, long_degrees)

@@ -159,7 +159,7 @@ changes, repeats) is roughly stationary per stream, so a departure in any of the
 out against the stream's own history, whatever the stream's units. When it fails: during
 a stream's first ``learning_period`` readings nothing is flagged, and its hourly profile
 needs a few days; a slow drift that the long-run statistics absorb faster than it grows is
-never flagged (measured: 15 of 43 synthetic drifts found, over six recordings); a step
+never flagged (measured: 14 of 43 synthetic drifts found, over six recordings); a step
 of a few noise deviations in a channel whose hourly deviations spread wider than that is
 found only by its jump, so not when it is small beside the channel's usual changes (28 of
 39 synthetic level shifts found); a fault whose readings are each
