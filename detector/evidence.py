@@ -27,6 +27,8 @@ from detector.tail_probabilities import (
 RESOLUTION = 1e-6
 # The season test's bins: the hours of the (UTC) day.
 SEASON_BINS = 24
+# The tests, in the order of the calibration's columns.
+TESTS = ("forecast", "level", "shift", "season", "variability", "repeats")
 
 Array = Any  # a NumPy array or a TensorFlow tensor, as ``ops`` makes them
 

@@ -119,10 +119,10 @@ to the flag threshold), as Fisher's combination of p-values over two exponential
 of ``average_span`` readings (a burst of moderate surprises) and of ``long_average_span``
 (a fault whose readings are each only mildly unusual, but which lasts), their degrees of
 freedom from the short average's own variance, learned per stream (see
-:func:`_persistence`). The reading's tail is the smallest of the three, times 3. (The
-second span, with the learned variance in place of a learned lag-one correlation, took
-SKAB's F1 over training seeds 7, 8 and 9 from 0.769 to 0.860 and its ROC AUC from 0.852
-to 0.894; NAB's standard score from 57.8 to 58.5, within its seeds' spread.)
+:func:`detector.persistence.persistence_test`). The reading's tail is the smallest of the
+three, times 3. (The second span, with the learned variance in place of a learned lag-one
+correlation, took SKAB's F1 over training seeds 7, 8 and 9 from 0.769 to 0.860 and its ROC
+AUC from 0.852 to 0.894; NAB's standard score from 57.8 to 58.5, within its seeds' spread.)
 
 The likelihood is ``1 - tail``; the surprise, ``-log10(tail)``, carries the same
 information with resolution where float32 likelihoods round to 1 (3 is a likelihood of
@@ -186,37 +186,24 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from detector import evidence
-from detector.evidence import RESOLUTION, ReadingContext, running_weight
+from detector.calibrations import Calibrations, calibration_learns
+from detector.evidence import RESOLUTION, TESTS, ReadingContext
+from detector.persistence import learn_spread, persistence_test
 from detector.scorer_config import ScorerConfig
 from detector.tail_probabilities import (
-    CALIBRATION_CENSOR,
-    CALIBRATION_EXCESS,
-    CALIBRATION_PRIOR_RUNS,
-    CALIBRATION_RATE,
+    MAX_SURPRISE,
     MIN_TAIL,
-    TAIL_LEVEL,
-    TAIL_PRIOR_READINGS,
-    TAIL_RATE,
-    UNCENSORED_SHARE,
     calibrate,
     calibrate_tail,
-    chi2_mean_z,
     upper_tail,
 )
 
-# Lag-one correlations of the evidence above this count as this (k readings stay worth
-# at least k / 39 independent ones).
-MAX_LAG_CORRELATION = 0.95
-# The surprise's cap, -log10 of MIN_TAIL.
-MAX_SURPRISE = 30.0
 # Normalized readings beyond this many normalization scales count as this many: every test
 # already reads such a reading as certain, and the bound keeps every square in the
 # statistics finite in float32 (a deviation of 2e6 over the smallest variance floor,
 # 1e-24, squares to 4e36 < 3.4e38), so one absurd value cannot turn a stream's state
 # into infinities and NaN.
 NORMALIZED_LIMIT = 1.0 / RESOLUTION
-# The tests, in the order of the calibration's columns.
-TESTS = ("forecast", "level", "shift", "season", "variability", "repeats")
 # The forecast and variability tests both judge the step from the previous reading (the
 # model's forecast of it, the reading-to-reading change): one family of the Bonferroni
 # over the tests, each with half its share. The other tests are a family each.
@@ -249,7 +236,7 @@ class _Decision(NamedTuple):
     onset: Any  # [B]
     judged: Any  # [B] bool: past the learning period
     flagged_run: Any  # [B] flagged readings in a row, this one included (0: not flagged)
-    calibration_learns: Any  # [B] see _calibration_learns
+    calibration_learns: Any  # [B] see detector.calibrations.calibration_learns
     statistics: list  # the decision's fields of the next record, from ``evidence_average`` on
 
 
@@ -311,7 +298,7 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
                                    ops.maximum(variability.z, variability.jump_z)[:, None],
                                    repeats.evidence[:, None]], axis=1)
 
-    calibration = _Calibration.read(ops, scorer, f, state, reading)
+    calibration = Calibrations.read(ops, scorer, f, state, reading)
     surprises = calibrate(ops, raw_surprises, calibration.exceed_rate,
                           calibration.excess_rate, calibration.uncensored_rate)
     single_raw = _single_surprise(ops, surprises)
@@ -328,7 +315,8 @@ def assess(ops, scorer: ScorerConfig, layout, normalized, clipped, hours, state)
         ops, previous_flagged_run, scorer.learning_period))
     learned_calibration = calibration.learn(
         ops, scorer, reading, raw_surprises, evidence.ended_run_surprise(
-            ops, reading, repeats, ended), ended, repeats, single_raw, decision)
+            ops, reading, repeats, ended), ended, repeats, single_raw,
+        decision.calibration_learns, decision.judged)
     # The fields as a list: the step joins them with the rest of the record in one copy.
     statistics = [
         *evidence.learn_forecast(ops, scorer, reading, forecast, learn),
@@ -375,7 +363,7 @@ def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single
     # what single readings cannot show.
     evidence = ops.minimum(single, MAX_SURPRISE) * math.log(10.0)
     counted = ops.minimum(evidence, -math.log(1.0 - scorer.threshold))
-    persistence = _persistence(ops, scorer, f, state, first, counted)
+    persistence = persistence_test(ops, scorer, f, state, first, counted)
     # The reading's tail: the single reading or the persistence at either span,
     # Bonferroni over the three.
     learning = reading.count <= float(scorer.learning_period)
@@ -401,205 +389,11 @@ def _decide(ops, scorer: ScorerConfig, f, state, reading: ReadingContext, single
     new_peak = ops.maximum(ops.where(onset > 0.0, 2.0 * surprise, surprise),
                            peak * ops.where(flag, 1.0, scorer.peak_decay))
     flagged_run = ops.where(flag, state[:, f["flagged_run"]][:, 0] + 1.0, 0.0)
-    # The short average's spread learns like the calibrations, see _Calibration.learn.
-    calibration_learns = _calibration_learns(ops, scorer, flagged_run)
-    spread_weight = calibration_learns * reading.weights.calibration * ops.indicator(
-        reading.has_forecast)
-    deviation = persistence.average - 1.0
-    new_spread = persistence.spread + spread_weight * (deviation * deviation
-                                                       - persistence.spread)
+    # The short average's spread learns like the calibrations, see Calibrations.learn.
+    learns = calibration_learns(ops, scorer, flagged_run)
+    new_spread = learn_spread(ops, persistence, learns * reading.weights.calibration
+                              * ops.indicator(reading.has_forecast))
     return _Decision(1.0 - tail, surprise, flag, top_channel, onset, judged, flagged_run,
-                     calibration_learns, [
+                     learns, [
         persistence.average[:, None], persistence.long_average[:, None], new_spread[:, None],
         new_peak[:, None], flagged_run[:, None]])
-
-
-class _Persistence(NamedTuple):
-    tail: Any  # [B] the smaller of the two spans' tails
-    average: Any  # [B] the short average of evidence, this reading included
-    long_average: Any  # [B] the long one
-    spread: Any  # [B] the short average's variance, as the record held it
-
-
-def _persistence(ops, scorer: ScorerConfig, f, state, first, counted) -> _Persistence:
-    """The persistence test at its two spans, from this reading's counted evidence.
-
-    A fault that keeps a stream moderately surprising for many readings is as anomalous
-    as one very surprising reading. Under normal behaviour the calibrated single surprise
-    times ln 10 is at most exponential with mean 1 (the Bonferroni over the tests makes it
-    smaller), so an exponential average of n independent ones has mean 1 and variance
-    ``w / (2 - w)`` for its weight ``w = 2 / (n + 1)``, about ``chi2(2n) / 2n`` (Fisher's
-    combination of p-values), judged by Wilson-Hilferty. Two spans: ``average_span``
-    readings catch a burst of moderate surprises; ``long_average_span`` readings a fault
-    whose readings are each only mildly unusual but which lasts (on SKAB a valve closing,
-    with each test at a calibrated surprise near 1.5 for the fault's first ~60 readings).
-
-    Consecutive surprises are correlated (a slow error stays for a while), so the short
-    average varies more than independent readings' would. Its variance is learned per
-    stream (the mean square of its deviation from 1, over the readings the calibrations
-    learn from) and sets its degrees of freedom directly. Read as an AR(1), whose
-    exponential average of weight ``w`` has a variance ``(1 + r) / (1 - r)`` times an
-    independent one's with ``r = rho (1 - w)``, the same ratio gives the lag-one
-    correlation ``rho`` (at most ``MAX_LAG_CORRELATION``), which widens the long average
-    too. An AR(1) understates a long memory, so a stream whose surprises wander for longer
-    than the short span can still raise the long test. A stream whose normal evidence
-    averages below 1 (most do: the Bonferroni over the tests, and calibrations that only
-    ever lower a surprise) counts that offset as spread too, which makes both tests
-    conservative: in three drifts of the demo that stay unflagged the evidence rose 2 to
-    3 times over its normal 0.35-0.66 per reading, and the long test's tail stopped at
-    0.004-0.007.
-    """
-    weight = scorer.average_weight
-    long_weight = scorer.long_average_weight
-    independent_spread = weight / (2.0 - weight)
-    # The two averages side by side (adjacent in the record), each array operation done
-    # once for both: a round of one stream costs per operation, whatever its width.
-    previous = ops.where(first[:, None], 1.0, state[:, f["evidence_average"].start:
-                                                    f["evidence_average_long"].stop])
-    averages = previous + _span_weights(weight, long_weight) * (counted[:, None] - previous)
-    spread = ops.where(first, independent_spread, state[:, f["evidence_spread"]][:, 0])
-    inflation = ops.maximum(spread / independent_spread, 1.0)
-    rho = ops.minimum((inflation - 1.0) / ((inflation + 1.0) * (1.0 - weight)),
-                      MAX_LAG_CORRELATION)
-    long_rho = rho * (1.0 - long_weight)
-    # chi2(k) / k has variance 2 / k.
-    degrees = ops.concat([
-        (2.0 / (independent_spread * inflation))[:, None],
-        (2.0 * (2.0 - long_weight) / long_weight * (1.0 - long_rho) / (1.0 + long_rho))[
-            :, None]], axis=-1)
-    tails = upper_tail(ops, chi2_mean_z(ops, averages, degrees))
-    return _Persistence(ops.minimum(tails[:, 0], tails[:, 1]), averages[:, 0],
-                        averages[:, 1], spread)
-
-
-@functools.cache
-def _span_weights(weight: float, long_weight: float) -> np.ndarray:
-    """The two persistence averages' weights, float32 as the step's arrays."""
-    return np.array([weight, long_weight], dtype=np.float32)
-
-
-def _calibration_learns(ops, scorer: ScorerConfig, flagged_run):
-    """1.0 where the reading-by-reading calibrations learn: unflagged, the first of a run
-    of flagged readings, or flagged for longer than the learning period."""
-    return ops.indicator(ops.logical_or(flagged_run <= 1.0,
-                                        flagged_run > float(scorer.learning_period)))
-
-
-class _Calibration(NamedTuple):
-    """Each test's peaks-over-threshold calibration and the far tail's, as the stream's
-    record holds them (the priors' values for a stream's first reading)."""
-
-    exceed_rate: Any  # [B, tests]
-    uncensored_rate: Any  # [B, tests]
-    excess_rate: Any  # [B, tests]
-    cluster_progress: Any  # [B, tests - 1] see learn
-    tail_rate: Any  # [B]
-    tail_excess: Any  # [B]
-    tail_run_peak: Any  # [B] the open cluster's peak (0: none), see learn
-    tail_run_gap: Any  # [B] readings since the open cluster's last surprise above 3
-    tail_weight: Any  # [B] the far tail's running weight
-
-    @classmethod
-    def read(cls, ops, scorer: ScorerConfig, f, state, reading: ReadingContext) -> _Calibration:
-        first = reading.first
-        return cls(
-            ops.where(first[:, None], CALIBRATION_RATE, state[:, f["exceed_rate"]]),
-            ops.where(first[:, None], CALIBRATION_RATE * UNCENSORED_SHARE,
-                      state[:, f["uncensored_rate"]]),
-            ops.where(first[:, None], CALIBRATION_RATE * CALIBRATION_EXCESS * UNCENSORED_SHARE,
-                      state[:, f["excess_rate"]]),
-            state[:, f["cluster_progress"]],
-            ops.where(first, TAIL_RATE, state[:, f["tail_rate"]][:, 0]),
-            ops.where(first, TAIL_RATE * CALIBRATION_EXCESS, state[:, f["tail_excess"]][:, 0]),
-            state[:, f["tail_run_peak"]][:, 0],
-            state[:, f["tail_run_gap"]][:, 0],
-            # A rate near one in a thousand needs at least a thousand readings of memory.
-            running_weight(ops, reading.count + TAIL_PRIOR_READINGS,
-                           max(scorer.history, TAIL_PRIOR_READINGS)))
-
-    def learn(self, ops, scorer: ScorerConfig, reading: ReadingContext, raw_surprises,
-              ended_surprise, ended, repeats, single_raw, decision: _Decision) -> list:
-        """``[exceed_rate, uncensored_rate, excess_rate, cluster_progress, tail_rate,
-        tail_excess, tail_run_peak, tail_run_gap]`` of the next record.
-
-        Over readings, from the prior's readings; the repeats test's over the runs the
-        follow counts learn from (a run of r repeats ends with r - 1 hits), from the prior's
-        runs, with the surprise the ended run had reached. The reading-by-reading ones
-        describe how the tests behave on this stream, rare large surprises included, so
-        they learn from every unflagged reading and from the first of each run of flagged
-        ones: learning only from unflagged ones would keep a stream whose normal spikes are
-        flagged from ever learning that they are normal, and learning from a whole run
-        would let a lasting fault teach that it is normal.
-
-        The Gaussian tests' excesses are declustered, in a bounded form of runs
-        declustering (Coles, "An Introduction to Statistical Modeling of Extreme Values",
-        2001, 5.3.2): a cluster of consecutive readings above 1 teaches the excess its first
-        ``average_span`` readings as they come and, if it lasts longer, its peak once, when
-        it has ended. A slow anomaly that is not yet flagged (a drift, a valve closing)
-        keeps a test above 1 for hundreds of readings; learning each of them taught the
-        calibration, while the anomaly lasted, that large surprises are usual on this
-        stream, and hid the anomaly (measured on the demo: a drift's season test went from
-        a slope of 0.9 to 0.4 in 179 readings). What lasts longer than the persistence
-        test's windows is that test's to judge. ``cluster_progress`` is 0 outside a cluster,
-        ``k`` in its ``k``-th reading learned from (up to ``average_span``), and
-        ``average_span`` plus the peak so far beyond that."""
-        calibration_learns = decision.calibration_learns
-        prior_weight = calibration_learns * reading.weights.calibration
-        runs = ops.max_of_rows(repeats.follow_occasions - repeats.follow_hits)
-        run_weight = ops.max_of_rows(ended) * running_weight(
-            ops, runs + CALIBRATION_PRIOR_RUNS + 1.0, scorer.history)
-        weights = ops.concat([prior_weight[:, None]] * (len(TESTS) - 1)
-                             + [run_weight[:, None]], axis=-1)
-        learned = ops.concat([raw_surprises[:, :-1], ended_surprise[:, None]], axis=-1)
-        new_exceed_rate = self.exceed_rate + weights * (
-            ops.indicator(learned > 1.0) - self.exceed_rate)
-
-        span = float(scorer.average_span)
-        gaussian = raw_surprises[:, :-1]
-        in_cluster = gaussian > 1.0
-        progress = self.cluster_progress
-        peak = progress - span  # the cluster's peak so far, once beyond the span
-        beyond_span = progress >= span
-        learns = calibration_learns[:, None]
-        new_progress = ops.where(in_cluster, ops.where(
-            beyond_span, span + ops.maximum(peak, gaussian * learns),
-            progress + learns), 0.0)
-        long_ended = ops.logical_and(ops.logical_not(in_cluster), progress > span)
-        excess_learned = ops.concat([ops.where(long_ended, peak, gaussian),
-                                     ended_surprise[:, None]], axis=-1)
-        gaussian_weight = prior_weight[:, None] * (1.0 - ops.indicator(
-            ops.logical_and(in_cluster, beyond_span)))
-        excess_weights = ops.concat([gaussian_weight, run_weight[:, None]], axis=-1)
-        exceeded = ops.indicator(excess_learned > 1.0)
-        uncensored = exceeded * ops.indicator(excess_learned < 1.0 + CALIBRATION_CENSOR)
-        new_uncensored_rate = self.uncensored_rate + excess_weights * (
-            uncensored - self.uncensored_rate)
-        new_excess_rate = self.excess_rate + excess_weights * (
-            exceeded * ops.minimum(excess_learned - 1.0, CALIBRATION_CENSOR)
-            - self.excess_rate)
-
-        # The far tail, declustered by runs: a cluster of single surprises above its level
-        # ends after `average_span` readings at or below it and then teaches its peak,
-        # once. The peak is over the readings the calibrations learn from, after the
-        # learning period, so a lasting fault's later readings do not teach it; the reading
-        # that ends a cluster teaches it even when it is flagged.
-        tail_learned = ops.minimum(single_raw, MAX_SURPRISE)
-        above = tail_learned > TAIL_LEVEL
-        judged = ops.indicator(decision.judged)
-        open_cluster = self.tail_run_peak > TAIL_LEVEL
-        gap = self.tail_run_gap + 1.0
-        cluster_ends = ops.logical_and(ops.logical_and(open_cluster, ops.logical_not(above)),
-                                       gap >= float(scorer.average_span))
-        new_run_peak = ops.where(above, ops.maximum(
-            self.tail_run_peak, tail_learned * calibration_learns * judged),
-            ops.where(cluster_ends, 0.0, self.tail_run_peak))
-        stays_open = ops.logical_and(open_cluster, ops.logical_not(cluster_ends))
-        new_run_gap = ops.where(ops.logical_and(stays_open, ops.logical_not(above)), gap, 0.0)
-        tail_exceeded = ops.indicator(cluster_ends)
-        tail_weight = ops.maximum(calibration_learns, tail_exceeded) * self.tail_weight
-        new_tail_rate = self.tail_rate + tail_weight * (tail_exceeded - self.tail_rate)
-        new_tail_excess = self.tail_excess + tail_weight * (
-            tail_exceeded * (self.tail_run_peak - TAIL_LEVEL) - self.tail_excess)
-        return [new_exceed_rate, new_uncensored_rate, new_excess_rate, new_progress,
-                new_tail_rate[:, None], new_tail_excess[:, None], new_run_peak[:, None],
-                new_run_gap[:, None]]

@@ -14,6 +14,8 @@ import math
 
 # Tails below this count as this (-log10 of it caps the scorer's surprise).
 MIN_TAIL = 1e-30
+# The surprise's cap, -log10 of MIN_TAIL.
+MAX_SURPRISE = 30.0
 # Calibration: the exceedance rate of a raw surprise over 1 and the mean excess (log10 units)
 # of a stream whose tests' Gaussian tails are exact; the prior counts as this many readings.
 CALIBRATION_RATE = 0.1
