@@ -15,6 +15,7 @@ import pytest
 
 from detector.scorer_config import ScorerConfig
 from detector.step import StreamingStep
+from streaming import worker as worker_module
 from streaming.engine import BatchResult, Reading, ScoringEngine
 from streaming.messages import reading_message
 from streaming.output_records import encode_episode, encode_scores
@@ -371,3 +372,12 @@ class FakeChangelogReader:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture
+def fake_monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The worker's checkpoint timer, frozen: a test (or a fake source's polls) advances
+    it by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+    return now

@@ -16,8 +16,7 @@ from streaming.changelog import restore_states
 from streaming.metrics import WorkerMetrics
 from streaming.ports import OutputError, TopicSetupError
 from streaming.state_store import StateStore
-from tests.unit.streaming.conftest import record_of
-from tests.unit.streaming.test_durability import (
+from tests.unit.streaming.broker_fakes import (
     CHANGELOG,
     CONFIG,
     Broker,
@@ -27,11 +26,11 @@ from tests.unit.streaming.test_durability import (
     all_readings,
     assign,
     durability_discrepancies,
-    fake_monotonic,  # noqa: F401 (a fixture)
     make_worker,
     model_of,
     run_worker,
 )
+from tests.unit.streaming.conftest import record_of
 
 
 class ClosingLikeKafkaSource(BrokerSource):
@@ -62,7 +61,7 @@ class LosingSink(BrokerSink):
 
 @pytest.mark.parametrize("fail_at", [2, 3, 5, 8])
 def test_a_failed_flush_never_checkpoints_what_its_batch_advanced(
-        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float],  # noqa: F811
+        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float],
         fail_at: int) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)
@@ -79,7 +78,7 @@ def test_a_failed_flush_never_checkpoints_what_its_batch_advanced(
 
 
 def test_a_failed_checkpoint_is_not_retried_by_the_revoke_on_the_way_out(
-        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]  # noqa: F811
+        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]
         ) -> None:
     """The checkpoint's flush fails after its states were taken as written; the revoke
     that closing the consumer runs must not commit the offsets that checkpoint covered."""
@@ -97,7 +96,7 @@ def test_a_failed_checkpoint_is_not_retried_by_the_revoke_on_the_way_out(
 
 
 def test_a_changelog_of_the_wrong_shape_stops_the_worker_before_it_writes(
-        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]  # noqa: F811
+        step: StreamingStep, recorded: np.ndarray, fake_monotonic: list[float]
         ) -> None:
     readings = all_readings(recorded)
     broker = Broker(readings)

@@ -14,10 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from detector.step import StreamingStep
-from streaming import worker as worker_module
 from streaming.engine import Reading
-from tests.unit.streaming.conftest import FakeRecord, readings_of
-from tests.unit.streaming.test_durability import (
+from tests.unit.streaming.broker_fakes import (
     CONFIG,
     Broker,
     BrokerSink,
@@ -27,17 +25,11 @@ from tests.unit.streaming.test_durability import (
     make_worker,
     scores_by_key,
 )
+from tests.unit.streaming.conftest import FakeRecord, readings_of
 
 LIMIT = 2  # readings of one stream per batch
 PACED = dataclasses.replace(CONFIG, max_stream_readings_per_batch=LIMIT)
 BAD_OFFSET = 33  # a broken message of the hot stream, in partition 0
-
-
-@pytest.fixture
-def fake_monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
-    return now
 
 
 def hot_and_cold(recorded: np.ndarray, cold_steps: int = 5) -> tuple[list[Reading], Broker]:
