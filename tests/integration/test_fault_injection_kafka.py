@@ -46,14 +46,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import signal
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,11 +59,14 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from deploy.kafka.local_broker import KafkaBroker, committed_offsets
+from tests.integration.faulty_load import (
+    Message,
+    dead_letter_discrepancies,
+    duplicates,
+    seeded_load,
+)
 from tests.integration.streaming_support import (
-    CHANNELS,
     end_offsets,
-    reading_bytes,
-    readings,
     small_artifact,
 )
 from tests.integration.test_durability_kafka import (
@@ -79,25 +80,12 @@ from tests.integration.test_durability_kafka import (
 
 pytestmark = pytest.mark.integration
 
-# A reading time in 2100: far beyond the worker's clock plus worker.max_future_seconds.
-FAR_FUTURE_MS = 4_102_444_800_000
 STALL_S = (1.0, 4.0)  # within the worker's 6 s session timeout
 LONG_STALL_S = (7.0, 9.0)  # past it: the group evicts the worker, its partitions are lost
 CONFIG_APPLIED_S = 10.0  # how long a topic config change may take to show
 SESSION_TIMEOUT_S = 6.0  # worker_env's CELLWATCH_KAFKA_SESSION_TIMEOUT_MS
 BROKER_DOWN_S = (0.5, 3.0)
 EXIT_DELIVERY_FAILURE = 3  # README, exit codes: outputs not delivered, nothing committed
-
-
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """One message of the load: a good reading (``reading`` is its stream and ts) or a bad
-    one (``reason`` is the dead-letter reason it must get)."""
-
-    key: bytes | None
-    value: bytes | None
-    reading: tuple[str, int] | None = None
-    reason: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,172 +111,6 @@ RUNS = [
     Run(seed=1304, streams=10, per_stream=160, faults=("long_stall", "kill", "broker", "output",
                                                        "stall", "kill")),
 ]
-
-
-# --- the seeded load --------------------------------------------------------------------------
-
-
-def bad_message(kind: str, stream: str, ts: int, last_ts: int, values: list[float],
-                rng: np.random.Generator) -> Message:
-    """A message of ``stream`` that the worker must reject as ``kind``; ``ts`` is a time no
-    good reading of the stream has, ``last_ts`` the stream's last good reading's time (the
-    message is produced after that reading, so the engine's order checks apply)."""
-    key = stream.encode()
-    good = json.loads(reading_bytes(stream, ts, values))
-
-    def encoded(**changes: object) -> bytes:
-        return json.dumps({**good, **changes}).encode()
-
-    if kind == "invalid_json":
-        value = reading_bytes(stream, ts, values)[:-int(rng.integers(1, 20))]
-    elif kind == "invalid_utf8":
-        value = b"\xff\xfe" + reading_bytes(stream, ts, values)
-    elif kind == "missing_field":
-        value = json.dumps({k: v for k, v in good.items() if k != "values"}).encode()
-    elif kind == "tombstone":  # no value at all: also missing_field
-        value = None
-    elif kind == "wrong_type":
-        value = encoded(ts="not a time") if rng.random() < 0.5 else json.dumps(
-            [stream, ts]).encode()
-    elif kind == "non_finite":
-        value = encoded(values={**good["values"], CHANNELS[1]: float("nan")})
-    elif kind == "unknown_channel":
-        value = encoded(values={**good["values"], "humidity": 0.5})
-    elif kind == "missing_channel":
-        value = encoded(values={c: v for c, v in good["values"].items() if c != CHANNELS[2]})
-    elif kind == "oversized":  # more than worker.max_message_bytes (65536)
-        value = encoded(pad="x" * 70_000)
-    elif kind == "out_of_order":
-        value = reading_bytes(stream, last_ts - 1, values)
-    elif kind == "duplicate":
-        value = reading_bytes(stream, last_ts, [v + 1.0 for v in values])
-    elif kind == "future":
-        value = reading_bytes(stream, FAR_FUTURE_MS, values)
-    elif kind == "implausible_ts":  # epoch seconds
-        value = reading_bytes(stream, ts // 1000, values)
-    elif kind == "out_of_range":
-        value = reading_bytes(stream, ts, [values[0], 1e30, values[2]])
-    elif kind == "key_mismatch":
-        key = None if rng.random() < 0.5 else b"another-stream"
-        value = reading_bytes(stream, ts, values)
-    elif kind == "stream_id_too_long":
-        long_id = stream + "-" + "y" * 300
-        key, value = long_id.encode(), reading_bytes(long_id, ts, values)
-    else:
-        raise ValueError(kind)
-    reason = "missing_field" if kind == "tombstone" else kind
-    return Message(key, value, reason=reason)
-
-
-BAD_KINDS = ("invalid_json", "invalid_utf8", "missing_field", "tombstone", "wrong_type",
-             "non_finite", "unknown_channel", "missing_channel", "oversized", "out_of_order",
-             "duplicate", "future", "implausible_ts", "out_of_range", "key_mismatch",
-             "stream_id_too_long")
-
-
-def seeded_load(run: Run) -> tuple[list[tuple[str, int, list[float]]], list[Message]]:
-    """The good readings (in order, per stream) and every message to produce: the good
-    readings with about one bad message in twenty between them, each after its stream's
-    first good reading."""
-    rng = np.random.default_rng(run.seed)
-    rows = readings(streams=run.streams, per_stream=run.per_stream, seed=run.seed)
-    last_ts: dict[str, int] = {}
-    messages: list[Message] = []
-    for stream, ts, values in rows:
-        if stream in last_ts and rng.random() < 0.05:
-            kind = BAD_KINDS[int(rng.integers(len(BAD_KINDS)))]
-            messages.append(bad_message(kind, stream, ts - 1, last_ts[stream], values, rng))
-        messages.append(Message(stream.encode(), reading_bytes(stream, ts, values),
-                                reading=(stream, ts)))
-        last_ts[stream] = ts
-    return rows, messages
-
-
-# --- checks -----------------------------------------------------------------------------------
-
-
-def dead_letter_discrepancies(records, sent: dict[tuple[int, int], Message], topic: str,
-                              exactly_once: bool) -> list[str]:
-    """How the dead letters differ from one per bad message (``sent`` maps each produced
-    message's partition and offset to it): a bad message without one, or with the wrong
-    reason, key or bytes, copies that differ, more than one when ``exactly_once``, or a dead
-    letter of a good reading or of no message produced."""
-    letters: dict[tuple[int, int], list] = {}
-    found: list[str] = []
-    for record in records:
-        headers = dict(record.headers)
-        if headers.get("cellwatch.source.topic") != topic.encode():
-            found.append(f"dead letter from another topic: {headers}")
-            continue
-        origin = (int(headers["cellwatch.source.partition"]),
-                  int(headers["cellwatch.source.offset"]))
-        letters.setdefault(origin, []).append(record)
-    for origin, message in sorted(sent.items()):
-        copies = letters.pop(origin, [])
-        where = f"partition {origin[0]} offset {origin[1]}"
-        if message.reason is None:
-            if copies:
-                reasons = [dict(r.headers)["cellwatch.reason"].decode() for r in copies]
-                found.append(f"{where}: good reading {message.reading} dead-lettered {reasons}")
-            continue
-        if not copies:
-            found.append(f"{where}: {message.reason} message never dead-lettered")
-            continue
-        if exactly_once and len(copies) > 1:
-            found.append(f"{where}: {len(copies)} dead letters for one {message.reason} message")
-        distinct = {(r.key, r.value, tuple(r.headers)) for r in copies}
-        if len(distinct) > 1:
-            found.append(f"{where}: {len(distinct)} different dead letters for one message")
-        for key, value, headers in distinct:
-            reason = dict(headers)["cellwatch.reason"].decode()
-            if reason != message.reason:
-                found.append(f"{where}: reason {reason!r}, expected {message.reason!r}: "
-                             f"{dict(headers).get('cellwatch.detail')!r}")
-            if (key, value) != (message.key, message.value):
-                found.append(f"{where}: dead letter carries other bytes than the message")
-    found += [f"partition {p} offset {o}: dead letter of no message produced"
-              for p, o in sorted(letters)]
-    return found
-
-
-def duplicates(records, key) -> int:
-    return len(records) - len({key(record) for record in records})
-
-
-def test_the_dead_letter_check_reports_every_kind_of_discrepancy():
-    """The check the runs end with, on hand-made records: silent when each bad message has
-    its dead letter, and naming the partition and offset of each discrepancy."""
-    topic = "readings"
-
-    def letter(partition: int, offset: int, reason: str, value: bytes = b"v",
-               key: bytes | None = b"k", source: str = topic):
-        headers = [("cellwatch.reason", reason.encode()), ("cellwatch.detail", b"d"),
-                   ("cellwatch.source.topic", source.encode()),
-                   ("cellwatch.source.partition", str(partition).encode()),
-                   ("cellwatch.source.offset", str(offset).encode())]
-        return SimpleNamespace(key=key, value=value, headers=headers)
-
-    sent = {(0, 1): Message(b"k", b"v", reason="invalid_json"),
-            (0, 2): Message(b"k", b"v", reading=("s", 2)),
-            (1, 5): Message(b"k", b"v", reason="future")}
-    fine = [letter(0, 1, "invalid_json"), letter(1, 5, "future")]
-    assert dead_letter_discrepancies(fine, sent, topic, exactly_once=True) == []
-    twice = [*fine, letter(1, 5, "future")]
-    assert dead_letter_discrepancies(twice, sent, topic, exactly_once=False) == []
-    assert dead_letter_discrepancies(twice, sent, topic, exactly_once=True) == [
-        "partition 1 offset 5: 2 dead letters for one future message"]
-    assert dead_letter_discrepancies(fine[:1], sent, topic, exactly_once=False) == [
-        "partition 1 offset 5: future message never dead-lettered"]
-    found = dead_letter_discrepancies(
-        [letter(0, 1, "invalid_utf8"), letter(0, 2, "duplicate"), letter(1, 5, "future"),
-         letter(1, 5, "future", value=b"other"), letter(3, 9, "future"),
-         letter(0, 1, "invalid_json", source="elsewhere")], sent, topic, exactly_once=False)
-    assert [line.split(":")[0] for line in found] == [
-        "dead letter from another topic", "partition 0 offset 1", "partition 0 offset 2",
-        "partition 1 offset 5", "partition 1 offset 5", "partition 3 offset 9"], found
-    assert "reason 'invalid_utf8', expected 'invalid_json'" in found[1]
-    assert "good reading ('s', 2) dead-lettered ['duplicate']" in found[2]
-    assert "2 different dead letters" in found[3] and "other bytes" in found[4]
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -509,7 +331,7 @@ def test_faults_at_random_points_lose_nothing_and_apply_nothing_twice(
            "CELLWATCH_WORKER_MAX_STREAM_READINGS_PER_BATCH": "4",
            "CELLWATCH_WORKER_TRANSACTIONAL": "true" if run.transactional else "false",
            "PYTHONUNBUFFERED": "1"}  # a SIGKILLed worker's log keeps its last lines
-    rows, messages = seeded_load(run)
+    rows, messages = seeded_load(run.seed, run.streams, run.per_stream)
     expected = reference_scores(artifact, rows)
     bad = Counter(m.reason for m in messages if m.reason is not None)
 
