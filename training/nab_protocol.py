@@ -48,8 +48,10 @@ def run_nab_protocol(data_dir: Path, windows: Windows, out_dir: Path, options,
     Every file's model is trained from the same seeded initial weights through one
     :class:`~training.trainer.ModelCache`, so files stay independent (a file scores the same
     alone or after others) while the model is built and traced once. Cost, measured on 2
-    shared cores: about 2 s of training per file plus the streaming step (~130 us per
-    reading); the 35 files of NAB's labeled corpus here take about 2 to 2.5 minutes.
+    shared cores: about 2 s of training per file plus the streaming step, one stream at a
+    time (on the 2-core Intel VM of 2026-12-01 about 0.54 ms per reading); the 35 files of
+    NAB's labeled corpus here take about 2.7 minutes on that VM (3.1 before the time steps
+    were prepared in chunks, 110 s on the faster AMD machine of 2026-11-30 before that).
 
     Raises:
         EvaluationError: ``data_dir`` is NAB's root folder, or no key of ``windows`` (named
