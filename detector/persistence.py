@@ -57,7 +57,13 @@ def persistence_test(ops, scorer: ScorerConfig, f, state, first, counted) -> Per
     ever lower a surprise) counts that offset as spread too, which makes both tests
     conservative: in three drifts of the demo that stay unflagged the evidence rose 2 to
     3 times over its normal 0.35-0.66 per reading, and the long test's tail stopped at
-    0.004-0.007.
+    0.004-0.007. Learning the spread around the long average instead, which drops the
+    offset, made both tests fire on normal correlated streams (tried twice, the second
+    time on 2026-12-01 with the known share of an independent short average's variance
+    that the difference of the two averages keeps: a wandering AR(1) stream's readings
+    0.45 % flagged against the threshold's 0.1 %, a stream whose hour spreads wide 10 %),
+    since the difference of two averages of correlated evidence understates the short
+    one's variance.
     """
     weight = scorer.average_weight
     long_weight = scorer.long_average_weight

@@ -87,7 +87,8 @@ one judging and one learning function per test, are in :mod:`detector.evidence`:
 The per-channel tests take their most extreme channel and multiply its tail by the number
 of channels (Bonferroni). Every test is then **calibrated** per stream
 (:func:`~detector.tail_probabilities.calibrate`: peaks over threshold, Pickands 1975 and
-Siffer et al., KDD 2017): a stream whose test
+Siffer et al., KDD 2017; what the record holds of it and how it learns:
+:mod:`detector.calibrations`): a stream whose test
 surprises itself more often, or more strongly, than the test's model says (a Gaussian tail;
 geometric runs of repeats), as heavy tails, a noise-free cycle or a quantized or idle
 sensor do, has that test's surprise lowered to match; the correction never raises one. The
