@@ -71,7 +71,7 @@ def np_memory_cell(x, kernel, recurrent_kernel, bias, h0=None):
 
 
 # ---------------------------------------------------------------------------
-# Shared harness
+# The layer cases the harness runs (test_layer_harness.py)
 # ---------------------------------------------------------------------------
 
 BASIS = [[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]
