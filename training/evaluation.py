@@ -82,7 +82,9 @@ class StreamScores:
 
 
 # Readings prepared at once by score_streams: bounds the prepared arrays (features, clock
-# encodings, the products' integers) to some tens of megabytes however long the recording.
+# encodings, the products' integers) however long the recording. Measured with tracemalloc
+# on 2026-12-01, a 4-channel model, about 66,000 readings: score_streams peaked at 39-44 MB
+# (inputs and outputs included) for 1, 40 or 4,096 streams.
 PREPARED_READINGS = 65_536
 
 
