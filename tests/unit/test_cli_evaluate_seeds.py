@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.unit.test_cli import SMALL_MODEL, run, write_skab_experiment
+from tests.unit.cli_runs import SMALL_MODEL, run, write_skab_experiment
 
 
 def test_skab_protocol_over_two_seeds_keeps_each_report_and_their_spread(tmp_path: Path):
