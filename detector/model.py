@@ -50,7 +50,7 @@ class ForecasterConfig:
     time_features: bool = True
     clock_units: int = 8
     dependency_units: int = 32
-    memory_units: int = 20
+    memory_units: int = 20  # the settings' default: why 20, see cellwatch.settings
     hidden_units: int = 32
     depth: int = 2
     activation: str = "elu_sigmoid"

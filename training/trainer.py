@@ -71,7 +71,7 @@ class TrainingOptions:
     validation_fraction: float = 0.2
     learning_rate: float = 1e-3
     early_stopping_patience: int = 3
-    memory_units: int = 20  # the settings' default, see cellwatch.settings
+    memory_units: int = 20  # the settings' default: why 20, see cellwatch.settings
     hidden_units: int = 32
     time_features: bool = True
     scorer: ScorerConfig = dataclasses.field(default_factory=ScorerConfig)
