@@ -251,3 +251,20 @@ def test_a_config_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> 
     with fed_fifo(tmp_path / "settings.toml", "[kafka]\n") as fifo, pytest.raises(
             SettingsError, match=r"settings\.toml: not a regular file"):
         load_settings(fifo)
+
+
+def test_training_defaults_are_the_libraries_defaults() -> None:
+    # The settings are what `cellwatch train` and `evaluate` use; TrainingOptions and
+    # ForecasterConfig repeat their defaults for library callers, who must get the same model.
+    from cellwatch.wiring import training_options
+    from detector.model import ForecasterConfig
+    from training.trainer import TrainingOptions
+
+    from_settings = training_options(load_settings(environ={}).training)
+    library = TrainingOptions()
+    for field in dataclasses.fields(TrainingOptions):
+        if field.name not in ("scorer", "verbose"):
+            assert getattr(from_settings, field.name) == getattr(library, field.name), field.name
+    forecaster = ForecasterConfig(channels=1)
+    assert (forecaster.memory_units, forecaster.hidden_units) == (
+        from_settings.memory_units, from_settings.hidden_units)
