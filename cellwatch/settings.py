@@ -259,7 +259,8 @@ class TrainingSettings(SettingsSection):
     # over 3 points); SKAB's F1 0.864 -> 0.867 and ROC AUC 0.898 -> 0.903 (higher at every
     # seed); on the demo's recording, anomalies found 39.0 -> 39.3 of 43, point-wise F1
     # 0.583 -> 0.611 (higher at every seed), episodes on a label 90 % -> 88 %. The record is
-    # 976 bytes for 4 channels, not 1,024.
+    # 976 bytes for 4 channels, not 1,024 (1,000 since layout v9 spent 24 of the 48 bytes
+    # on the season test's covariances).
     memory_units: int = setting(20, "size of the memory cell state", positive=True)
     time_features: bool = setting(True, "encode time of day and week with the sine layer")
     hidden_units: int = setting(32, "width of the dense stack", positive=True)

@@ -121,6 +121,11 @@ class NumpyOps:
         return largest
 
     @staticmethod
+    def columns(x, index):
+        """``x[:, index]`` for a constant int32 ``index``."""
+        return x[:, index]
+
+    @staticmethod
     def take_rows(table, index):
         """``table[b, index[b]]`` for every row ``b`` of a ``[B, K, ...]`` table."""
         return table[np.arange(table.shape[0]), index]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from detector.channel_pairs import conditional_deviates, pair_products
 from detector.scorer_config import ScorerConfig
 from detector.tail_probabilities import (
     CALIBRATION_PRIOR_READINGS,
@@ -225,7 +226,8 @@ def learn_level_and_shift(ops, scorer: ScorerConfig, r: ReadingContext, level: L
 
 class SeasonEvidence(NamedTuple):
     deviate: Array  # [B] the largest channel's (the scorer takes its tail, Bonferroni)
-    z: Array  # [B, F]
+    z: Array  # [B, F] each channel's deviate; for more than one channel, given the other
+    # channels' deviations
     block: Array  # [B, 24, F] the hourly means
     visits: Array  # [B] readings learned at this hour
     var: Array  # [B, F] the deviations' variance
@@ -235,29 +237,47 @@ class SeasonEvidence(NamedTuple):
 
 def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
     # In units of the deviations from the hourly means; a mean of n readings is itself
-    # uncertain by 1/n of that variance.
+    # uncertain by 1/n of that variance (and of the covariances, across channels).
     block = ops.reshape(state[:, f["season_mean"]], (-1, SEASON_BINS, r.channels))
     visits = ops.take_rows(state[:, f["season_visits"]], r.hours)
     hour_mean = ops.take_rows(block, r.hours)
     var = state[:, f["season_var"]]
     deviation = r.normalized - hour_mean
-    spread = ops.maximum(var, r.variance_floor) * (
-        1.0 + 1.0 / ops.maximum(visits, 1.0))[:, None]
+    floored_var = ops.maximum(var, r.variance_floor)
+    mean_uncertainty = (1.0 + 1.0 / ops.maximum(visits, 1.0))[:, None]
     distance = ops.abs(deviation)
-    z = ops.where((visits >= 2.0)[:, None], distance / ops.sqrt(spread), 0.0)
+    if r.channels == 1:
+        z = distance / ops.sqrt(floored_var * mean_uncertainty)
+    else:
+        # Each channel given the other channels' deviations, which foresee what they share
+        # (detector.channel_pairs). The correlations shrink towards none as by a prior of F
+        # readings against the readings the variances learned from.
+        readings_learned = 1.0 / r.weights.readings
+        z = conditional_deviates(
+            ops, floored_var, state[:, f["season_covariance"]], deviation,
+            r.channels / (readings_learned + r.channels)) / ops.sqrt(mean_uncertainty)
+    z = ops.where((visits >= 2.0)[:, None], z, 0.0)
     return SeasonEvidence(ops.max_of_rows(z), z, block, visits, var, deviation, distance)
 
 
-def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: SeasonEvidence, learn):
-    """``[season_mean, season_visits, season_var]`` of the next record: this hour's mean
-    over its readings, the deviations' variance over all."""
+def learn_season(ops, scorer: ScorerConfig, f, state, r: ReadingContext, e: SeasonEvidence,
+                 learn) -> list:
+    """``[season_mean, season_visits, season_var, season_covariance]`` of the next record
+    (no covariance for one channel): this hour's mean over its readings, the deviations'
+    variances and covariances over all."""
     new_visits = ops.add_to_rows(state[:, f["season_visits"]], r.hours, learn)
     hour_weight = learn / ops.maximum(e.visits + learn, 1.0)
     new_block = ops.add_to_rows(e.block, r.hours, hour_weight[:, None] * e.deviation)
     weight = (learn * ops.indicator(e.visits >= 1.0) * r.weights.readings)[:, None]
-    # The whole square, as the level's variance (see learn_level_and_shift).
+    # The whole square, as the level's variance (see learn_level_and_shift); the
+    # covariances learn from the same readings with the same weights, so the matrix they
+    # make with the variances stays positive semi-definite.
     new_var = e.var + weight * (e.deviation * e.deviation - e.var)
-    return [ops.reshape(new_block, (-1, SEASON_BINS * r.channels)), new_visits, new_var]
+    learned = [ops.reshape(new_block, (-1, SEASON_BINS * r.channels)), new_visits, new_var]
+    if r.channels > 1:
+        covariance = state[:, f["season_covariance"]]
+        learned.append(covariance + weight * (pair_products(ops, e.deviation) - covariance))
+    return learned
 
 
 # --- variability and repeats: the changes from the previous reading ------------------------

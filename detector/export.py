@@ -49,6 +49,10 @@ class TensorFlowOps:
         return tf.reshape(x, shape)
 
     @staticmethod
+    def columns(x, index):
+        return tf.gather(x, index, axis=1)
+
+    @staticmethod
     def take_rows(table, index):
         return tf.gather(table, index, batch_dims=1)
 

@@ -4,7 +4,7 @@ Every stream the worker has seen owns one record. It holds everything the stream
 to continue that stream exactly where it stopped, so a record can be stored, checkpointed and
 restored byte for byte, and a restored stream scores exactly as an uninterrupted one.
 
-Layout version 8, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
+Layout version 9, in order (``M`` = memory units, ``F`` = channels, ``C`` = 2 when the model
 reads the clock and 0 when not, ``T`` = 6 tests):
 
 ===========================  =====  =======================================================
@@ -30,6 +30,9 @@ field                        width  meaning
 ``season_mean``              24F    each channel's mean normalized reading per hour of day
 ``season_visits``            24     readings learned from in each hour of the day
 ``season_var``               F      long-run variance of the deviations from those means
+``season_covariance``        P      long-run covariance of each pair of channels' deviations
+                                    from those means (``P = F (F - 1) / 2``, the pairs
+                                    ``i < j`` row by row; none for one channel)
 ``change_short``             F      short-run mean square of reading-to-reading changes
 ``change_long``              F      long-run mean square of the same
 ``repeat_rate``              F      long-run fraction of readings repeating the previous one
@@ -56,10 +59,12 @@ field                        width  meaning
 ``count``                    1      readings seen, saturating at ``COUNT_CAP``
 ===========================  =====  =======================================================
 
-Version 8 replaced ``last_evidence`` and ``evidence_lag_product`` (the persistence test's
-lag-one correlation) with ``evidence_average_long`` and ``evidence_spread`` (the test at a
-second, longer span; the short average's own variance, from which the correlation
-follows), at the same size. Version 7 added ``tail_run_peak`` and ``tail_run_gap`` (the
+Version 9 added ``season_covariance`` (the season test judges each channel given the
+others: :mod:`detector.channel_pairs`), 1,000 bytes for 4 channels. Version 8 replaced
+``last_evidence`` and ``evidence_lag_product`` (the persistence test's lag-one
+correlation) with ``evidence_average_long`` and ``evidence_spread`` (the test at a second,
+longer span; the short average's own variance, from which the correlation follows), at
+the same size. Version 7 added ``tail_run_peak`` and ``tail_run_gap`` (the
 far tail learns clusters of surprises by their peaks, not the onsets that were reported).
 Version 6 added
 ``cluster_progress`` (the calibrations learn a long run of exceedances
@@ -86,7 +91,7 @@ import functools
 
 import numpy as np
 
-STATE_LAYOUT_VERSION = 8
+STATE_LAYOUT_VERSION = 9
 
 # float32 counts exactly up to 2**24; the scorer only needs to know "past the learning period".
 COUNT_CAP = float(2**24)
@@ -149,6 +154,7 @@ class StateLayout:
             ("season_mean", 24 * self.channels),
             ("season_visits", 24),
             ("season_var", self.channels),
+            ("season_covariance", self.channels * (self.channels - 1) // 2),
             ("change_short", self.channels),
             ("change_long", self.channels),
             ("repeat_rate", self.channels),

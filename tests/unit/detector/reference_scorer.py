@@ -53,6 +53,7 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
         tail_run_peak, tail_run_gap = 0.0, 0  # the open cluster's peak, readings since
         season_mean, visits = np.zeros((24, channels)), np.zeros(24)
         season_var = np.zeros(channels)
+        season_covariance = np.zeros((channels, channels))  # its diagonal unused
         short, long = np.zeros(channels), np.zeros(channels)
         rate, run = np.zeros(channels), np.zeros(channels)
         hits, occasions = np.zeros(channels), np.zeros(channels)
@@ -102,6 +103,18 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             shift_tail = 1.0 if count < 2 else 2 * channels * upper_tail(float(shift_z.max()))
             season_z = np.abs(deviation) / np.sqrt(
                 np.maximum(season_var, floor) * (1 + 1 / max(visits[hour], 1)))
+            if channels > 1:
+                # Each channel given the others (its regression on them), from the
+                # correlations shrunk towards none as by a prior of `channels` readings.
+                sd = np.sqrt(np.maximum(season_var, floor))
+                readings_learned = 1 / running(count + 1, scorer.level_history)
+                correlation = season_covariance / np.outer(sd, sd) * (
+                    readings_learned / (readings_learned + channels))
+                np.fill_diagonal(correlation, 1.0)
+                precision = np.linalg.inv(correlation)
+                conditional_z = np.abs(precision @ (deviation / sd)) / np.sqrt(
+                    np.diag(precision) * (1 + 1 / max(visits[hour], 1)))
+                season_z = conditional_z
             season_tail = 2 * channels * upper_tail(
                 float(season_z.max()) if visits[hour] >= 2 else 0.0)
             change = clipped[s, t].astype(np.float64) - clipped[s, t - 1]
@@ -190,6 +203,8 @@ def reference_scores(forecast_mean, forecast_scale, normalized, scorer: ScorerCo
             shift_mean = new_shift_mean
             season_weight = learn * (visits[hour] >= 1) * running(count + 1, scorer.level_history)
             season_var = season_var + season_weight * (deviation ** 2 - season_var)
+            season_covariance = season_covariance + season_weight * (
+                np.outer(deviation, deviation) - season_covariance)
             visits[hour] += learn
             season_mean[hour] += learn / max(visits[hour], 1) * deviation
             learn_run = previous_flagged_run == 0 or previous_flagged_run > scorer.learning_period

@@ -197,3 +197,32 @@ def test_the_forecast_test_defers_to_the_hourly_profile_where_it_foresaw_the_rea
     x = np.array([[0.0, 4.0, 0.0]], dtype=np.float32)
     raw_score = assess(NumpyOps, SCORER, LAYOUT, x, x, np.array([hour]), state)[0]
     assert raw_score[0] == pytest.approx(expected / np.sqrt(CHANNELS), rel=1e-6)
+
+
+def test_a_drift_is_flagged_where_the_other_channels_foresee_the_swing_it_hides_in():
+    # Three channels share a swing (amplitude 5, a 500-reading period the hourly profile
+    # cannot model) over unit noise; channel 0 of stream 0 drifts 10 away over 100
+    # readings. Against its own deviations (a spread of about 3.7) the drift hides in the
+    # swing; given the other two channels' deviations, which foresee the swing, it does
+    # not. Where the other channels are independent noise, nothing foresees the swing and
+    # the same channel-0 readings are not flagged. (Judged against each channel's own
+    # deviations, as before layout v9, no stream here is flagged.)
+    rng = np.random.default_rng(3)
+    steps = 1600
+    t = np.arange(steps)
+    swing = 5.0 * np.sin(2 * np.pi * t / 500 + 1.0)
+    correlated = swing[None, :, None] + rng.normal(size=(2, steps, CHANNELS))
+    independent = correlated.copy()
+    independent[:, :, 1:] = rng.normal(size=(2, steps, CHANNELS - 1))
+    drift = np.clip((t - 1200) / 100, 0.0, 1.0) * 10.0
+    correlated[0, :, 0] += drift
+    independent[0, :, 0] += drift
+    hours = np.tile(t % 24, (2, 1))
+    flags, _, tops, _ = score(correlated, hours)
+    drifting = slice(1200, 1450)
+    assert flags[0, drifting].any()
+    assert np.all(tops[0, drifting][flags[0, drifting]] == 0)
+    assert not flags[1, SCORER.learning_period + 1:].any()
+    assert not flags[0, SCORER.learning_period + 1:1200].any()
+    independent_flags, _, _, _ = score(independent, hours)
+    assert not independent_flags[:, SCORER.learning_period + 1:].any()

@@ -322,11 +322,14 @@ def test_a_spike_yields_one_episode_once_it_is_over(model_parts: ModelParts,
     episode = json.loads(value)
     assert set(episode) == EPISODE_FIELDS
     peak = max(flagged, key=lambda index: scores[index]["score"])
+    # Its channels: those that topped its flagged readings (random weights: not only pressure).
+    tops = {scores[index]["top_channel"] for index in flagged}
+    assert scores[flagged[0]]["top_channel"] == "pressure"
     assert episode == {
         "stream": "pump-7", "start_ts": readings[flagged[0]].ts_ms,
         "peak_ts": readings[peak].ts_ms, "end_ts": readings[flagged[-1]].ts_ms,
         "peak_score": scores[peak]["score"], "peak_likelihood": scores[peak]["likelihood"],
-        "flagged_readings": len(flagged), "channels": ["pressure"],
+        "flagged_readings": len(flagged), "channels": [c for c in CHANNELS if c in tops],
         "model_version": MODEL_VERSION}
     assert scores[peak]["score"] > 10  # the spike, not noise
 

@@ -193,12 +193,18 @@ def test_scoring_in_process_reports_episodes(model_parts: ModelParts,
     values = recorded[:1, :60].copy()
     values[0, 40:43, 1] += 40 * np.float32(model_parts.scaler.scale[1])
     readings = [(r.stream, r.ts_ms, r.values) for r in readings_of(values, ["pump-7"])]
-    anomalies_out = io.BytesIO()
-    stats = score_in_process(readings, engine_for(step), io.BytesIO(), anomalies_out,
+    scores_out, anomalies_out = io.BytesIO(), io.BytesIO()
+    stats = score_in_process(readings, engine_for(step), scores_out, anomalies_out,
                              batch_size=9)
     (line,) = anomalies_out.getvalue().splitlines()
-    assert json.loads(line)["channels"] == ["pressure"]
-    assert stats.episodes == 1 and stats.flagged >= 1
+    # The channels that topped the episode's flagged readings (the engine's spike test says
+    # which), pressure first among them.
+    flagged = [score for score in map(json.loads, scores_out.getvalue().splitlines())
+               if score["flag"]]
+    assert flagged[0]["top_channel"] == "pressure"
+    tops = {score["top_channel"] for score in flagged}
+    assert json.loads(line)["channels"] == [name for name in CHANNELS if name in tops]
+    assert stats.episodes == 1 and stats.flagged == len(flagged)
 
 
 def test_scoring_in_process_counts_rejected_readings(step: StreamingStep) -> None:
