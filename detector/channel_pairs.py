@@ -23,8 +23,9 @@ channels are copies of each other or a stream has fewer readings than channels.
 The inverse comes from Beaton's sweep operator (Goodnight, "A tutorial on the SWEEP
 operator", The American Statistician 33, 1979) written element-wise over the batch, ``F``
 sweeps of ``[B, F, F]`` arrays: no LAPACK call, whose bits depend on the CPU's kernels, and
-no row's result depends on the other rows of the batch. Cost: ``O(F^3)`` per reading (about
-a dozen array operations per channel), and ``F (F - 1) / 2`` floats of state.
+no row's result depends on the other rows of the batch. Cost: ``O(F^3)`` per reading, in
+six array operations per channel (three of them on ``[B, F, F]``), and ``F (F - 1) / 2``
+floats of state.
 
 When it works: channels whose deviations from their hourly profiles are correlated, as
 channels driven by one process are; with uncorrelated channels it is each channel's own

@@ -191,8 +191,8 @@ within ``refractory`` readings after a larger one has no onset (its surprise and
 still show).
 Cost: about 50 element-wise operations on the batch per reading, O(channels) work, and with
 more than one channel the season test's regression on the other channels, O(channels^3)
-in about a dozen operations per channel; ``36 * channels + 59 + channels * (channels - 1)
-/ 2`` floats of state (the hourly profile is ``25 * channels + 24``).
+in six operations per channel; ``36 * channels + 59 + channels * (channels - 1) / 2``
+floats of state (the hourly profile is ``25 * channels + 24``).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ def random_case(rng, streams: int, channels: int):
 
 def reference(covariance, deviation, prior_share):
     sd = np.sqrt(np.einsum("bii->bi", covariance))
-    correlation = covariance / (sd[:, :, None] * sd[:, None, :]) * (1 - prior_share)[:, None,
-                                                                                        None]
+    keep = (1 - prior_share)[:, None, None]
+    correlation = covariance / (sd[:, :, None] * sd[:, None, :]) * keep
     correlation[:, np.arange(sd.shape[1]), np.arange(sd.shape[1])] = 1.0
     precision = np.linalg.inv(correlation)
     product = np.einsum("bij,bj->bi", precision, deviation / sd)
