@@ -39,6 +39,7 @@ by their long-run correlation, which no regime has.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,23 +58,28 @@ def pair_columns(channels: int) -> tuple[np.ndarray, np.ndarray]:
     return first.astype(np.int32), second.astype(np.int32)
 
 
+class _MatrixCells(NamedTuple):
+    """Constants of an ``F x F`` matrix's cells, row by row (float32, int32 indices)."""
+
+    pair_of_cell: np.ndarray  # [F * F] the pair each off-diagonal cell holds (0, masked, on
+    # the diagonal)
+    off_diagonal: np.ndarray  # [F * F] 1.0 off the diagonal
+    identity: np.ndarray  # [F * F]
+    diagonal: np.ndarray  # [F] the diagonal's cells
+    units: np.ndarray  # [F, F] the unit vectors e_k
+    twice_pivot_cells: np.ndarray  # [F, F, F] 2 e_k e_k'
+
+
 @functools.cache
-def _matrix_cells(channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For the ``F * F`` cells of a matrix, row by row: the pair each off-diagonal cell
-    holds (0 on the diagonal, masked), the off-diagonal mask, and the identity."""
+def _matrix_cells(channels: int) -> _MatrixCells:
     pair_of_cell = np.zeros((channels, channels), dtype=np.int32)
     first, second = pair_columns(channels)
     pair_of_cell[first, second] = np.arange(len(first))
     pair_of_cell[second, first] = np.arange(len(first))
-    identity = np.eye(channels, dtype=np.float32)
-    return pair_of_cell.ravel(), (1.0 - identity).ravel(), identity.ravel()
-
-
-@functools.cache
-def _sweep_constants(channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unit vectors ``e_k`` ``[F, F]`` and ``2 e_k e_k'`` ``[F, F, F]``, float32."""
     units = np.eye(channels, dtype=np.float32)
-    return units, 2.0 * units[:, :, None] * units[:, None, :]
+    return _MatrixCells(pair_of_cell.ravel(), (1.0 - units).ravel(), units.ravel(),
+                        np.arange(0, channels * channels, channels + 1, dtype=np.int32),
+                        units, 2.0 * units[:, :, None] * units[:, None, :])
 
 
 def pair_products(ops, deviation):
@@ -109,31 +115,29 @@ def conditional_deviates(ops, var, covariance, deviation, prior_share):
         [3.33, 2.67]
     """
     channels = deviation.shape[1]
-    pair_of_cell, off_diagonal, identity = _matrix_cells(channels)
+    cells = _matrix_cells(channels)
     sd = ops.sqrt(var)
     first, second = pair_columns(channels)
     correlation = covariance / (ops.columns(sd, first) * ops.columns(sd, second)) * (
         1.0 - prior_share)[:, None]
-    matrix = ops.reshape(ops.columns(correlation, pair_of_cell) * off_diagonal + identity,
-                         (-1, channels, channels))
+    matrix = ops.reshape(ops.columns(correlation, cells.pair_of_cell) * cells.off_diagonal
+                         + cells.identity, (-1, channels, channels))
     # Sweeping every pivot of a symmetric positive definite matrix leaves minus its
     # inverse. Sweeping pivot k (pivot p, column c, unit vector e): the other cells lose
     # their regression on row k (A - c c'/p), row and column k become its coefficients
     # (c / p, but -1/p at the pivot). Both steps in one outer product:
     # A - (c - e)(c - e)'/p - 2 e e', which costs three operations on [B, F, F], not eight.
-    units, twice_pivot_cells = _sweep_constants(channels)
     for k in range(channels):
-        shifted = matrix[:, :, k] - units[k]
+        shifted = matrix[:, :, k] - cells.units[k]
         pivot = ops.maximum(matrix[:, k:k + 1, k], PIVOT_FLOOR)
         matrix = (matrix - shifted[:, :, None] * (shifted / pivot)[:, None, :]
-                  - twice_pivot_cells[k])
+                  - cells.twice_pivot_cells[k])
     minus_precision = matrix
     standardized = deviation / sd
     # Row by row in a fixed order, as NumpyOps' row sums: the same bits whatever the batch.
     product = minus_precision[:, :, 0] * standardized[:, 0:1]
     for k in range(1, channels):
         product = product + minus_precision[:, :, k] * standardized[:, k:k + 1]
-    diagonal = ops.reshape(minus_precision, (-1, channels * channels))
-    precision_diagonal = -ops.columns(diagonal, np.arange(0, channels * channels,
-                                                          channels + 1, dtype=np.int32))
+    precision_diagonal = -ops.columns(
+        ops.reshape(minus_precision, (-1, channels * channels)), cells.diagonal)
     return ops.abs(product) / ops.sqrt(ops.maximum(precision_diagonal, PIVOT_FLOOR))

@@ -251,7 +251,8 @@ def season_evidence(ops, f, state, r: ReadingContext) -> SeasonEvidence:
     else:
         # Each channel given the other channels' deviations, which foresee what they share
         # (detector.channel_pairs). The correlations shrink towards none as by a prior of F
-        # readings against the readings the variances learned from.
+        # readings against the readings seen (at most level_history, the variances' memory;
+        # they learn from fewer: not from flagged readings, nor before an hour's first).
         readings_learned = 1.0 / r.weights.readings
         z = conditional_deviates(
             ops, floored_var, state[:, f["season_covariance"]], deviation,
